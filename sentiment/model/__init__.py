@@ -1,0 +1,1 @@
+"""Model building: packaged data, fine-tuning, ONNX export and the Triton model repository."""

@@ -1,0 +1,109 @@
+"""Consistency check of an exported model repository, with Triton's own config schema.
+
+Parses both configurations with Triton's `model_config.proto` (from tritonclient) and compares
+them with the ONNX graph and the transformer bundle: tensor names, dtypes, dims, batch size and
+fingerprint. Run it before uploading a repository (`sentiment model check`).
+
+tritonclient.grpc cannot share a process with kserve (duplicate protobuf symbols), so this module
+is only used from the CLI process, never from the transformer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sentiment.model.triton_repository import LOCAL_CONFIG_NAME, MODEL_NAME, VERSION
+
+_ONNX_TO_TRITON = {7: "TYPE_INT64", 6: "TYPE_INT32", 1: "TYPE_FP32", 10: "TYPE_FP16"}
+
+
+def _parse_config(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _tensor_signature(config) -> dict[str, tuple[str, tuple[int, ...]]]:
+    from tritonclient.grpc import model_config_pb2
+
+    signature = {}
+    for tensor in list(config.input) + list(config.output):
+        signature[tensor.name] = (model_config_pb2.DataType.Name(tensor.data_type), tuple(tensor.dims))
+    return signature
+
+
+def _onnx_signature(onnx_file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    signature = {}
+    for value in list(graph.input) + list(graph.output):
+        tensor_type = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim)
+        signature[value.name] = (_ONNX_TO_TRITON.get(tensor_type.elem_type, str(tensor_type.elem_type)), dims)
+    return signature
+
+
+def check_repository(repository: Path) -> list[str]:
+    """Return a list of problems (empty when the repository is consistent)."""
+    from sentiment.model.export import sha256_hex
+    from transformer.bundle import BundleError, ModelBundle
+
+    model_dir = repository / MODEL_NAME
+    onnx_file = model_dir / VERSION / "model.onnx"
+    problems: list[str] = []
+    for required in (model_dir / "config.pbtxt", model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt", onnx_file,
+                     model_dir / VERSION / "model.py"):
+        if not required.is_file():
+            problems.append(f"{required} is missing")
+    if problems:
+        return problems
+
+    cluster = _parse_config(model_dir / "config.pbtxt")
+    local = _parse_config(model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt")
+    if cluster.name != MODEL_NAME or local.name != MODEL_NAME:
+        problems.append(f"model name must be {MODEL_NAME!r} in both configs")
+    if cluster.backend != "onnxruntime":
+        problems.append(f"config.pbtxt backend is {cluster.backend!r}, expected 'onnxruntime'")
+    if local.backend != "python":
+        problems.append(f"configs/{LOCAL_CONFIG_NAME}.pbtxt backend is {local.backend!r}, expected 'python'")
+    if cluster.max_batch_size <= 0 or cluster.max_batch_size != local.max_batch_size:
+        problems.append("max_batch_size must be positive and equal in both configs")
+    for name, config in (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local)):
+        if not config.HasField("dynamic_batching"):
+            problems.append(f"{name} has no dynamic_batching")
+
+    onnx_signature = _onnx_signature(onnx_file)
+    for name, config in (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local)):
+        triton_signature = _tensor_signature(config)
+        if set(triton_signature) != set(onnx_signature):
+            problems.append(f"{name} tensors {sorted(triton_signature)} differ from the ONNX graph's {sorted(onnx_signature)}")
+            continue
+        for tensor, (dtype, dims) in triton_signature.items():
+            onnx_dtype, onnx_dims = onnx_signature[tensor]
+            if dtype != onnx_dtype:
+                problems.append(f"{name}: {tensor} is {dtype}, the ONNX graph says {onnx_dtype}")
+            # Triton dims exclude the batch dimension when max_batch_size > 0.
+            if len(onnx_dims) != len(dims) + 1 or any(d != o for d, o in zip(dims, onnx_dims[1:]) if o != -1):
+                problems.append(f"{name}: {tensor} dims [batch]+{list(dims)} do not fit the ONNX shape {list(onnx_dims)}")
+
+    fingerprint = sha256_hex(onnx_file)
+    for name, config in (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local)):
+        declared = config.parameters["fingerprint"].string_value if "fingerprint" in config.parameters else ""
+        if declared != fingerprint:
+            problems.append(f"{name} fingerprint {declared[:12] or '(none)'} != sha256 of model.onnx {fingerprint[:12]}")
+    try:
+        bundle = ModelBundle.load(model_dir / "bundle")
+    except BundleError as error:
+        return problems + [str(error)]
+    if bundle.fingerprint != fingerprint:
+        problems.append(f"bundle fingerprint {bundle.fingerprint[:12]} != sha256 of model.onnx {fingerprint[:12]}")
+    if set(bundle.input_names) != {n for n in onnx_signature if n != "logits"}:
+        problems.append(f"bundle inputs {bundle.input_names} differ from the ONNX inputs")
+    logits_dims = onnx_signature.get("logits", ("", ()))[1]
+    if len(logits_dims) == 2 and logits_dims[1] not in (-1, len(bundle.labels)):
+        problems.append(f"bundle has {len(bundle.labels)} labels, the model outputs {logits_dims[1]}")
+    if bundle.max_batch_size != cluster.max_batch_size:
+        problems.append("bundle max_batch_size differs from config.pbtxt")
+    return problems

@@ -1,0 +1,280 @@
+"""Export an HF `*ForSequenceClassification` checkpoint to ONNX (fp32 and int8) and a Triton repository.
+
+The default variant is chosen on the dev split (never the test split): int8 when it loses at most
+`max_int8_loss` accuracy points against fp32, else fp32. Accuracy and speed of both variants go
+into `<repository>/sentiment/bundle/export_report.json` for the model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sentiment.model.data import Example, read_split
+from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
+from transformer.bundle import ModelBundle
+from transformer.tokenization import TextEncoder
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+DEFAULT_MAX_LENGTH = 128
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported; the message says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    model_type: str
+    labels: list[str]
+    uses_token_type_ids: bool
+    max_length: int
+
+
+def inspect_checkpoint(checkpoint: Path, max_length: int | None = None) -> CheckpointInfo:
+    """Read config.json: labels in id2label order, whether the model takes token_type_ids, max length."""
+    config_path = checkpoint / "config.json"
+    if not config_path.is_file():
+        raise ExportError(f"{checkpoint} has no config.json: expected an HF checkpoint directory")
+    config = json.loads(config_path.read_text())
+    id2label = config.get("id2label") or {}
+    if len(id2label) < 2:
+        raise ExportError(f"{config_path} has no id2label with two or more labels: not a sequence classifier")
+    labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    model_type = config.get("model_type", "")
+    # DistilBERT (and RoBERTa-style models with a single token type) take no token_type_ids.
+    uses_token_type_ids = model_type not in {"distilbert", "roberta", "xlm-roberta", "deberta-v2"} and int(
+        config.get("type_vocab_size", 0)
+    ) > 1
+    positions = int(config.get("max_position_embeddings", 512))
+    wanted = max_length or int(config.get("max_length_for_serving", DEFAULT_MAX_LENGTH))
+    return CheckpointInfo(model_type, labels, uses_token_type_ids, min(wanted, positions))
+
+
+def sha256_hex(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_onnx(checkpoint: Path, info: CheckpointInfo, out_file: Path) -> None:
+    """Trace the classifier to ONNX with dynamic batch and sequence axes; output `logits` only."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, attn_implementation="eager")
+    model.eval()
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if info.uses_token_type_ids else [])
+    accepted = set(inspect.signature(model.forward).parameters)
+    if not set(names) <= accepted:
+        raise ExportError(f"{model.__class__.__name__}.forward does not take {sorted(set(names) - accepted)}")
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors):
+            return self.inner(**dict(zip(names, tensors))).logits
+
+    # A padded sample: tracing with an all-ones mask could let the model skip masking altogether.
+    input_ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 1012, 102, 0], [101, 7592, 102, 0, 0, 0, 0, 0]])
+    mask = (input_ids != 0).long()
+    sample = (input_ids, mask, torch.zeros_like(input_ids))[: len(names)]
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        torch.onnx.export(
+            LogitsOnly(model), sample, str(out_file),
+            input_names=names, output_names=["logits"],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+            opset_version=OPSET, dynamo=False, do_constant_folding=True,
+        )
+
+
+def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
+    """Dynamic (weight-only int8, activations quantized at run time) quantization with onnxruntime."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # the quantizer logs one INFO line per tensor on the root logger
+    try:
+        quantize_dynamic(str(fp32_file), str(int8_file), weight_type=QuantType.QInt8, per_channel=False)
+    finally:
+        root.setLevel(level)
+
+
+class OnnxClassifier:
+    """ONNX Runtime session plus the serving tokenizer: evaluation and the model-alone benchmark."""
+
+    def __init__(self, onnx_file: Path, encoder: TextEncoder, threads: int = 2):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        self.encoder = encoder
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        batch = self.encoder.encode_batch(texts)
+        return self.session.run(["logits"], batch.arrays)[0]
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[int]:
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        labels = [0] * len(texts)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            for i, label in zip(index, self.logits([texts[i] for i in index]).argmax(-1).tolist()):
+                labels[i] = label
+        return labels
+
+    def accuracy(self, examples: Sequence[Example]) -> float:
+        predictions = self.predict([e.text for e in examples])
+        return sum(int(p == e.label) for p, e in zip(predictions, examples)) / len(examples)
+
+    def sentences_per_second(self, texts: Sequence[str], batch_size: int, min_seconds: float = 2.0) -> float:
+        """Throughput over whole batches of `texts` (tokenization included), after one warm-up batch."""
+        batches = [texts[i:i + batch_size] for i in range(0, len(texts) - batch_size + 1, batch_size)] or [texts]
+        self.logits(batches[0])
+        done, started = 0, time.perf_counter()
+        while True:
+            for batch in batches:
+                self.logits(batch)
+                done += len(batch)
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_seconds:
+                return done / elapsed
+
+
+@dataclass
+class VariantReport:
+    name: str
+    size_mb: float
+    dev_accuracy: float | None = None
+    test_accuracy: float | None = None
+    sentences_per_second: dict[str, float] | None = None
+
+
+def _evaluate(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: Path | None, speed_batches: Sequence[int], threads: int) -> VariantReport:
+    report = VariantReport(name=name, size_mb=round(onnx_file.stat().st_size / 1e6, 1))
+    if splits_dir is None:
+        return report
+    runner = OnnxClassifier(onnx_file, encoder, threads=threads)
+    dev, test = read_split(splits_dir / "dev.tsv"), read_split(splits_dir / "test.tsv")
+    report.dev_accuracy = round(runner.accuracy(dev), 4)
+    report.test_accuracy = round(runner.accuracy(test), 4)
+    texts = [e.text for e in dev]
+    report.sentences_per_second = {
+        str(b): round(runner.sentences_per_second(texts, b, min_seconds=1.5), 1) for b in speed_batches
+    }
+    return report
+
+
+def choose_variant(fp32: VariantReport, int8: VariantReport | None, max_int8_loss: float) -> tuple[str, str]:
+    """Pick the served variant on dev accuracy; returns (variant, reason)."""
+    if int8 is None:
+        return "fp32", "int8 variant not built"
+    if fp32.dev_accuracy is None or int8.dev_accuracy is None:
+        return "fp32", "no dev split to measure int8 against fp32; pass --variant int8 to force it"
+    loss = (fp32.dev_accuracy - int8.dev_accuracy) * 100
+    if loss <= max_int8_loss:
+        return "int8", f"int8 loses {loss:.2f} points of dev accuracy (limit {max_int8_loss}) and is faster"
+    return "fp32", f"int8 loses {loss:.2f} points of dev accuracy, over the limit of {max_int8_loss}"
+
+
+def export(
+    checkpoint: Path,
+    repository: Path,
+    *,
+    variant: str = "auto",
+    max_length: int | None = None,
+    max_int8_loss: float = 1.0,
+    spec_overrides: dict | None = None,
+    threads: int = 2,
+    speed_batches: Sequence[int] = (1, 8, 32),
+    evaluate: bool = True,
+    source: dict | None = None,
+) -> ModelBundle:
+    """Export `checkpoint` into `repository` (a Triton model repository root) and return the bundle."""
+    from transformers import AutoTokenizer
+
+    started = time.monotonic()
+    checkpoint = Path(checkpoint)
+    info = inspect_checkpoint(checkpoint, max_length)
+    splits_dir = checkpoint / "splits" if evaluate and (checkpoint / "splits" / "dev.tsv").is_file() else None
+
+    with tempfile.TemporaryDirectory(prefix="sentiment-export-") as scratch_name:
+        scratch = Path(scratch_name)
+        tokenizer_file = scratch / "tokenizer.json"
+        backend = AutoTokenizer.from_pretrained(checkpoint, use_fast=True).backend_tokenizer
+        backend.no_padding()
+        backend.no_truncation()
+        backend.save(str(tokenizer_file))
+        encoder = TextEncoder(tokenizer_file, info.max_length, info.uses_token_type_ids)
+
+        fp32_file, int8_file = scratch / "model.fp32.onnx", scratch / "model.int8.onnx"
+        log.info("exporting %s (%s) to ONNX opset %d", checkpoint, info.model_type, OPSET)
+        export_onnx(checkpoint, info, fp32_file)
+        reports = {"fp32": _evaluate(fp32_file, encoder, "fp32", splits_dir, speed_batches, threads)}
+        if variant in ("auto", "int8"):
+            log.info("quantizing to int8 (dynamic)")
+            quantize_int8(fp32_file, int8_file)
+            reports["int8"] = _evaluate(int8_file, encoder, "int8", splits_dir, speed_batches, threads)
+        if variant == "auto":
+            chosen, reason = choose_variant(reports["fp32"], reports.get("int8"), max_int8_loss)
+        else:
+            chosen, reason = variant, f"--variant {variant}"
+        chosen_file = fp32_file if chosen == "fp32" else int8_file
+        fingerprint = sha256_hex(chosen_file)
+
+        spec = TritonModelSpec(
+            input_names=tuple(["input_ids", "attention_mask"] + (["token_type_ids"] if info.uses_token_type_ids else [])),
+            num_labels=len(info.labels),
+            fingerprint=fingerprint,
+            **(spec_overrides or {}),
+        )
+        if (repository / MODEL_NAME).exists():
+            shutil.rmtree(repository / MODEL_NAME)
+        model_dir = write_repository(repository, chosen_file, spec)
+        bundle_dir = model_dir / "bundle"
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tokenizer_file, bundle_dir / "tokenizer.json")
+
+    bundle = ModelBundle(
+        labels=info.labels,
+        max_length=info.max_length,
+        uses_token_type_ids=info.uses_token_type_ids,
+        lowercase=encoder.lowercases,
+        fingerprint=fingerprint,
+        max_batch_size=spec.max_batch_size,
+        variant=chosen,
+        source={"checkpoint": str(checkpoint), "model_type": info.model_type, **(source or {})},
+    )
+    bundle.write(bundle_dir)
+    report = {
+        "chosen": chosen,
+        "reason": reason,
+        "variants": {name: asdict(r) for name, r in reports.items()},
+        "threads": threads,
+        "duration_s": round(time.monotonic() - started, 1),
+        "fingerprint": fingerprint,
+    }
+    (bundle_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("exported %s variant (%s) to %s", chosen, reason, model_dir)
+    return bundle

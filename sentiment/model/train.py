@@ -1,0 +1,192 @@
+"""Fine-tune an HF encoder into a two-label sentiment classifier on the packaged data.
+
+A plain PyTorch loop rather than `transformers.Trainer`: it needs no extra packages, and
+length-bucketed batches with dynamic padding make it about three times faster on 2 CPU
+cores than fixed-length padding. Model selection uses the dev split only; the test split is
+scored once, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from sentiment.model.data import LABELS, Example, Splits, load_splits, write_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained weights (and so the build cache key)."""
+
+    base: str
+    seed: int = 13
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.06
+    max_length: int = 128
+    neutral_margin: float = 0.5
+    extra_train_sources: tuple[str, ...] = ()
+    threads: int = 2
+    limit_train: int | None = None  # for smoke tests only
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics: dict = field(default_factory=dict)
+
+
+def _bucketed_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffle, then sort within windows of 50 batches by length, so padding is small but order random."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _encode(tokenizer, examples: Sequence[Example], max_length: int) -> list[dict]:
+    encoded = tokenizer([e.text for e in examples], truncation=True, max_length=max_length)
+    keys = list(encoded.keys())
+    return [{key: encoded[key][i] for key in keys} for i in range(len(examples))]
+
+
+def _collate(tokenizer, rows: list[dict]):
+    return tokenizer.pad(rows, padding="longest", return_tensors="pt")
+
+
+def predict_labels(model, tokenizer, examples: Sequence[Example], max_length: int, batch_size: int = 64) -> list[int]:
+    """Argmax labels of `model` for `examples`, in order (eval mode, no grad)."""
+    import torch
+
+    encoded = _encode(tokenizer, examples, max_length)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    predictions = [0] * len(encoded)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            batch = _collate(tokenizer, [encoded[i] for i in index])
+            logits = model(**batch).logits
+            for i, label in zip(index, logits.argmax(-1).tolist()):
+                predictions[i] = label
+    return predictions
+
+
+def accuracy(predictions: Sequence[int], examples: Sequence[Example]) -> float:
+    if not examples:
+        return float("nan")
+    return sum(int(p == e.label) for p, e in zip(predictions, examples)) / len(examples)
+
+
+def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits | None = None) -> TrainResult:
+    """Fine-tune `config.base` and write an HF checkpoint, the splits and metrics.json to `out_dir`."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    torch.set_num_threads(config.threads)
+
+    if splits is None:
+        splits = load_splits(
+            data_cache, seed=config.seed, neutral_margin=config.neutral_margin,
+            extra_train_sources=config.extra_train_sources,
+        )
+    train_examples = splits.train[: config.limit_train] if config.limit_train else splits.train
+    log.info("data: %s", splits.sizes())
+
+    tokenizer = AutoTokenizer.from_pretrained(config.base, use_fast=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        config.base,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
+    encoded = _encode(tokenizer, train_examples, config.max_length)
+    for row, example in zip(encoded, train_examples):
+        row["labels"] = example.label
+    lengths = [len(row["input_ids"]) for row in encoded]
+
+    rng = random.Random(config.seed)
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * config.warmup_fraction), total_steps)
+
+    best_dev, best_epoch, best_state = -1.0, 0, None
+    history = []
+    progress = tqdm(total=total_steps, desc="fine-tune", unit="step", dynamic_ncols=True,
+                    mininterval=0.2 if sys.stderr.isatty() else 15.0)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        running = 0.0
+        for step, batch_index in enumerate(_bucketed_batches(lengths, config.batch_size, rng), start=1):
+            batch = _collate(tokenizer, [encoded[i] for i in batch_index])
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += loss.item()
+            progress.update(1)
+            progress.set_postfix(epoch=epoch, loss=f"{running / step:.3f}")
+        dev_accuracy = accuracy(predict_labels(model, tokenizer, splits.dev, config.max_length), splits.dev)
+        history.append({"epoch": epoch, "train_loss": running / steps_per_epoch, "dev_accuracy": dev_accuracy})
+        progress.write(f"epoch {epoch}: train loss {running / steps_per_epoch:.4f}, dev accuracy {dev_accuracy:.4f}")
+        if dev_accuracy > best_dev:
+            best_dev, best_epoch = dev_accuracy, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    progress.close()
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test_accuracy = accuracy(predict_labels(model, tokenizer, splits.test, config.max_length), splits.test)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.max_length_for_serving = config.max_length
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    write_splits(splits, out_dir / "splits")
+    metrics = {
+        "base": config.base,
+        "config": config.as_dict(),
+        "data": {**splits.sizes(), "train_used": len(train_examples)},
+        "history": history,
+        "best_epoch": best_epoch,
+        "dev_accuracy": best_dev,
+        "test_accuracy": test_accuracy,
+        "duration_s": round(time.monotonic() - started, 1),
+        "torch_version": torch.__version__,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("trained in %.0f s: dev %.4f, test %.4f", metrics["duration_s"], best_dev, test_accuracy)
+    return TrainResult(checkpoint=out_dir, metrics=metrics)

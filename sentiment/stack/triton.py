@@ -1,0 +1,89 @@
+"""The Triton Inference Server binary shipped in the nvidia-pytriton wheel, run as a plain server.
+
+That build has only the Python backend, so the local stack loads the model with
+`--model-config-name=local` (configs/local.pbtxt: Python backend running the ONNX file).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from sentiment.model.triton_repository import LOCAL_CONFIG_NAME, MODEL_NAME
+from sentiment.stack.processes import ManagedProcess
+
+
+class TritonNotInstalled(RuntimeError):
+    """nvidia-pytriton is missing; the message says how to install it."""
+
+
+def triton_home() -> Path:
+    """The wheel's tritonserver folder, found without importing pytriton (its import loads
+    tritonclient.grpc, which cannot share a process with kserve)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotInstalled("the Triton binary comes with nvidia-pytriton: pip install 'nvidia-pytriton==0.7.0'")
+    return Path(list(spec.submodule_search_locations)[0]).resolve() / "tritonserver"
+
+
+def ensure_python_backend_stub(home: Path) -> Path:
+    """The stub must sit next to the Python backend (it finds its libraries through a relative RPATH)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    source = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    target = home / "backends" / "python" / "triton_python_backend_stub"
+    if not source.is_file():
+        raise TritonNotInstalled(f"nvidia-pytriton has no Python-backend stub for Python {version} ({source})")
+    if not target.is_file() or target.stat().st_size != source.stat().st_size:
+        shutil.copy2(source, target)
+    return target
+
+
+@dataclass(frozen=True)
+class TritonPorts:
+    http: int
+    grpc: int
+    metrics: int
+
+
+def triton_environment() -> dict[str, str]:
+    """PATH with this interpreter's bin first (the stub imports numpy/onnxruntime from that python3)
+    and LD_LIBRARY_PATH with the libpython the stub embeds."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in [libdir, env.get("LD_LIBRARY_PATH", "")] if p)
+    return env
+
+
+def triton_command(repository: Path, ports: TritonPorts, host: str = "127.0.0.1", config_name: str = LOCAL_CONFIG_NAME) -> list[str]:
+    home = triton_home()
+    ensure_python_backend_stub(home)
+    return [
+        str(home / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--model-config-name={config_name}",
+        f"--backend-directory={home / 'backends'}",
+        f"--cache-directory={home / 'caches'}",
+        f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
+        f"--http-port={ports.http}", f"--grpc-port={ports.grpc}", f"--metrics-port={ports.metrics}",
+        "--exit-timeout-secs=3",
+        "--pinned-memory-pool-byte-size=0",
+        "--allow-gpu-metrics=false",
+        "--log-verbose=0",
+    ]
+
+
+def triton_process(repository: Path, ports: TritonPorts, log_file: Path) -> ManagedProcess:
+    return ManagedProcess("triton", triton_command(repository, ports), log_file, env=triton_environment())
+
+
+def model_ready(ports: TritonPorts, host: str = "127.0.0.1") -> bool:
+    url = f"http://{host}:{ports.http}/v2/models/{MODEL_NAME}/ready"
+    with urllib.request.urlopen(url, timeout=1) as response:
+        return response.status == 200

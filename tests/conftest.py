@@ -1,0 +1,197 @@
+"""Shared fixtures: tiny exported models, and real Triton / redis-server / transformer processes
+started on free ports and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sentiment.stack.processes import ManagedProcess, free_port
+from sentiment.stack.redis_server import redis_ping, redis_process, redis_server_binary
+from sentiment.stack.triton import TritonPorts, model_ready, triton_process
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status == 200
+
+
+# ---- models -----------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    from sentiment.model.tiny import build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-checkpoints")
+    return {kind: build_tiny_checkpoint(kind, root / kind, seed=1) for kind in ("bert", "distilbert")}
+
+
+@pytest.fixture(scope="session")
+def tiny_repositories(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """fp32 exports of the tiny models: {'bert': repository root, 'distilbert': repository root}."""
+    from sentiment.model.export import export
+
+    root = tmp_path_factory.mktemp("tiny-repositories")
+    return {kind: _export(export, checkpoint, root / kind) for kind, checkpoint in tiny_checkpoints.items()}
+
+
+def _export(export, checkpoint: Path, repository: Path) -> Path:
+    export(checkpoint, repository, variant="fp32")
+    return repository
+
+
+@pytest.fixture(scope="session")
+def default_build():
+    """The default model, built (or reused from the per-machine cache) exactly as `make model` does."""
+    from sentiment.model.build import build
+    from sentiment.paths import default_model_repository
+
+    return build(default_model_repository())
+
+
+# ---- processes ----------------------------------------------------------------------------------
+@dataclass
+class TritonServer:
+    repository: Path
+    logs: Path
+    ports: TritonPorts = field(default_factory=lambda: TritonPorts(free_port(), free_port(), free_port()))
+    process: ManagedProcess | None = None
+
+    def start(self) -> "TritonServer":
+        self.process = triton_process(self.repository, self.ports, self.logs / "triton.log").start()
+        self.process.wait_ready(lambda: model_ready(self.ports), 90)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.ports.http}"
+
+    def inference_count(self) -> int:
+        """Texts (batch rows) Triton has run for the model, from its statistics API."""
+        import json
+
+        with urllib.request.urlopen(f"http://{self.http_address}/v2/models/sentiment/stats", timeout=5) as response:
+            stats = json.load(response)["model_stats"][0]
+        return int(stats["inference_count"])
+
+
+@dataclass
+class RedisServer:
+    logs: Path
+    port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.process = redis_process(self.port, self.logs / "redis-data", self.logs / "redis.log").start()
+        self.process.wait_ready(lambda: redis_ping(self.port), 20)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+@dataclass
+class TransformerServer:
+    triton: TritonServer
+    logs: Path
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    protocol: str = "grpc-v2"
+    port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        host = self.triton.grpc_address if self.protocol == "grpc-v2" else self.triton.http_address
+        return [sys.executable, "-m", "transformer", "--model_name", "sentiment", "--predictor_host", host,
+                "--predictor_protocol", self.protocol, "--http_port", str(self.port),
+                "--grpc_port", str(self.grpc_port), "--predictor_check_interval", "0.25",
+                "--model_bundle", str(self.triton.repository / "sentiment" / "bundle"), *self.extra_args]
+
+    def start(self, wait_healthy: bool = True) -> "TransformerServer":
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | self.env
+        self.process = ManagedProcess(f"transformer-{self.port}", self.command(), self.logs / f"transformer-{self.port}.log",
+                                      env=env).start()
+        probe = "/project/health" if wait_healthy else "/project/live"
+        self.process.wait_ready(lambda: http_ok(self.url + probe), 60)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample (matching the given labels) from /metrics."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if not line.startswith(name) or line.startswith("#"):
+                continue
+            head, _, value = line.rpartition(" ")
+            sample, _, label_text = head.partition("{")
+            if sample != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def require_redis_server() -> None:
+    if redis_server_binary() is None:
+        pytest.fail("redis-server is not installed: apt-get install -y redis-server (.ci/run does this)")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, message: str = "condition") -> float:
+    """Poll until `predicate()` is true; returns the seconds it took; fails the test on timeout."""
+    started = time.monotonic()
+    last_error = None
+    while time.monotonic() - started < timeout:
+        try:
+            if predicate():
+                return time.monotonic() - started
+        except Exception as error:  # noqa: BLE001 - the condition may raise while the system recovers
+            last_error = error
+        time.sleep(interval)
+    pytest.fail(f"{message} not reached within {timeout} s (last error: {last_error!r})")
+
+
+@pytest.fixture(scope="session")
+def copy_tree(tmp_path_factory):
+    def copy(source: Path, name: str) -> Path:
+        target = tmp_path_factory.mktemp(name)
+        shutil.copytree(source, target, dirs_exist_ok=True)
+        return target
+
+    return copy

@@ -1,0 +1,107 @@
+"""The CLI as a user runs it: `sentiment up` as a subprocess, the README's two requests, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from sentiment.stack.processes import free_port, port_is_free
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("argv", [[], ["model"], ["model", "train"], ["model", "export"], ["model", "build"],
+                                  ["model", "check"], ["up"]])
+def test_every_subcommand_has_help(argv):
+    result = subprocess.run([sys.executable, "-m", "sentiment.cli", *argv, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "usage: sentiment" in result.stdout
+
+
+def _up(argv, logs, env=None):
+    return subprocess.Popen([sys.executable, "-m", "sentiment.cli", "up", *argv, "--logs", str(logs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for_banner(process, timeout=180) -> str:
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "Press Ctrl-C to stop" in line:
+            return "".join(seen)
+    process.kill()
+    pytest.fail("sentiment up never became ready:\n" + "".join(seen))
+
+
+def test_up_serves_the_readme_requests_and_stops_cleanly_on_sigint(default_build, tmp_path):
+    ports = {name: free_port() for name in ("port", "grpc-port", "triton-http-port", "triton-grpc-port",
+                                             "triton-metrics-port", "redis-port")}
+    argv = [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
+    process = _up(argv, tmp_path / "logs")
+    try:
+        banner = _wait_for_banner(process)
+        children = psutil.Process(process.pid).children(recursive=True)
+        names = " ".join(" ".join(child.cmdline()) for child in children)
+        assert "tritonserver" in names and "redis-server" in names and "-m transformer" in names
+        base = f"http://localhost:{ports['port']}"
+        assert f"curl -X POST \"{base}/project/bulk-predict\"" in banner
+        assert httpx.get(f"{base}/project/health").json() == {"status": "healthy"}
+        predictions = httpx.post(f"{base}/project/bulk-predict", json={"text": ["i love this", "this is bad"]},
+                                 headers={"Content-Type": "application/json"}).json()["predictions"]
+        assert predictions[0][0]["label"] == "POSITIVE"
+        assert predictions[1][0]["label"] == "NEGATIVE"
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+        assert process.returncode == 0, output
+        assert "all ports free" in output
+        gone = psutil.wait_procs(children, timeout=10)[1] == []
+        assert gone, "children still running after Ctrl-C"
+        assert all(port_is_free(port) for port in ports.values())
+        for log in ("triton.log", "transformer.log", "redis.log"):
+            assert (tmp_path / "logs" / log).stat().st_size > 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_up_serves_a_users_checkpoint_without_redis(tiny_checkpoints, tmp_path):
+    ports = {name: free_port() for name in ("port", "grpc-port", "triton-http-port", "triton-grpc-port",
+                                             "triton-metrics-port")}
+    argv = [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
+    env = os.environ | {"SENTIMENT_CACHE_DIR": str(tmp_path / "cache")}
+    process = _up(["--checkpoint", str(tiny_checkpoints["distilbert"]), "--no-redis", *argv], tmp_path / "logs", env)
+    try:
+        _wait_for_banner(process)
+        response = httpx.post(f"http://localhost:{ports['port']}/project/bulk-predict", json={"text": ["hello"]})
+        assert response.status_code == 200
+        assert {item["label"] for item in response.json()["predictions"][0]} == {"NEGATIVE", "POSITIVE"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert all(port_is_free(port) for port in ports.values())
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_up_reports_a_busy_port(default_build, tmp_path):
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    busy = blocker.getsockname()[1]
+    try:
+        result = subprocess.run([sys.executable, "-m", "sentiment.cli", "up", "--port", str(busy), "--logs",
+                                 str(tmp_path / "logs"), "--no-redis"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        assert f"transformer HTTP {busy}" in result.stdout
+    finally:
+        blocker.close()

@@ -1,0 +1,94 @@
+"""Export of tiny randomly initialised DistilBERT and BERT classifiers: ONNX == PyTorch, and the
+repository passes (and a broken one fails) the consistency check, run as the CLI a user runs."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from transformer.bundle import ModelBundle
+from transformer.tokenization import TextEncoder
+
+TEXTS = ["good", "this film was a complete and utter waste of two hours of my life", "meh", "",
+         "an okay story, with wonderful acting and a soundtrack i still remember", "bad!", "fine"]
+
+
+def _onnx_and_torch_logits(checkpoint, repository, texts):
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = repository / "sentiment"
+    bundle = ModelBundle.load(model_dir / "bundle")
+    batch = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids).encode_batch(texts)
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], batch.arrays)[0]
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    with torch.inference_mode():
+        torch_logits = model(**{k: torch.from_numpy(v) for k, v in batch.arrays.items()}).logits.numpy()
+    return batch, onnx_logits, torch_logits
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "bert"])
+@pytest.mark.parametrize("size", [1, 7])
+def test_onnx_logits_equal_pytorch(kind, size, tiny_checkpoints, tiny_repositories):
+    batch, onnx_logits, torch_logits = _onnx_and_torch_logits(tiny_checkpoints[kind], tiny_repositories[kind], TEXTS[:size])
+    assert onnx_logits.shape == (size, 2)
+    if size > 1:
+        assert (batch.arrays["attention_mask"] == 0).any()  # the batch really has padding
+        assert np.ptp(onnx_logits[:, 1]) > 1e-2  # the logits differ between texts: the comparison means something
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=0)
+
+
+def test_padding_does_not_change_a_texts_logits(tiny_checkpoints, tiny_repositories):
+    _, batched, _ = _onnx_and_torch_logits(tiny_checkpoints["bert"], tiny_repositories["bert"], TEXTS)
+    for i, text in enumerate(TEXTS):
+        _, alone, _ = _onnx_and_torch_logits(tiny_checkpoints["bert"], tiny_repositories["bert"], [text])
+        np.testing.assert_allclose(alone[0], batched[i], atol=1e-4, rtol=0)
+
+
+def test_token_type_ids_follow_the_architecture(tiny_repositories):
+    assert ModelBundle.load(tiny_repositories["bert"] / "sentiment" / "bundle").uses_token_type_ids
+    assert not ModelBundle.load(tiny_repositories["distilbert"] / "sentiment" / "bundle").uses_token_type_ids
+
+
+def _check(repository) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sentiment.cli", "model", "check", "--repository", str(repository)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "bert"])
+def test_check_accepts_the_exported_repository(kind, tiny_repositories):
+    result = _check(tiny_repositories[kind])
+    assert result.returncode == 0, result.stderr
+    assert "agree" in result.stdout
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace('name: "attention_mask" data_type: TYPE_INT64', 'name: "attention_mask" data_type: TYPE_INT32'),
+     "attention_mask is TYPE_INT32"),
+    (lambda text: text.replace('"logits" data_type: TYPE_FP32 dims: [ 2 ]', '"logits" data_type: TYPE_FP32 dims: [ 3 ]'),
+     "logits dims"),
+    (lambda text: text.replace('name: "input_ids"', 'name: "ids"'), "tensors"),
+    (lambda text: text.replace('string_value: "', 'string_value: "0', 1), "fingerprint"),
+])
+def test_check_rejects_an_inconsistent_config(edit, message, tiny_repositories, tmp_path):
+    repository = tmp_path / "repo"
+    shutil.copytree(tiny_repositories["bert"], repository)
+    config = repository / "sentiment" / "config.pbtxt"
+    config.write_text(edit(config.read_text()))
+    result = _check(repository)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_export_report_and_bundle_agree(tiny_repositories):
+    model_dir = tiny_repositories["distilbert"] / "sentiment"
+    report = json.loads((model_dir / "bundle" / "export_report.json").read_text())
+    bundle = ModelBundle.load(model_dir / "bundle")
+    assert report["chosen"] == bundle.variant == "fp32"
+    assert report["fingerprint"] == bundle.fingerprint
+    assert bundle.labels == ["NEGATIVE", "POSITIVE"]

@@ -1,0 +1,102 @@
+"""The exported Python-backend model in the real bundled Triton: same logits as ONNX Runtime over
+V2 HTTP (tritonclient.http) and V2 gRPC (kserve's client), with dynamic batching at work."""
+
+import asyncio
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.conftest import TritonServer
+from transformer.bundle import ModelBundle
+from transformer.tokenization import TextEncoder
+
+TEXTS = ["good", "a long sentence about a film that was far too long for its own good", "ok", "",
+         "the acting was superb", "bad", "not bad at all, really"]
+
+
+@pytest.fixture(scope="module", params=["bert", "distilbert"])
+def triton(request, tiny_repositories, logs_dir):
+    server = TritonServer(tiny_repositories[request.param], logs_dir / f"triton-{request.param}").start()
+    yield server
+    server.stop()
+
+
+def _expected(triton):
+    model_dir = triton.repository / "sentiment"
+    bundle = ModelBundle.load(model_dir / "bundle")
+    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    return encoder, session
+
+
+def _http_infer(triton, arrays):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(triton.http_address)
+    inputs = []
+    for name, array in arrays.items():
+        tensor = httpclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return client.infer("sentiment", inputs).as_numpy("logits")
+
+
+def test_http_logits_equal_onnxruntime(triton):
+    encoder, session = _expected(triton)
+    batch = encoder.encode_batch(TEXTS)
+    np.testing.assert_allclose(_http_infer(triton, batch.arrays), session.run(["logits"], batch.arrays)[0], atol=1e-5)
+
+
+def test_grpc_logits_equal_onnxruntime(triton):
+    from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+    encoder, session = _expected(triton)
+    batch = encoder.encode_batch(TEXTS[:3])
+
+    async def call():
+        client = InferenceGRPCClient(triton.grpc_address, retries=0)
+        inputs = []
+        for name, array in batch.arrays.items():
+            tensor = InferInput(name, list(array.shape), "INT64")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        response = await client.infer(InferRequest(model_name="sentiment", infer_inputs=inputs))
+        await client.close()
+        return response.get_output_by_name("logits").as_numpy()
+
+    np.testing.assert_allclose(asyncio.run(call()), session.run(["logits"], batch.arrays)[0], atol=1e-5)
+
+
+def test_dynamic_batching_merges_concurrent_requests_of_any_length(triton):
+    """Many single-text requests at once: Triton runs fewer executions than requests, and every
+    answer equals ONNX Runtime's for that text alone (padding inside a merged batch is inert)."""
+    encoder, session = _expected(triton)
+    texts = [f"{TEXTS[i % len(TEXTS)]} {'more words ' * (i % 5)}".strip() for i in range(48)]
+
+    def stats():
+        with urllib.request.urlopen(f"http://{triton.http_address}/v2/models/sentiment/stats") as response:
+            model = json.load(response)["model_stats"][0]
+        return model["inference_count"], model["execution_count"]
+
+    before = stats()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda t: _http_infer(triton, encoder.encode_batch([t]).arrays), texts))
+    inferences, executions = (a - b for a, b in zip(stats(), before))
+    assert inferences == len(texts)
+    assert executions < len(texts), "dynamic batching never merged two requests"
+    for text, logits in zip(texts, results):
+        expected = session.run(["logits"], encoder.encode_batch([text]).arrays)[0]
+        np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+def test_triton_reports_the_fingerprint_in_the_model_config(triton):
+    with urllib.request.urlopen(f"http://{triton.http_address}/v2/models/sentiment/config") as response:
+        config = json.load(response)
+    bundle = ModelBundle.load(triton.repository / "sentiment" / "bundle")
+    assert config["parameters"]["fingerprint"]["string_value"] == bundle.fingerprint
+    assert config["backend"] == "python"
+    assert "dynamic_batching" in config

@@ -1,0 +1,95 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from transformer.cache import (CircuitBreaker, LocalTextCache, RedisTextCache, TieredTextCache, cache_key,
+                               decode_value, encode_value)
+
+
+def test_key_depends_on_model_fingerprint_and_text():
+    a = cache_key("sentiment", "a" * 64, "good movie")
+    assert a == cache_key("sentiment", "a" * 64, "good movie")
+    assert a != cache_key("sentiment", "b" * 64, "good movie")  # a new model never reads old entries
+    assert a != cache_key("sentiment", "a" * 64, "good movie!")
+    assert a.startswith("sentiment:aaaaaaaaaaaaaaaa:")
+
+
+def test_value_round_trip_is_compact():
+    probabilities = np.array([0.25, 0.75], dtype=np.float32)
+    raw = encode_value(probabilities)
+    assert len(raw) == 9
+    np.testing.assert_array_equal(decode_value(raw, 2), probabilities)
+
+
+@pytest.mark.parametrize("raw", [b"", b"garbage", b"\x01" + b"\x00" * 7, b"\x02" + np.float32([0.5, 0.5]).tobytes(),
+                                 b"\x01" + np.float32([np.nan, 0.5]).tobytes(), b"\x01" + np.float32([0.9, 0.9]).tobytes()])
+def test_corrupt_or_foreign_values_are_misses(raw):
+    assert decode_value(raw, 2) is None
+
+
+def test_lru_evicts_least_recently_used():
+    cache = LocalTextCache(max_entries=2)
+
+    async def scenario():
+        await cache.set_many({"a": b"1", "b": b"2"})
+        assert await cache.get_many(["a"]) == [b"1"]  # touch a: b is now the oldest
+        await cache.set_many({"c": b"3"})
+        return await cache.get_many(["a", "b", "c"])
+
+    assert asyncio.run(scenario()) == [b"1", None, b"3"]
+    assert len(cache) == 2
+
+
+def test_circuit_breaker_opens_then_half_opens_then_closes():
+    now = [0.0]
+    breaker = CircuitBreaker(failures=2, reset_s=5, clock=lambda: now[0])
+    breaker.record_failure()
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 5.1
+    assert breaker.state == "half-open" and breaker.allow()
+    breaker.record_failure()  # the trial failed: open again
+    assert not breaker.allow()
+    now[0] = 10.3
+    breaker.record_success()
+    assert breaker.state == "closed"
+
+
+def test_redis_down_fails_open_fast_and_opens_the_circuit():
+    """Nothing listens on the port: every call returns quickly, no exception reaches the caller."""
+    from sentiment.stack.processes import free_port
+
+    async def scenario():
+        cache = RedisTextCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, timeout_ms=50, pool_size=4,
+                               breaker=CircuitBreaker(failures=2, reset_s=60))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = await cache.get_many(["k1", "k2"])
+        await cache.set_many({"k1": b"v"})
+        third = await cache.get_many(["k1"])
+        elapsed = loop.time() - started
+        state = cache.breaker.state
+        await cache.close()
+        return first, third, elapsed, state
+
+    first, third, elapsed, state = asyncio.run(scenario())
+    assert first == [None, None] and third == [None]
+    assert state == "open"
+    assert elapsed < 1.0
+
+
+def test_tiered_cache_promotes_remote_hits_into_the_hot_tier():
+    hot, remote = LocalTextCache(10, name="hot"), LocalTextCache(10, name="remote")
+
+    async def scenario():
+        tiered = TieredTextCache(hot, remote)
+        await remote.set_many({"k": b"v"})
+        first = await tiered.get_many(["k", "missing"])
+        await remote.close()  # the hot tier now answers alone
+        second = await tiered.get_many(["k"])
+        await tiered.set_many({"n": b"w"})
+        return first, second, await hot.get_many(["n"])
+
+    assert asyncio.run(scenario()) == ([b"v", None], [b"v"], [b"w"])

@@ -1,0 +1,146 @@
+"""Pipeline logic with an in-memory predictor: dedupe, single-flight, batching, cache use.
+(The real predictor path is covered by tests/integration against Triton.)"""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from sentiment.model.build import default_base
+from transformer.bundle import ModelBundle
+from transformer.cache import LocalTextCache, encode_value, cache_key
+from transformer.classifier import TextClassifier, softmax
+from transformer.errors import PredictorUnavailable
+
+
+class RecordingPredictor:
+    """Logits from the number of tokens; records every batch; can be slowed down or broken."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False):
+        self.batches: list[tuple[int, int]] = []
+        self.delay = delay
+        self.fail = fail
+
+    async def infer(self, batch):
+        self.batches.append(batch.shape)
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise PredictorUnavailable("down")
+        lengths = batch.arrays["attention_mask"].sum(axis=1).astype(np.float32)
+        return np.stack([-lengths / 10, lengths / 10], axis=1)
+
+    async def model_ready(self):
+        return True
+
+    async def fingerprint(self):
+        return "f" * 64
+
+    async def close(self):
+        pass
+
+
+def make_classifier(predictor, cache=None, max_batch_size=4) -> TextClassifier:
+    bundle = ModelBundle(labels=["NEGATIVE", "POSITIVE"], max_length=32, uses_token_type_ids=True, lowercase=True,
+                         fingerprint="f" * 64, max_batch_size=max_batch_size)
+    cache = cache if cache is not None else LocalTextCache(100)
+    classifier = TextClassifier(bundle, default_base(), cache, predictor, pad_to_multiple=1)
+    classifier.status.fingerprint = "match"
+    return classifier
+
+
+def test_softmax_rows_sum_to_one():
+    probabilities = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]], dtype=np.float32))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    assert probabilities[0, 0] == pytest.approx(1.0)
+
+
+def test_duplicates_in_a_request_are_computed_once_and_order_is_kept():
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor)
+    texts = ["a b c", "x", "A  B C", "x", "longer text with many tokens"]
+    probabilities = asyncio.run(classifier.classify(texts))
+    assert probabilities.shape == (5, 2)
+    assert sum(rows for rows, _ in predictor.batches) == 3  # "a b c" == "A  B C" after normalization
+    np.testing.assert_array_equal(probabilities[0], probabilities[2])
+    np.testing.assert_array_equal(probabilities[1], probabilities[3])
+    assert probabilities[4, 1] > probabilities[0, 1] > probabilities[1, 1]  # more tokens -> more positive
+
+
+def test_misses_are_sorted_by_length_and_split_into_max_batch_size():
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor, max_batch_size=4)
+    texts = [("word " * n).strip() for n in (9, 1, 5, 2, 8, 3, 7, 4, 6, 10)]
+    asyncio.run(classifier.classify(texts))
+    assert [rows for rows, _ in predictor.batches] == [4, 4, 2]
+    widths = [width for _, width in predictor.batches]
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # short texts padded together
+
+
+def test_second_request_is_served_from_cache():
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor)
+
+    async def scenario():
+        first = await classifier.classify(["good", "bad"])
+        calls = len(predictor.batches)
+        second = await classifier.classify(["bad", "good"])
+        return first, second, calls
+
+    first, second, calls = asyncio.run(scenario())
+    assert len(predictor.batches) == calls == 1
+    np.testing.assert_array_equal(first[::-1], second)
+
+
+def test_concurrent_identical_misses_are_coalesced():
+    predictor = RecordingPredictor(delay=0.05)
+    classifier = make_classifier(predictor)
+
+    async def scenario():
+        return await asyncio.gather(*(classifier.classify(["same text", f"own {i}"]) for i in range(5)))
+
+    results = asyncio.run(scenario())
+    assert sum(rows for rows, _ in predictor.batches) == 6  # "same text" once + 5 own texts
+    for result in results[1:]:
+        np.testing.assert_array_equal(result[0], results[0][0])
+
+
+def test_corrupt_cache_value_is_recomputed():
+    cache = LocalTextCache(100)
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor, cache)
+    key = cache_key("sentiment", "f" * 64, "good")
+    asyncio.run(cache.set_many({key: b"\x01garbage"}))
+    probabilities = asyncio.run(classifier.classify(["good"]))
+    assert len(predictor.batches) == 1
+    assert asyncio.run(cache.get_many([key])) == [encode_value(probabilities[0])]
+
+
+def test_predictor_failure_reaches_every_waiter_and_nothing_is_cached():
+    predictor = RecordingPredictor(delay=0.02, fail=True)
+    cache = LocalTextCache(100)
+    classifier = make_classifier(predictor, cache)
+
+    async def scenario():
+        return await asyncio.gather(*(classifier.classify(["t"]) for _ in range(3)), return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, PredictorUnavailable) for r in results)
+    assert len(cache) == 0 and not classifier._inflight
+    predictor.fail = False
+    assert asyncio.run(classifier.classify(["t"])).shape == (1, 2)  # recovers
+
+
+def test_misses_are_refused_until_the_predictor_fingerprint_is_verified():
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor)
+    classifier.status.fingerprint = "mismatch"
+    with pytest.raises(PredictorUnavailable):
+        asyncio.run(classifier.classify(["new text"]))
+    assert predictor.batches == []
+
+
+def test_ranked_lists_every_label_highest_first():
+    classifier = make_classifier(RecordingPredictor())
+    ranked = classifier.ranked(np.array([[0.2, 0.8], [0.9, 0.1]], dtype=np.float32))
+    assert [[item["label"] for item in row] for row in ranked] == [["POSITIVE", "NEGATIVE"], ["NEGATIVE", "POSITIVE"]]
+    assert ranked[0][0]["score"] == pytest.approx(0.8)

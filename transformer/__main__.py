@@ -1,0 +1,66 @@
+"""`python -m transformer`: start KServe's ModelServer with the sentiment transformer.
+
+Takes KServe's own flags (the controller passes --model_name, --predictor_host, --http_port, ...)
+plus ours (see `python -m transformer --help`); every flag has an environment variable too.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from transformer.settings import build_parser, settings_from
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValueError as error:
+        parser.error(str(error))
+
+    import kserve
+    from kserve import PredictorConfig
+    from kserve.model_server import app
+
+    from transformer.bundle import BundleError
+    from transformer.model import SentimentModel
+    from transformer.routes import register_routes
+
+    if args.workers != 1:
+        # kserve 0.21 loses the PredictorConfig in spawned workers (HTTP 501); scale with replicas instead.
+        logging.getLogger("transformer").warning("--workers %s ignored: the transformer runs one worker", args.workers)
+    model = SentimentModel(settings)
+    try:
+        model.load()
+    except BundleError as error:
+        logging.getLogger("transformer").error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    register_routes(app, model)
+    predictor_config = PredictorConfig(
+        predictor_host=settings.predictor_host,
+        predictor_protocol=settings.predictor_protocol,
+        predictor_use_ssl=settings.predictor_use_ssl,
+        predictor_request_timeout_seconds=int(settings.predictor_timeout_s),
+        predictor_request_retries=0,
+        predictor_health_check=args.enable_predictor_health_check,
+    )
+    server = kserve.ModelServer(
+        http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
+        enable_latency_logging=args.enable_latency_logging,
+        predictor_config=predictor_config,
+    )
+    # One access-timing log line per request costs CPU on the hot path; keep warnings only.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    ours = logging.getLogger("transformer")
+    ours.handlers = list(logging.getLogger("kserve").handlers)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    server.start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Prometheus metrics of the transformer, in the default registry that KServe serves on /metrics."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+REQUESTS = Counter("sentiment_requests_total", "HTTP requests by route and status code", ["route", "method", "status"])
+REQUEST_LATENCY = Histogram("sentiment_request_duration_seconds", "HTTP request latency by route", ["route"],
+                            buckets=_LATENCY_BUCKETS)
+REQUEST_BYTES = Histogram("sentiment_request_size_bytes", "HTTP request body size of inference routes", ["route"],
+                          buckets=(100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 1_000_000, 4_000_000))
+INFLIGHT = Gauge("sentiment_inflight_requests", "Inference requests being processed")
+SHED = Counter("sentiment_shed_requests_total", "Requests rejected because the in-flight limit was reached")
+TEXTS_PER_REQUEST = Histogram("sentiment_texts_per_request", "Texts in one classification request",
+                              buckets=(1, 2, 5, 10, 20, 50, 100, 256))
+TEXTS = Counter("sentiment_texts_total", "Texts classified, by where the result came from", ["source"])
+CACHE_LOOKUPS = Counter("sentiment_cache_lookups_total", "Cache lookups per text by tier and result", ["tier", "result"])
+CACHE_ERRORS = Counter("sentiment_cache_errors_total", "Cache operations that failed (served without cache)",
+                       ["operation", "reason"])
+CACHE_CORRUPT = Counter("sentiment_cache_corrupt_values_total", "Cache values that could not be decoded (treated as misses)")
+SINGLE_FLIGHT_JOINS = Counter("sentiment_singleflight_joins_total", "Texts that waited for an identical in-flight miss")
+TOKENIZE_SECONDS = Histogram("sentiment_tokenize_seconds", "Tokenization time per batch of misses",
+                             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
+PREDICTOR_BATCH_SIZE = Histogram("sentiment_predictor_batch_size", "Texts per call to the predictor",
+                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+PREDICTOR_LATENCY = Histogram("sentiment_predictor_latency_seconds", "Predictor call latency", buckets=_LATENCY_BUCKETS)
+PREDICTOR_ERRORS = Counter("sentiment_predictor_errors_total", "Failed predictor calls", ["reason"])
+PREDICTOR_READY = Gauge("sentiment_predictor_ready", "1 when the predictor is ready and serves our model fingerprint")
+
+
+def record_lookups(tier: str, found: Sequence[bytes | None]) -> None:
+    hits = sum(value is not None for value in found)
+    if hits:
+        CACHE_LOOKUPS.labels(tier=tier, result="hit").inc(hits)
+    if len(found) - hits:
+        CACHE_LOOKUPS.labels(tier=tier, result="miss").inc(len(found) - hits)

@@ -1,0 +1,219 @@
+"""Client of the predictor (Triton) over KServe V2: gRPC (default) or REST.
+
+Inference goes through KServe's own clients (`InferenceGRPCClient` / `InferenceRESTClient`);
+the model fingerprint comes from Triton's model configuration parameters (gRPC `ModelConfig`,
+or `GET /v2/models/<name>/config` over REST). Every failure becomes `PredictorUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+import numpy as np
+
+from transformer import metrics
+from transformer.errors import PredictorUnavailable
+from transformer.tokenization import EncodedBatch
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    async def infer(self, batch: EncodedBatch) -> np.ndarray: ...
+
+    async def model_ready(self) -> bool: ...
+
+    async def fingerprint(self) -> str | None: ...
+
+    async def close(self) -> None: ...
+
+
+def _model_config_messages():
+    """Request/response classes for Triton's `ModelConfig` RPC, declared with only the fields we read
+    (name; config.parameters[*].string_value), in a private descriptor pool: tritonclient's generated
+    protos cannot be imported beside kserve's (duplicate symbols)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    fdp = descriptor_pb2.FileDescriptorProto(name="sentiment_model_config.proto", package="sentiment_probe", syntax="proto3")
+    T = descriptor_pb2.FieldDescriptorProto
+    request = fdp.message_type.add(name="ModelConfigRequest")
+    request.field.add(name="name", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    request.field.add(name="version", number=2, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    parameter = fdp.message_type.add(name="ModelParameter")
+    parameter.field.add(name="string_value", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    config = fdp.message_type.add(name="ModelConfig")
+    config.field.add(name="name", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    entry = config.nested_type.add(name="ParametersEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL,
+                    type_name=".sentiment_probe.ModelParameter")
+    config.field.add(name="parameters", number=14, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED,
+                     type_name=".sentiment_probe.ModelConfig.ParametersEntry")
+    response = fdp.message_type.add(name="ModelConfigResponse")
+    response.field.add(name="config", number=1, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL,
+                       type_name=".sentiment_probe.ModelConfig")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    get = message_factory.GetMessageClass
+    return get(pool.FindMessageTypeByName("sentiment_probe.ModelConfigRequest")), get(
+        pool.FindMessageTypeByName("sentiment_probe.ModelConfigResponse"))
+
+
+def _infer_request(model_name: str, batch: EncodedBatch):
+    from kserve import InferInput, InferRequest
+
+    inputs = []
+    for name, array in batch.arrays.items():
+        tensor = InferInput(name=name, shape=list(array.shape), datatype="INT64")
+        tensor.set_data_from_numpy(array, binary_data=True)
+        inputs.append(tensor)
+    return InferRequest(model_name=model_name, infer_inputs=inputs)
+
+
+def _logits(response, rows: int) -> np.ndarray:
+    output = response.get_output_by_name("logits")
+    if output is None:
+        raise PredictorUnavailable("the predictor answered without a 'logits' output")
+    logits = output.as_numpy().astype(np.float32, copy=False)
+    if logits.ndim != 2 or logits.shape[0] != rows:
+        raise PredictorUnavailable(f"the predictor returned logits of shape {list(logits.shape)} for {rows} texts")
+    return logits
+
+
+class GrpcPredictor:
+    """Triton over KServe V2 gRPC. Reconnects fast after a Triton restart (short reconnect backoff)."""
+
+    def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False):
+        import grpc
+
+        self.host = host if ":" in host else f"{host}:{443 if use_ssl else 80}"
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.use_ssl = use_ssl
+        self._rpc_error = grpc.RpcError
+        self._client = None
+        self._config_channel = None
+        self._model_config = None
+
+    def _connect(self):
+        """Channels are made inside the running event loop (grpc.aio binds them to it)."""
+        if self._client is not None:
+            return self._client
+        import grpc
+        from kserve import InferenceGRPCClient
+
+        options = [
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 2_000),
+        ]
+        self._client = InferenceGRPCClient(url=self.host, use_ssl=self.use_ssl, timeout=self.timeout_s, retries=0,
+                                           channel_args=list(options))
+        if self.use_ssl:
+            channel = grpc.aio.secure_channel(self.host, grpc.ssl_channel_credentials(), options=options)
+        else:
+            channel = grpc.aio.insecure_channel(self.host, options=options)
+        self._config_channel = channel
+        request_type, response_type = _model_config_messages()
+        self._config_request = request_type
+        self._model_config = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelConfig",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        return self._client
+
+    async def infer(self, batch: EncodedBatch) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            response = await self._connect().infer(_infer_request(self.model_name, batch), timeout=self.timeout_s)
+        except self._rpc_error as error:
+            code = error.code().name if hasattr(error, "code") else "UNKNOWN"
+            metrics.PREDICTOR_ERRORS.labels(reason=code.lower()).inc()
+            raise PredictorUnavailable(f"the predictor failed ({code}); retry shortly", reason=code.lower()) from None
+        except asyncio.TimeoutError:
+            metrics.PREDICTOR_ERRORS.labels(reason="timeout").inc()
+            raise PredictorUnavailable(f"the predictor did not answer within {self.timeout_s:g} s") from None
+        except Exception:
+            log.exception("unexpected predictor client failure")
+            metrics.PREDICTOR_ERRORS.labels(reason="client_error").inc()
+            raise PredictorUnavailable("the predictor call failed; retry shortly") from None
+        metrics.PREDICTOR_LATENCY.observe(time.perf_counter() - started)
+        return _logits(response, batch.shape[0])
+
+    async def model_ready(self) -> bool:
+        try:
+            return await self._connect().is_model_ready(self.model_name, timeout=min(self.timeout_s, 2.0))
+        except Exception:  # any transport failure means "not ready"
+            return False
+
+    async def fingerprint(self) -> str | None:
+        self._connect()
+        try:
+            response = await self._model_config(self._config_request(name=self.model_name), timeout=min(self.timeout_s, 2.0))
+        except self._rpc_error:
+            return None
+        parameter = response.config.parameters.get("fingerprint")
+        return parameter.string_value if parameter is not None else ""
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            await self._config_channel.close()
+
+
+class RestPredictor:
+    """Triton over KServe V2 REST (binary tensor extension)."""
+
+    def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False):
+        import httpx
+        from kserve import InferenceRESTClient, RESTConfig
+
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.base_url = f"{'https' if use_ssl else 'http'}://{host}"
+        self._client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=timeout_s, retries=0))
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=min(timeout_s, 2.0))
+        self._errors = (httpx.HTTPError, OSError, asyncio.TimeoutError)
+
+    async def infer(self, batch: EncodedBatch) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            response = await self._client.infer(self.base_url, _infer_request(self.model_name, batch), model_name=self.model_name)
+        except self._errors as error:
+            metrics.PREDICTOR_ERRORS.labels(reason=type(error).__name__.lower()).inc()
+            raise PredictorUnavailable(f"the predictor failed ({type(error).__name__}); retry shortly") from None
+        metrics.PREDICTOR_LATENCY.observe(time.perf_counter() - started)
+        return _logits(response, batch.shape[0])
+
+    async def model_ready(self) -> bool:
+        try:
+            return (await self._http.get(f"/v2/models/{self.model_name}/ready")).status_code == 200
+        except self._errors:
+            return False
+
+    async def fingerprint(self) -> str | None:
+        try:
+            response = await self._http.get(f"/v2/models/{self.model_name}/config")
+        except self._errors:
+            return None
+        if response.status_code != 200:
+            return None
+        parameters = response.json().get("parameters", {})
+        return parameters.get("fingerprint", {}).get("string_value", "")
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+def build_predictor(settings) -> Predictor:
+    cls = GrpcPredictor if settings.predictor_protocol == "grpc-v2" else RestPredictor
+    return cls(settings.predictor_host, settings.model_name, settings.predictor_timeout_s, settings.predictor_use_ssl)

@@ -1,0 +1,123 @@
+"""The one settings object of the transformer, built from flags, then environment, then defaults.
+
+KServe's own flags (`--model_name`, `--predictor_host`, `--predictor_protocol`, `--http_port`,
+`--grpc_port`, ...) come from `kserve.model_server.parser`, which the KServe controller fills in a
+pod; ours extend it with the same underscore style. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Literal, Mapping
+
+from pydantic import BaseModel, Field, field_validator
+
+DEFAULT_BUNDLE = "model_repository/sentiment/bundle"
+
+
+class Settings(BaseModel):
+    """Every knob of the transformer; each has a default that works for the local stack."""
+
+    model_config = {"frozen": True, "protected_namespaces": ()}
+
+    model_name: str = "sentiment"
+    model_bundle: str = Field(DEFAULT_BUNDLE, description="directory with bundle.json and tokenizer.json")
+    predictor_host: str = Field("127.0.0.1:8001", description="Triton host:port (gRPC port for grpc-v2)")
+    predictor_protocol: Literal["grpc-v2", "v2"] = "grpc-v2"
+    predictor_use_ssl: bool = False
+    predictor_timeout_s: float = Field(10.0, gt=0, description="per predictor call; requests never wait longer")
+    predictor_check_interval_s: float = Field(1.0, gt=0, description="predictor readiness / fingerprint probe period")
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset -> in-process LRU")
+    redis_timeout_ms: int = Field(50, gt=0, le=1000, description="socket timeout of every Redis call")
+    redis_pool_size: int = Field(32, gt=0)
+    cache_ttl_s: int = Field(86400, gt=0)
+    cache_prefix: str = "sentiment"
+    local_cache_size: int = Field(100_000, ge=0, description="entries of the in-process LRU (no Redis)")
+    hot_cache_size: int = Field(10_000, ge=0, description="entries of the in-process tier in front of Redis; 0 = off")
+    breaker_failures: int = Field(3, gt=0, description="consecutive Redis errors that open the circuit")
+    breaker_reset_s: float = Field(2.0, gt=0, description="seconds the circuit stays open before a retry")
+    max_texts: int = Field(256, gt=0, description="texts per request (413 above)")
+    max_text_chars: int = Field(10_000, gt=0, description="characters per text (413 above)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body bytes (413 above)")
+    max_inflight: int = Field(256, gt=0, description="concurrent inference requests before shedding with 503")
+    pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
+    tokenizer_threads: int = Field(1, ge=1)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+
+# (field, flag, environment variable, type)
+_SOURCES: list[tuple[str, str, str, type]] = [
+    ("model_bundle", "--model_bundle", "MODEL_BUNDLE", str),
+    ("predictor_timeout_s", "--predictor_timeout", "PREDICTOR_TIMEOUT_SECONDS", float),
+    ("predictor_check_interval_s", "--predictor_check_interval", "PREDICTOR_CHECK_INTERVAL_SECONDS", float),
+    ("redis_url", "--redis_url", "REDIS_URL", str),
+    ("redis_timeout_ms", "--redis_timeout_ms", "REDIS_TIMEOUT_MS", int),
+    ("redis_pool_size", "--redis_pool_size", "REDIS_POOL_SIZE", int),
+    ("cache_ttl_s", "--cache_ttl", "CACHE_TTL_SECONDS", int),
+    ("cache_prefix", "--cache_prefix", "CACHE_PREFIX", str),
+    ("local_cache_size", "--local_cache_size", "LOCAL_CACHE_SIZE", int),
+    ("hot_cache_size", "--hot_cache_size", "HOT_CACHE_SIZE", int),
+    ("breaker_failures", "--breaker_failures", "CACHE_BREAKER_FAILURES", int),
+    ("breaker_reset_s", "--breaker_reset", "CACHE_BREAKER_RESET_SECONDS", float),
+    ("max_texts", "--max_texts", "MAX_TEXTS_PER_REQUEST", int),
+    ("max_text_chars", "--max_text_chars", "MAX_TEXT_CHARS", int),
+    ("max_body_bytes", "--max_body_bytes", "MAX_BODY_BYTES", int),
+    ("max_inflight", "--max_inflight", "MAX_INFLIGHT_REQUESTS", int),
+    ("pad_to_multiple", "--pad_to_multiple", "PAD_TO_MULTIPLE", int),
+    ("tokenizer_threads", "--tokenizer_threads", "TOKENIZER_THREADS", int),
+]
+# KServe's flags we also read, with the environment variable that may stand in for them.
+_KSERVE_SOURCES: list[tuple[str, str, str]] = [
+    ("model_name", "model_name", "MODEL_NAME"),
+    ("predictor_host", "predictor_host", "PREDICTOR_HOST"),
+    ("predictor_protocol", "predictor_protocol", "PREDICTOR_PROTOCOL"),
+    ("predictor_use_ssl", "predictor_use_ssl", "PREDICTOR_USE_SSL"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's model-server parser extended with the transformer's flags (all default to None)."""
+    from kserve.model_server import parser as kserve_parser
+
+    parser = argparse.ArgumentParser(
+        prog="python -m transformer", parents=[kserve_parser],
+        description="Sentiment transformer: tokenization, per-text cache, KServe V1/V2 and /project routes.",
+    )
+    for field_name, flag, env, kind in _SOURCES:
+        description = Settings.model_fields[field_name].description or ""
+        parser.add_argument(flag, dest=field_name, type=kind, default=None,
+                            help=f"{description} [env {env}; default {Settings.model_fields[field_name].default}]")
+    # None = "not given": the environment, then our defaults, fill in. Per-request latency log lines
+    # cost CPU on the hot path, so they are off unless asked for.
+    parser.set_defaults(model_name=None, predictor_host=None, predictor_protocol=None, enable_latency_logging=False)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge: explicit flag > environment variable > default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field_name, _flag, env, _kind in _SOURCES:
+        value = getattr(args, field_name, None)
+        if value is None and environ.get(env) not in (None, ""):
+            value = environ[env]
+        if value is not None:
+            values[field_name] = value
+    for field_name, attribute, env in _KSERVE_SOURCES:
+        value = getattr(args, attribute, None)
+        if value is None or (attribute == "predictor_use_ssl" and value is False):
+            value = environ.get(env) or None
+        if value is not None:
+            values[field_name] = value
+    if values.get("predictor_protocol") == "v1":
+        raise ValueError("--predictor_protocol v1 is not supported: Triton speaks v2 (use grpc-v2 or v2)")
+    return Settings(**values)
