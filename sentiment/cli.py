@@ -115,9 +115,15 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--repository", default=str(default_model_repository()))
     check.set_defaults(handler=_cmd_model_check)
 
+    from sentiment.loadtest.cli import add_loadtest_command
     from sentiment.stack.cli import add_stack_commands
 
     add_stack_commands(commands)
+    add_loadtest_command(commands)
+
+    from sentiment.benchmark import add_bench_command
+
+    add_bench_command(commands)
     return parser
 
 

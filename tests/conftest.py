@@ -44,7 +44,8 @@ def tiny_repositories(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 
 def _export(export, checkpoint: Path, repository: Path) -> Path:
-    export(checkpoint, repository, variant="fp32")
+    # A 10 ms batching window makes merges of concurrent test requests certain, not a race.
+    export(checkpoint, repository, variant="fp32", spec_overrides={"max_queue_delay_us": 10_000})
     return repository
 
 

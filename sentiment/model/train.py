@@ -158,7 +158,7 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
             optimizer.zero_grad(set_to_none=True)
             running += loss.item()
             progress.update(1)
-            progress.set_postfix(epoch=epoch, loss=f"{running / step:.3f}")
+            progress.set_postfix(epoch=epoch, loss=f"{running / step:.3f}", refresh=False)
         dev_accuracy = accuracy(predict_labels(model, tokenizer, splits.dev, config.max_length), splits.dev)
         history.append({"epoch": epoch, "train_loss": running / steps_per_epoch, "dev_accuracy": dev_accuracy})
         progress.write(f"epoch {epoch}: train loss {running / steps_per_epoch:.4f}, dev accuracy {dev_accuracy:.4f}")

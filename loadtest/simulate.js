@@ -1,0 +1,180 @@
+// k6 load test of the sentiment service: POST /project/bulk-predict with a controlled cache hit rate.
+//
+// Environment (all optional):
+//   BASE_URL           service under test (default http://localhost:8000)
+//   CACHE_HIT_RATE     0..1 (default 0)
+//   HIT_GRANULARITY    request (default): a hit sends the fixed warm request (identical body), a miss
+//                      sends TEXTS_PER_REQUEST texts never seen before;
+//                      text: each text is drawn from a WARM_POOL_SIZE-sentence warm pool with
+//                      probability CACHE_HIT_RATE, and is new otherwise (the "partial repeat" mix)
+//   TEXTS_PER_REQUEST  texts per request (default 10)
+//   WARM_POOL_SIZE     warm sentences (default 50)
+//   SCENARIO           closed (default: ramp 0 -> VUS, hold, ramp to 0), open (constant arrival rate),
+//                      saturation (arrival rate stepped up), smoke (a few seconds, for CI)
+//   VUS, RAMP_UP, HOLD, RAMP_DOWN          closed model (defaults 10, 30s, 60s, 15s)
+//   RATE, DURATION, MAX_VUS                open model (defaults 50 req/s, 60s, 200)
+//   START_RATE, STEP_RATE, STEPS, STEP_DURATION   saturation (defaults 10, 10, 10, 20s)
+//   HEALTH_RATE        requests/s to /project/health alongside the load (default 5; 0 = off)
+//   RUN_ID             makes the "new" texts unique across runs (default: start time)
+//   SUMMARY_FILE       where handleSummary writes the JSON summary (default summary.json)
+//   P99_MS             p(99) threshold in ms (default 2000)
+import http from 'k6/http';
+import { check } from 'k6';
+import { Counter, Rate } from 'k6/metrics';
+
+const BASE_URL = __ENV.BASE_URL || 'http://localhost:8000';
+const HIT_RATE = parseFloat(__ENV.CACHE_HIT_RATE || '0');
+const GRANULARITY = __ENV.HIT_GRANULARITY || 'request';
+const TEXTS_PER_REQUEST = parseInt(__ENV.TEXTS_PER_REQUEST || '10', 10);
+const WARM_POOL_SIZE = parseInt(__ENV.WARM_POOL_SIZE || '50', 10);
+const SCENARIO = __ENV.SCENARIO || 'closed';
+const HEALTH_RATE = parseFloat(__ENV.HEALTH_RATE || '5');
+const RUN_ID = __ENV.RUN_ID || `${Date.now()}`;
+const SUMMARY_FILE = __ENV.SUMMARY_FILE || 'summary.json';
+const P99_MS = __ENV.P99_MS || '2000';
+
+const SUBJECTS = ['The film', 'This movie', 'The plot', 'The acting', 'The soundtrack', 'The script', 'The ending',
+  'The director\'s new work', 'The sequel', 'The cast', 'The dialogue', 'The pacing', 'This documentary',
+  'The cinematography', 'The lead performance', 'The story', 'The comedy', 'The thriller', 'The animation',
+  'The premise', 'The final act', 'The villain', 'The score', 'The editing', 'The remake'];
+const PREDICATES = ['is a joy from start to finish', 'is a tedious, muddled mess', 'left me cold and bored',
+  'is warm, funny and beautifully made', 'never rises above its clichés', 'is one of the best of the year',
+  'feels lazy and overlong', 'is sharp, moving and smart', 'wastes a talented cast', 'is a delightful surprise',
+  'falls apart in the second half', 'is gripping and heartfelt', 'is dull and predictable',
+  'deserves a much wider audience', 'is an embarrassing misfire', 'works beautifully on every level',
+  'is too long by half an hour', 'made me laugh out loud', 'is hollow and forgettable', 'is a small triumph'];
+
+function sentence(n) {
+  return `${SUBJECTS[n % SUBJECTS.length]} ${PREDICATES[Math.floor(n / SUBJECTS.length) % PREDICATES.length]}.`;
+}
+
+const WARM_POOL = Array.from({ length: WARM_POOL_SIZE }, (_, i) => sentence(i * 7 + 3));
+const WARM_REQUEST = JSON.stringify({ text: WARM_POOL.slice(0, TEXTS_PER_REQUEST) });
+const PARAMS = { headers: { 'Content-Type': 'application/json' }, tags: { name: 'bulk-predict' }, timeout: '30s' };
+
+export const texts = new Counter('texts_classified');
+export const warmTexts = new Rate('warm_text_rate');
+
+function newText(i) {
+  // A unique tail makes the text (and its tokens) new: it must miss every cache.
+  return `${sentence(__VU * 131 + __ITER * 17 + i)} (${RUN_ID}-${__VU}-${__ITER}-${i})`;
+}
+
+function body() {
+  if (GRANULARITY === 'text') {
+    const list = [];
+    for (let i = 0; i < TEXTS_PER_REQUEST; i++) {
+      const warm = Math.random() < HIT_RATE;
+      warmTexts.add(warm);
+      list.push(warm ? WARM_POOL[Math.floor(Math.random() * WARM_POOL.length)] : newText(i));
+    }
+    return JSON.stringify({ text: list });
+  }
+  const hit = Math.random() < HIT_RATE;
+  for (let i = 0; i < TEXTS_PER_REQUEST; i++) warmTexts.add(hit);
+  if (hit) return WARM_REQUEST;
+  return JSON.stringify({ text: Array.from({ length: TEXTS_PER_REQUEST }, (_, i) => newText(i)) });
+}
+
+function loadScenario() {
+  const vus = parseInt(__ENV.VUS || '10', 10);
+  switch (SCENARIO) {
+    case 'smoke':
+      return { executor: 'constant-vus', vus: Math.min(vus, 2), duration: __ENV.DURATION || '5s' };
+    case 'open':
+      return {
+        executor: 'constant-arrival-rate', rate: parseInt(__ENV.RATE || '50', 10), timeUnit: '1s',
+        duration: __ENV.DURATION || '60s', preAllocatedVUs: vus, maxVUs: parseInt(__ENV.MAX_VUS || '200', 10),
+      };
+    case 'saturation': {
+      const start = parseInt(__ENV.START_RATE || '10', 10);
+      const step = parseInt(__ENV.STEP_RATE || '10', 10);
+      const steps = parseInt(__ENV.STEPS || '10', 10);
+      const stepDuration = __ENV.STEP_DURATION || '20s';
+      const stages = [];
+      for (let i = 0; i < steps; i++) {
+        stages.push({ target: start + i * step, duration: '2s' }, { target: start + i * step, duration: stepDuration });
+      }
+      return {
+        executor: 'ramping-arrival-rate', startRate: start, timeUnit: '1s', stages,
+        preAllocatedVUs: vus, maxVUs: parseInt(__ENV.MAX_VUS || '300', 10),
+      };
+    }
+    default:
+      return {
+        executor: 'ramping-vus', startVUs: 0, gracefulRampDown: '10s',
+        stages: [
+          { duration: __ENV.RAMP_UP || '30s', target: vus },
+          { duration: __ENV.HOLD || '60s', target: vus },
+          { duration: __ENV.RAMP_DOWN || '15s', target: 0 },
+        ],
+      };
+  }
+}
+
+const scenarios = { load: Object.assign({ exec: 'predict' }, loadScenario()) };
+if (HEALTH_RATE > 0 && SCENARIO !== 'smoke') {
+  const load = scenarios.load;
+  const seconds = (d) => parseInt(d, 10) * (d.endsWith('m') ? 60 : 1);
+  let total;
+  if (load.stages) total = load.stages.reduce((sum, s) => sum + seconds(s.duration), 0);
+  else total = seconds(load.duration);
+  scenarios.health = {
+    executor: 'constant-arrival-rate', exec: 'health', rate: HEALTH_RATE, timeUnit: '1s',
+    duration: `${total}s`, preAllocatedVUs: 2, maxVUs: 10,
+  };
+}
+
+export const options = {
+  scenarios,
+  thresholds: {
+    'http_req_failed{scenario:load}': ['rate<0.01'],
+    'http_req_duration{scenario:load}': [`p(99)<${P99_MS}`],
+    'http_reqs{scenario:load}': ['count>=0'], // reported per scenario in the summary
+    'http_req_duration{scenario:health}': ['p(99)>=0'],
+    'http_reqs{scenario:health}': ['count>=0'],
+  },
+  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  discardResponseBodies: false,
+};
+
+export function predict() {
+  const payload = body();
+  const response = http.post(`${BASE_URL}/project/bulk-predict`, payload, PARAMS);
+  const ok = check(response, {
+    'status is 200': (r) => r.status === 200,
+    'one ranked list per text': (r) => {
+      if (r.status !== 200) return false;
+      const predictions = r.json('predictions');
+      return Array.isArray(predictions) && predictions.length === TEXTS_PER_REQUEST &&
+        predictions.every((ranked) => ranked.length >= 2 && ranked[0].score >= ranked[1].score);
+    },
+  });
+  if (ok) texts.add(TEXTS_PER_REQUEST);
+}
+
+export function health() {
+  const response = http.get(`${BASE_URL}/project/health`, { tags: { name: 'health' }, timeout: '10s' });
+  check(response, { 'health is 200': (r) => r.status === 200 });
+}
+
+function metric(data, name, stat) {
+  const m = data.metrics[name];
+  return m && m.values && m.values[stat] !== undefined ? m.values[stat] : null;
+}
+
+export function handleSummary(data) {
+  const d = 'http_req_duration{scenario:load}';
+  const lines = [
+    `scenario=${SCENARIO} cache_hit_rate=${HIT_RATE} granularity=${GRANULARITY} texts/request=${TEXTS_PER_REQUEST}`,
+    `requests/s ${(metric(data, 'http_reqs{scenario:load}', 'rate') || metric(data, 'iterations', 'rate') || 0).toFixed(1)}` +
+      `  texts/s ${(metric(data, 'texts_classified', 'rate') || 0).toFixed(1)}` +
+      `  failed ${((metric(data, 'http_req_failed{scenario:load}', 'rate') || 0) * 100).toFixed(2)}%`,
+    `latency ms p50 ${metric(data, d, 'med')?.toFixed(1)} p90 ${metric(data, d, 'p(90)')?.toFixed(1)}` +
+      ` p95 ${metric(data, d, 'p(95)')?.toFixed(1)} p99 ${metric(data, d, 'p(99)')?.toFixed(1)}`,
+  ];
+  if (metric(data, 'http_reqs{scenario:health}', 'count')) {
+    lines.push(`health p99 ${metric(data, 'http_req_duration{scenario:health}', 'p(99)').toFixed(1)} ms`);
+  }
+  return { stdout: lines.join('\n') + '\n', [SUMMARY_FILE]: JSON.stringify(data, null, 2) };
+}

