@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 SENTIMENT := $(BIN)/sentiment
 
-.PHONY: help venv model run test test-fast check-model clean
+.PHONY: help venv model run test test-fast check-model upload-model bench loadtest clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,13 +20,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed  ## create .venv and install everything (once)
 
+# checkov (manifest and Dockerfile policy checks) has pins that clash with the project's: own venv.
+.venv-checkov/.installed:
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip --disable-pip-version-check install --quiet checkov==3.3.30
+	touch $@
+
 model: venv  ## build the default model into model_repository/ (trains once per machine)
 	$(SENTIMENT) model build
 
 run: model  ## run redis, triton and the transformer on http://localhost:8000 until Ctrl-C
 	$(SENTIMENT) up
 
-test: model  ## the whole test suite, end-to-end tests included
+test: model .venv-checkov/.installed  ## the whole test suite, end-to-end tests included
 	$(BIN)/python -m pytest
 
 test-fast: venv  ## unit tests and the tiny-model integration tests only
@@ -35,6 +41,16 @@ test-fast: venv  ## unit tests and the tiny-model integration tests only
 check-model: model  ## check model_repository/ (configs vs ONNX vs bundle) before an upload
 	$(SENTIMENT) model check
 
+upload-model: model  ## upload model_repository/ for storageUri (DEST=s3://BUCKET/PREFIX or gs://...)
+	@test -n "$(DEST)" || { echo "usage: make upload-model DEST=s3://BUCKET/PREFIX"; exit 2; }
+	SENTIMENT=$(SENTIMENT) scripts/upload-model-repository.sh $(DEST)
+
+loadtest: model  ## k6 against the local stack at cache hit rates 0 and 1, with a comparison report
+	$(SENTIMENT) loadtest
+
+bench: model  ## this stack vs the classic FastAPI + pipeline service; writes BENCHMARKS.md
+	$(SENTIMENT) bench
+
 clean:  ## remove the venv, the built model repository and logs (not the per-machine cache)
-	rm -rf $(VENV) .logs .pytest_cache
+	rm -rf $(VENV) .venv-checkov .logs .pytest_cache
 	find model_repository -mindepth 1 -not -name README.md -delete

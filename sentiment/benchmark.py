@@ -32,7 +32,7 @@ WORKLOADS = {
 }
 
 
-def bench_texts(count: int, seed: int = 0) -> list[str]:
+def bench_texts(count: int, seed: int = 1764300000) -> list[str]:
     """Sentences shaped like the k6 workload's new texts (same generator, unique tails)."""
     subjects = ["The film", "This movie", "The plot", "The acting", "The soundtrack", "The script", "The ending"]
     predicates = ["is a joy from start to finish", "is a tedious, muddled mess", "left me cold and bored",

@@ -65,13 +65,14 @@ class TextClassifier:
 
     # ---- readiness -------------------------------------------------------------------------
     async def check_predictor(self) -> PredictorStatus:
-        """Probe readiness; verify the fingerprint whenever the predictor (re)appears."""
-        was_ready = self.status.ready
-        ready = await self.predictor.model_ready()
-        status = PredictorStatus(ready=ready, fingerprint=self.status.fingerprint, checked_at=time.monotonic())
-        if not ready:
+        """Probe readiness and verify the fingerprint on every probe: a rolling update may put a
+        new model behind the same predictor address at any time."""
+        previous = self.status
+        status = PredictorStatus(ready=await self.predictor.model_ready(), fingerprint=previous.fingerprint,
+                                 checked_at=time.monotonic())
+        if not status.ready:
             status.reason = f"predictor model '{self.bundle.model_name}' is not ready"
-        elif not was_ready or status.fingerprint != "match":
+        else:
             served = await self.predictor.fingerprint()
             if served is None:
                 status.ready, status.reason = False, "could not read the predictor's model configuration"
@@ -79,18 +80,16 @@ class TextClassifier:
                 status.fingerprint = "mismatch"
                 status.reason = (f"fingerprint mismatch: the predictor serves {served[:12] or '(none)'}, this "
                                  f"transformer's bundle is {self.bundle.fingerprint[:12]}; deploy the same export to both")
-                if self.status.fingerprint != "mismatch":
+                if previous.fingerprint != "mismatch":
                     log.error("NOT READY: %s", status.reason)
             else:
                 status.fingerprint, status.reason = "match", "ok"
-                if not was_ready:
+                if not previous.ready or previous.fingerprint != "match":
                     log.info("predictor ready, fingerprint %s verified", served[:12])
-        else:
-            status.reason = "ok"
-        if was_ready and not status.ready:
+        if previous.ready and not status.ready:
             log.warning("predictor became unavailable: %s", status.reason)
         self.status = status
-        metrics.PREDICTOR_READY.set(1 if status.ready and status.fingerprint == "match" else 0)
+        metrics.PREDICTOR_READY.set(1 if self.serving else 0)
         return status
 
     def start_monitor(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sentiment.model.triton_repository import LOCAL_CONFIG_NAME, MODEL_NAME, VERSION
+from sentiment.model.triton_repository import GPU_CONFIG_NAME, LOCAL_CONFIG_NAME, MODEL_NAME, VERSION
 
 _ONNX_TO_TRITON = {7: "TYPE_INT64", 6: "TYPE_INT32", 1: "TYPE_FP32", 10: "TYPE_FP16"}
 
@@ -53,8 +53,8 @@ def check_repository(repository: Path) -> list[str]:
     model_dir = repository / MODEL_NAME
     onnx_file = model_dir / VERSION / "model.onnx"
     problems: list[str] = []
-    for required in (model_dir / "config.pbtxt", model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt", onnx_file,
-                     model_dir / VERSION / "model.py"):
+    for required in (model_dir / "config.pbtxt", model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt",
+                     model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt", onnx_file, model_dir / VERSION / "model.py"):
         if not required.is_file():
             problems.append(f"{required} is missing")
     if problems:
@@ -62,20 +62,25 @@ def check_repository(repository: Path) -> list[str]:
 
     cluster = _parse_config(model_dir / "config.pbtxt")
     local = _parse_config(model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt")
-    if cluster.name != MODEL_NAME or local.name != MODEL_NAME:
-        problems.append(f"model name must be {MODEL_NAME!r} in both configs")
+    gpu = _parse_config(model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt")
+    configs = (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local),
+               (f"configs/{GPU_CONFIG_NAME}.pbtxt", gpu))
+    if any(config.name != MODEL_NAME for _, config in configs):
+        problems.append(f"model name must be {MODEL_NAME!r} in every config")
     if cluster.backend != "onnxruntime":
         problems.append(f"config.pbtxt backend is {cluster.backend!r}, expected 'onnxruntime'")
     if local.backend != "python":
         problems.append(f"configs/{LOCAL_CONFIG_NAME}.pbtxt backend is {local.backend!r}, expected 'python'")
-    if cluster.max_batch_size <= 0 or cluster.max_batch_size != local.max_batch_size:
-        problems.append("max_batch_size must be positive and equal in both configs")
-    for name, config in (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local)):
+    if gpu.backend != "onnxruntime" or not gpu.optimization.execution_accelerators.gpu_execution_accelerator:
+        problems.append(f"configs/{GPU_CONFIG_NAME}.pbtxt must use onnxruntime with a GPU execution accelerator")
+    if cluster.max_batch_size <= 0 or len({config.max_batch_size for _, config in configs}) != 1:
+        problems.append("max_batch_size must be positive and equal in every config")
+    for name, config in configs:
         if not config.HasField("dynamic_batching"):
             problems.append(f"{name} has no dynamic_batching")
 
     onnx_signature = _onnx_signature(onnx_file)
-    for name, config in (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local)):
+    for name, config in configs:
         triton_signature = _tensor_signature(config)
         if set(triton_signature) != set(onnx_signature):
             problems.append(f"{name} tensors {sorted(triton_signature)} differ from the ONNX graph's {sorted(onnx_signature)}")
@@ -89,7 +94,7 @@ def check_repository(repository: Path) -> list[str]:
                 problems.append(f"{name}: {tensor} dims [batch]+{list(dims)} do not fit the ONNX shape {list(onnx_dims)}")
 
     fingerprint = sha256_hex(onnx_file)
-    for name, config in (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local)):
+    for name, config in configs:
         declared = config.parameters["fingerprint"].string_value if "fingerprint" in config.parameters else ""
         if declared != fingerprint:
             problems.append(f"{name} fingerprint {declared[:12] or '(none)'} != sha256 of model.onnx {fingerprint[:12]}")

@@ -247,6 +247,7 @@ def export(
             input_names=tuple(["input_ids", "attention_mask"] + (["token_type_ids"] if info.uses_token_type_ids else [])),
             num_labels=len(info.labels),
             fingerprint=fingerprint,
+            max_sequence_length=info.max_length,
             **(spec_overrides or {}),
         )
         if (repository / MODEL_NAME).exists():

@@ -5,6 +5,9 @@ Layout (one model directory, one ONNX file, two configurations):
     <repository>/sentiment/config.pbtxt          onnxruntime backend: the cluster (KServe Triton runtime)
     <repository>/sentiment/configs/local.pbtxt   Python backend: the Triton binary of nvidia-pytriton,
                                                  selected with `tritonserver --model-config-name=local`
+    <repository>/sentiment/configs/gpu.pbtxt     onnxruntime on a GPU with the TensorRT accelerator in
+                                                 fp16 (the gpu overlay, `--model-config-name=gpu`; needs
+                                                 the fp32 export: TensorRT cannot run dynamic int8)
     <repository>/sentiment/1/model.onnx          the model
     <repository>/sentiment/1/model.py            the Python-backend model (runs model.onnx with ORT)
     <repository>/sentiment/bundle/               the transformer's half (tokenizer, labels, fingerprint)
@@ -22,6 +25,7 @@ from pathlib import Path
 MODEL_NAME = "sentiment"
 VERSION = "1"
 LOCAL_CONFIG_NAME = "local"
+GPU_CONFIG_NAME = "gpu"
 PYTHON_BACKEND_SOURCE = Path(__file__).with_name("triton_python_model.py")
 
 
@@ -39,6 +43,7 @@ class TritonModelSpec:
     intra_op_threads: int = 2
     inter_op_threads: int = 1
     warmup_sequence_length: int = 16
+    max_sequence_length: int = 128
     extra_parameters: dict[str, str] = field(default_factory=dict)
 
 
@@ -104,6 +109,44 @@ def onnxruntime_config(spec: TritonModelSpec) -> str:
     )
 
 
+def _tensorrt_profile(spec: TritonModelSpec, batch: int, length: int) -> str:
+    return ",".join(f"{name}:{batch}x{length}" for name in spec.input_names)
+
+
+def gpu_config(spec: TritonModelSpec) -> str:
+    """configs/gpu.pbtxt: onnxruntime on one GPU, TensorRT execution accelerator in fp16.
+
+    The optimisation profile spans batch 1..max_batch_size and 8..max length tokens; engines are
+    cached under /tmp (an emptyDir in the pod) so a restart does not rebuild them from scratch.
+    """
+    accelerator = "\n".join([
+        '      name : "tensorrt"',
+        '      parameters { key: "precision_mode" value: "FP16" }',
+        '      parameters { key: "max_workspace_size_bytes" value: "1073741824" }',
+        '      parameters { key: "trt_engine_cache_enable" value: "1" }',
+        '      parameters { key: "trt_engine_cache_path" value: "/tmp/trt-cache" }',
+        f'      parameters {{ key: "trt_profile_min_shapes" value: "{_tensorrt_profile(spec, 1, 8)}" }}',
+        f'      parameters {{ key: "trt_profile_opt_shapes" value: "{_tensorrt_profile(spec, 16, 32)}" }}',
+        f'      parameters {{ key: "trt_profile_max_shapes" value: '
+        f'"{_tensorrt_profile(spec, spec.max_batch_size, spec.max_sequence_length)}" }}',
+    ])
+    parameters = {"fingerprint": spec.fingerprint, **spec.extra_parameters}
+    return (
+        f"name: {_quote(MODEL_NAME)}\n"
+        "backend: \"onnxruntime\"\n"
+        f"max_batch_size: {spec.max_batch_size}\n"
+        f"{_io_block(spec)}"
+        "dynamic_batching {\n"
+        f"  max_queue_delay_microseconds: {spec.max_queue_delay_us}\n"
+        "}\n"
+        "instance_group [ { count: 1 kind: KIND_GPU } ]\n"
+        "optimization {\n  execution_accelerators {\n    gpu_execution_accelerator : [ {\n"
+        f"{accelerator}\n"
+        "    } ]\n  }\n}\n"
+        f"{_parameters_block(parameters)}{_warmup_block(spec)}"
+    )
+
+
 def python_backend_config(spec: TritonModelSpec) -> str:
     """configs/local.pbtxt: the same model through the Python backend (runs the ONNX file with ORT)."""
     parameters = {
@@ -134,4 +177,5 @@ def write_repository(repository: Path, onnx_file: Path, spec: TritonModelSpec) -
     shutil.copyfile(PYTHON_BACKEND_SOURCE, version_dir / "model.py")
     (model_dir / "config.pbtxt").write_text(onnxruntime_config(spec))
     (model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt").write_text(python_backend_config(spec))
+    (model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt").write_text(gpu_config(spec))
     return model_dir

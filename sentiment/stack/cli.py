@@ -29,6 +29,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         triton=TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
         redis_port=args.redis_port, redis_url=args.redis_url, use_redis=not args.no_redis, protocol=args.protocol,
         transformer_args=args.transformer_arg or [],
+        prometheus_port=args.prometheus_port if args.with_prometheus else None,
     )
     stack = Stack(config)
     print("starting redis, triton and the transformer ...", flush=True)
@@ -37,7 +38,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         stack.start()
         print(banner(config), flush=True)
         code = stack.wait()
-    except ProcessFailed as error:
+    except (ProcessFailed, RuntimeError) as error:
         print(f"error: {error}", flush=True)
     except KeyboardInterrupt:
         code = 0
@@ -65,6 +66,9 @@ def add_stack_commands(commands) -> None:
     up.add_argument("--no-redis", action="store_true", help="no Redis: the transformer uses its in-process cache")
     up.add_argument("--protocol", choices=["grpc-v2", "v2"], default="grpc-v2", help="transformer -> Triton protocol")
     up.add_argument("--logs", default=str(REPO_ROOT / ".logs"), help="folder for the three log files (default .logs/)")
+    up.add_argument("--with-prometheus", action="store_true",
+                    help="also run Prometheus (Debian's prometheus) scraping the stack and evaluating the SLO alerts")
+    up.add_argument("--prometheus-port", type=int, default=9090)
     up.add_argument("--transformer-arg", action="append", metavar="ARG",
                     help="extra flag for the transformer, repeatable (e.g. --transformer-arg=--hot_cache_size=0)")
     up.set_defaults(handler=_cmd_up)

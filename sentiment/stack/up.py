@@ -39,12 +39,15 @@ class StackConfig:
     protocol: str = "grpc-v2"
     startup_timeout_s: float = 120.0
     transformer_args: list[str] = field(default_factory=list)
+    prometheus_port: int | None = None  # set: also run Debian's prometheus against the stack
 
     def ports(self) -> dict[str, int]:
         ports = {"transformer HTTP": self.port, "transformer gRPC": self.grpc_port, "Triton HTTP": self.triton.http,
                  "Triton gRPC": self.triton.grpc, "Triton metrics": self.triton.metrics}
         if self.use_redis and not self.redis_url and redis_server_binary():
             ports["Redis"] = self.redis_port
+        if self.prometheus_port is not None:
+            ports["Prometheus"] = self.prometheus_port
         return ports
 
 
@@ -101,6 +104,10 @@ class Stack:
     def start(self) -> None:
         c = self.config
         c.logs.mkdir(parents=True, exist_ok=True)
+        if c.prometheus_port is not None:
+            from sentiment.stack.prometheus import prometheus_binary
+
+            prometheus_binary()  # fail before starting anything when it is not installed
         self._check_ports()
         redis = None
         if c.use_redis and not c.redis_url:
@@ -129,6 +136,15 @@ class Stack:
         transformer.wait_ready(self.healthy, c.startup_timeout_s)
         print(f"  transformer  ready on http://localhost:{c.port} (gRPC {c.grpc_port}) "
               f"in {time.monotonic() - started:.1f} s", flush=True)
+        if c.prometheus_port is not None:
+            from sentiment.stack.prometheus import PrometheusTargets, prometheus_process, prometheus_ready
+
+            prometheus = prometheus_process(PrometheusTargets.for_stack(c), c.prometheus_port, c.logs / "prometheus",
+                                            c.logs / "prometheus.log")
+            self.processes.append(prometheus.start())
+            prometheus.wait_ready(lambda: prometheus_ready(c.prometheus_port), 30)
+            print(f"  prometheus   ready on http://localhost:{c.prometheus_port} (scrapes the transformer and Triton, "
+                  "evaluates the SLO alerts)", flush=True)
 
     def healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.config.port}/project/health"
@@ -156,6 +172,7 @@ class Stack:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop(grace=15 if process.name == "transformer" else 10)
+        self.processes.clear()
         deadline = time.monotonic() + 5
         ports = self.config.ports()
         while time.monotonic() < deadline and not all(port_is_free(p) for p in ports.values()):
@@ -164,7 +181,7 @@ class Stack:
         if busy:
             print(f"warning: still in use after stop: {', '.join(busy)}", file=sys.stderr, flush=True)
         else:
-            print("stopped redis, triton and the transformer; all ports free", flush=True)
+            print("stopped every process of the stack; all ports free", flush=True)
 
 
 def banner(config: StackConfig) -> str:

