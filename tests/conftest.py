@@ -91,6 +91,18 @@ class TritonServer:
             stats = json.load(response)["model_stats"][0]
         return int(stats["inference_count"])
 
+    def settled_inference_count(self, quiet_s: float = 0.15, timeout: float = 5.0) -> int:
+        """The count once it stops moving: Triton updates its statistics after the response is sent."""
+        deadline = time.monotonic() + timeout
+        last = self.inference_count()
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            current = self.inference_count()
+            if current == last:
+                return current
+            last = current
+        return last
+
 
 @dataclass
 class RedisServer:

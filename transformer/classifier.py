@@ -22,7 +22,7 @@ import numpy as np
 from transformer import metrics
 from transformer.bundle import ModelBundle
 from transformer.cache import TextCache, cache_key, decode_value, encode_value
-from transformer.errors import PredictorUnavailable
+from transformer.errors import Overloaded, PredictorUnavailable
 from transformer.predictor import Predictor
 from transformer.tokenization import TextEncoder, normalize_text
 
@@ -48,7 +48,7 @@ class PredictorStatus:
 class TextClassifier:
     def __init__(self, bundle: ModelBundle, bundle_dir: Path, cache: TextCache, predictor: Predictor, *,
                  cache_prefix: str = "sentiment", pad_to_multiple: int = 8, tokenizer_threads: int = 1,
-                 check_interval_s: float = 1.0):
+                 check_interval_s: float = 1.0, max_queued_texts: int = 1024):
         self.bundle = bundle
         self.labels = list(bundle.labels)
         self.encoder = TextEncoder(Path(bundle_dir) / bundle.tokenizer_file, bundle.max_length,
@@ -59,6 +59,8 @@ class TextClassifier:
         self.check_interval_s = check_interval_s
         self.status = PredictorStatus()
         self._inflight: dict[str, asyncio.Future] = {}
+        self.max_queued_texts = max_queued_texts
+        self.queued_texts = 0  # misses handed to the model and not answered yet
         self._executor = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
         self._background: set[asyncio.Task] = set()
         self._monitor: asyncio.Task | None = None
@@ -142,6 +144,14 @@ class TextClassifier:
         if waiting:
             metrics.SINGLE_FLIGHT_JOINS.inc(len(waiting))
         if mine:
+            # Admission: bound the model's backlog (and so the latency of what is admitted); cache hits
+            # and joins above cost nothing and are always served. An idle model takes any request.
+            if self.queued_texts and self.queued_texts + len(mine) > self.max_queued_texts:
+                metrics.SHED.inc()
+                raise Overloaded(f"the model has {self.queued_texts} texts queued (limit {self.max_queued_texts}); "
+                                 "retry after a second")
+            self.queued_texts += len(mine)
+            metrics.QUEUED_TEXTS.set(self.queued_texts)
             loop = asyncio.get_running_loop()
             futures = {key: loop.create_future() for key in mine}
             self._inflight.update(futures)
@@ -162,17 +172,23 @@ class TextClassifier:
         try:
             computed = await self._run_model(list(texts.keys()), list(texts.values()))
         except BaseException as error:
+            self._dequeue(len(texts))
             for key, future in futures.items():
                 if not future.done():
                     future.set_exception(error if isinstance(error, Exception) else PredictorUnavailable("cancelled"))
                     future.exception()  # mark retrieved: joiners may be gone
                 self._inflight.pop(key, None)
             return
+        self._dequeue(len(texts))
         for key, future in futures.items():
             if not future.done():
                 future.set_result(computed[key])
             self._inflight.pop(key, None)
         await self.cache.set_many({key: encode_value(value) for key, value in computed.items()})
+
+    def _dequeue(self, count: int) -> None:
+        self.queued_texts -= count
+        metrics.QUEUED_TEXTS.set(self.queued_texts)
 
     async def _run_model(self, keys: list[str], texts: list[str]) -> dict[str, np.ndarray]:
         if self.status.fingerprint != "match":

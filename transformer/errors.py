@@ -32,6 +32,13 @@ class RequestTooLarge(ServiceError):
     code = "request_too_large"
 
 
+class NotSupported(ServiceError):
+    """The route exists in KServe's protocol but this model does not offer it (404)."""
+
+    status_code = 404
+    code = "not_supported"
+
+
 class UnsupportedMediaType(ServiceError):
     status_code = 415
     code = "unsupported_media_type"
@@ -45,7 +52,7 @@ class PredictorUnavailable(ServiceError):
 
 
 class Overloaded(ServiceError):
-    """The in-flight limit is reached; the client should retry later (503 with Retry-After)."""
+    """An in-flight or queued-texts limit is reached; the client should retry later (503 + Retry-After)."""
 
     status_code = 503
     code = "overloaded"

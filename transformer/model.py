@@ -19,7 +19,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from transformer.bundle import ModelBundle
 from transformer.cache import build_cache
 from transformer.classifier import TextClassifier
-from transformer.errors import InvalidRequest, PredictorUnavailable, RequestTooLarge, ServiceError
+from transformer.errors import InvalidRequest, NotSupported, PredictorUnavailable, RequestTooLarge, ServiceError
 from transformer.predictor import build_predictor
 from transformer.settings import Settings
 
@@ -109,6 +109,7 @@ class SentimentModel(Model):
             self.classifier = TextClassifier(
                 self.bundle, bundle_dir, build_cache(self.settings), build_predictor(self.settings),
                 cache_prefix=self.settings.cache_prefix, pad_to_multiple=self.settings.pad_to_multiple,
+                max_queued_texts=self.settings.max_queued_texts,
                 tokenizer_threads=self.settings.tokenizer_threads,
                 check_interval_s=self.settings.predictor_check_interval_s,
             )
@@ -157,6 +158,9 @@ class SentimentModel(Model):
         return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs,
                              from_grpc=request.from_grpc, use_binary_outputs=binary,
                              requested_outputs=request.request_outputs)
+
+    async def explain(self, payload, headers=None):
+        raise NotSupported(f"model '{self.name}' has no explainer; use :predict")
 
     def get_input_types(self) -> list[dict]:
         return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -55,6 +57,22 @@ def error_response(error: ServiceError) -> Response:
 
 async def service_error_handler(_request: Request, error: ServiceError) -> Response:
     return error_response(error)
+
+
+async def validation_error_handler(_request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's own body validation (the V2 routes): the same JSON error shape as ours, 422."""
+    problems = error.errors()
+    first = problems[0] if problems else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body",)) or "body"
+    message = f"{where}: {first.get('msg', 'invalid')}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+    return json_response({"error": message, "code": "invalid_request"}, 422)
+
+
+async def http_error_handler(_request: Request, error: StarletteHTTPException) -> Response:
+    """Framework errors (unknown route, wrong method, unparsable body) in the same JSON error shape."""
+    code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    status = 422 if error.status_code == 400 else error.status_code
+    return json_response({"error": str(error.detail), "code": code}, status, getattr(error, "headers", None))
 
 
 def register_routes(app: FastAPI, model: SentimentModel) -> None:
@@ -103,11 +121,26 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         return json_response({"status": "alive"})
 
     app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
 
     @app.on_event("startup")
     async def start_background() -> None:
         if model.classifier is not None:
             model.classifier.start_monitor()
+
+    # KServe's model-repository extension (/v2/repository/models/{name}/load|unload) would let any
+    # client unload the model through the public port: ServingMiddleware answers 404 for it, and
+    # the OpenAPI schema does not advertise it.
+    kserve_openapi = app.openapi
+
+    def openapi_without_repository():
+        schema = kserve_openapi()
+        schema["paths"] = {path: item for path, item in schema.get("paths", {}).items()
+                           if not path.startswith(BLOCKED_PREFIXES)}
+        return schema
+
+    app.openapi = openapi_without_repository
 
     @app.on_event("shutdown")
     async def close_clients() -> None:
@@ -116,6 +149,8 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
 
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes, max_inflight=settings.max_inflight)
 
+
+BLOCKED_PREFIXES = ("/v2/repository/",)
 
 _ROUTES = [
     (re.compile(r"^/project/bulk-predict$"), "/project/bulk-predict", True),
@@ -137,6 +172,16 @@ def classify_route(path: str) -> tuple[str, bool]:
     return "other", False
 
 
+def _refusal(scope) -> str | None:
+    """Requests for things this service does not serve, answered 404 before KServe would say 501."""
+    path = scope["path"]
+    if path.startswith(BLOCKED_PREFIXES):
+        return f"{path} is not served here"
+    if path.startswith("/v2/models/") and ("/versions/" in path or b"model_version=" in scope.get("query_string", b"")):
+        return "model versions are not served: the model has one version; drop the version from the request"
+    return None
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -154,6 +199,11 @@ class ServingMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route, inference = classify_route(scope["path"])
+        refusal = _refusal(scope)
+        if refusal is not None:
+            await json_response({"error": refusal, "code": "not_found"}, 404)(scope, receive, send)
+            metrics.REQUESTS.labels(route=route, method=scope["method"], status="404").inc()
+            return
         started = time.perf_counter()
         status_holder = {"status": 500, "started": False}
 

@@ -41,6 +41,7 @@ class Settings(BaseModel):
     max_text_chars: int = Field(10_000, gt=0, description="characters per text (413 above)")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body bytes (413 above)")
     max_inflight: int = Field(256, gt=0, description="concurrent inference requests before shedding with 503")
+    max_queued_texts: int = Field(1024, gt=0, description="texts waiting for the model before new misses are shed with 503")
     pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
     tokenizer_threads: int = Field(1, ge=1)
 
@@ -72,6 +73,7 @@ _SOURCES: list[tuple[str, str, str, type]] = [
     ("max_text_chars", "--max_text_chars", "MAX_TEXT_CHARS", int),
     ("max_body_bytes", "--max_body_bytes", "MAX_BODY_BYTES", int),
     ("max_inflight", "--max_inflight", "MAX_INFLIGHT_REQUESTS", int),
+    ("max_queued_texts", "--max_queued_texts", "MAX_QUEUED_TEXTS", int),
     ("pad_to_multiple", "--pad_to_multiple", "PAD_TO_MULTIPLE", int),
     ("tokenizer_threads", "--tokenizer_threads", "TOKENIZER_THREADS", int),
 ]

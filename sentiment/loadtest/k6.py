@@ -46,6 +46,8 @@ class LoadResult:
     requests: int
     health_p99_ms: float | None = None
     thresholds_ok: bool = True
+    served_p99_ms: float | None = None  # p99 of the 2xx answers only (differs from p99_ms when requests are shed)
+    shed: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -76,6 +78,8 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
         requests=int(requests.get("count", 0)),
         health_p99_ms=float(health["p(99)"]) if "p(99)" in health else None,
         thresholds_ok=thresholds_ok,
+        served_p99_ms=_values(metrics, "http_req_duration{scenario:load,expected_response:true}").get("p(99)"),
+        shed=int(_values(metrics, "shed_requests").get("count", 0)),
     )
 
 

@@ -149,18 +149,18 @@ def test_health_liveness_and_kserve_readiness(client):
 def test_repeated_request_does_not_reach_the_predictor(client, triton):
     texts = [unique("first visit"), unique("second text")]
     assert bulk(client, texts).status_code == 200
-    before = triton.inference_count()
+    before = triton.settled_inference_count()
     repeated = bulk(client, texts)
     assert repeated.status_code == 200
-    assert triton.inference_count() == before
+    assert triton.settled_inference_count() == before
 
 
 def test_duplicates_inside_a_request_are_computed_once(client, triton):
     a, b = unique("same words"), unique("other words")
-    before = triton.inference_count()
+    before = triton.settled_inference_count()
     response = bulk(client, [a, b, a, f"  {a.upper()} ", b])
     assert response.status_code == 200
-    assert triton.inference_count() - before == 2  # normalization: case and whitespace do not matter
+    assert triton.settled_inference_count() - before == 2  # normalization: case and whitespace do not matter
     predictions = response.json()["predictions"]
     assert predictions[0] == predictions[2] == predictions[3]
 

@@ -171,3 +171,25 @@ def test_fingerprint_is_verified_on_every_probe():
 
 async def _value(value):
     return value
+
+
+def test_model_backlog_is_bounded_but_hits_and_an_idle_model_are_always_served():
+    predictor = RecordingPredictor(delay=0.05)
+    classifier = make_classifier(predictor)
+    classifier.max_queued_texts = 4
+    from transformer.errors import Overloaded
+
+    async def scenario():
+        await classifier.classify(["warm"])
+        big = asyncio.ensure_future(classifier.classify([f"big {i}" for i in range(6)]))  # idle: admitted
+        await asyncio.sleep(0.01)
+        shed = await asyncio.gather(classifier.classify(["new one"]), return_exceptions=True)
+        hit = await classifier.classify(["warm"])  # the cache still answers under overload
+        await big
+        after = await classifier.classify(["new two"])  # backlog drained: admitted again
+        return shed[0], hit, after
+
+    shed, hit, after = asyncio.run(scenario())
+    assert isinstance(shed, Overloaded) and shed.status_code == 503
+    assert hit.shape == after.shape == (1, 2)
+    assert classifier.queued_texts == 0

@@ -1,0 +1,161 @@
+"""Faults with real processes: Redis and Triton die under load, the transformer gets SIGTERM.
+Each test prints what it measured (run with -s); RELIABILITY.md quotes those numbers."""
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from sentiment.loadtest.k6 import run_k6
+from tests.conftest import RedisServer, TransformerServer, TritonServer, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]
+
+
+def test_redis_killed_during_a_k6_run(tiny_repositories, logs_dir, tmp_path):
+    """Zero failed requests while Redis is SIGKILLed and restarted; Redis hits resume within 5 s."""
+    triton = TritonServer(tiny_repositories["bert"], logs_dir / "rel-redis-triton").start()
+    redis = RedisServer(logs_dir / "rel-redis").start()
+    server = TransformerServer(triton, logs_dir, extra_args=["--redis_url", redis.url, "--hot_cache_size", "0",
+                                                             "--breaker_reset", "0.5"]).start()
+    outcome = {}
+
+    def load():
+        outcome["result"] = run_k6(tmp_path / "k6", "redis killed", {
+            "BASE_URL": server.url, "SCENARIO": "closed", "VUS": 4, "RAMP_UP": "1s", "HOLD": "16s", "RAMP_DOWN": "1s",
+            "CACHE_HIT_RATE": 0.7, "HIT_GRANULARITY": "text", "WARM_POOL_SIZE": 20, "HEALTH_RATE": 0}, html_report=False)
+
+    runner = threading.Thread(target=load)
+    try:
+        runner.start()
+        time.sleep(5)
+        redis.process.signal(signal.SIGKILL)
+        time.sleep(4)
+        errors_during_outage = server.metric("sentiment_cache_errors_total")
+        hits_before = server.metric("sentiment_cache_lookups_total", tier="redis", result="hit")
+        restarted = time.monotonic()
+        redis.start()
+        resumed = wait_until(
+            lambda: server.metric("sentiment_cache_lookups_total", tier="redis", result="hit") > hits_before + 10,
+            timeout=5, interval=0.1, message="Redis cache hits after the restart")
+        runner.join(timeout=60)
+        result = outcome["result"]
+        print(f"\n[redis killed] {result.requests} requests, failed {result.failed_rate:.4f}, p99 {result.p99_ms:.1f} ms, "
+              f"cache errors during the outage {errors_during_outage:.0f}, hits resumed {resumed:.2f} s after restart "
+              f"({time.monotonic() - restarted:.1f} s ago)")
+        assert result.requests > 100
+        assert result.failed_rate == 0
+        assert errors_during_outage > 0  # the outage really happened
+    finally:
+        runner.join(timeout=60)
+        server.stop()
+        redis.stop()
+        triton.stop()
+
+
+def _load_loop(url: str, stop: threading.Event, records: list, workers: int = 4) -> ThreadPoolExecutor:
+    def worker(index: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                started = time.monotonic()
+                try:
+                    response = client.post("/project/bulk-predict", json={"text": [f"worker {index} text {n} {time.time_ns()}"]})
+                    records.append((started, time.monotonic() - started, response.status_code, response.text))
+                except httpx.HTTPError as error:
+                    records.append((started, time.monotonic() - started, None, repr(error)))
+
+    pool = ThreadPoolExecutor(workers)
+    for index in range(workers):
+        pool.submit(worker, index)
+    return pool
+
+
+def test_triton_killed_during_load(tiny_repositories, logs_dir):
+    """503 JSON within the request timeout, health 503 within 5 s, liveness 200 throughout,
+    full recovery after Triton restarts, the transformer never restarted."""
+    triton = TritonServer(tiny_repositories["bert"], logs_dir / "rel-triton").start()
+    server = TransformerServer(triton, logs_dir).start()
+    pid = server.process.pid
+    stop, records = threading.Event(), []
+    pool = _load_loop(server.url, stop, records)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            time.sleep(2)
+            killed = time.monotonic()
+            triton.process.signal(signal.SIGKILL)
+            unhealthy = wait_until(lambda: http.get("/project/health").status_code == 503, 5, 0.05,
+                                   message="health 503 after Triton died")
+            liveness = [http.get("/project/live").status_code for _ in range(20)]
+            time.sleep(3)
+            restarted = time.monotonic()
+            triton.start()
+            wait_until(lambda: http.get("/project/health").status_code == 200, 15, 0.1, message="health back")
+
+            def serving_again():
+                return http.post("/project/bulk-predict", json={"text": [f"after {time.time_ns()}"]}).status_code == 200
+
+            recovered = wait_until(serving_again, 10, 0.1, message="requests served again") + (time.monotonic() - restarted)
+            time.sleep(1)
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)
+        server_alive = server.process.alive() and server.process.pid == pid
+        server.stop()
+        triton.stop()
+    during = [r for r in records if r[0] >= killed and r[0] < restarted]
+    statuses = {r[2] for r in records}
+    failures = [r for r in during if r[2] != 200]
+    print(f"\n[triton killed] {len(records)} requests, {len(during)} during the outage ({len(failures)} answered 503), "
+          f"health 503 after {unhealthy:.2f} s, slowest outage answer {max(r[1] for r in during) * 1000:.0f} ms, "
+          f"serving again {recovered:.1f} s after the restart")
+    assert server_alive
+    assert statuses <= {200, 503}, statuses
+    assert failures, "no request saw the outage"
+    assert all('"code":"predictor_unavailable"' in r[3] or '"code":"overloaded"' in r[3] for r in failures)
+    assert max(r[1] for r in during) < 10  # the predictor timeout: no hang
+    assert unhealthy < 5
+    assert set(liveness) == {200}
+    assert all(r[2] == 200 for r in records if r[0] > restarted + recovered)
+
+
+def test_sigterm_drains_in_flight_requests(default_build, logs_dir):
+    """In-flight requests complete, new connections are refused, the process exits in the grace period."""
+    triton = TritonServer(default_build.repository, logs_dir / "rel-sigterm-triton").start()
+    server = TransformerServer(triton, logs_dir).start()
+    results = []
+
+    def heavy_request(index: int) -> None:
+        texts = [f"request {index} sentence {i}: the plot is thin but the actors are a delight {time.time_ns()}"
+                 for i in range(128)]
+        with httpx.Client(timeout=30) as client:
+            response = client.post(server.url + "/project/bulk-predict", json={"text": texts})
+            results.append((response.status_code, len(response.json().get("predictions", []))))
+
+    threads = [threading.Thread(target=heavy_request, args=(i,)) for i in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: server.metric("sentiment_inflight_requests") >= 3, 10, 0.01, message="requests in flight")
+        in_flight = server.metric("sentiment_inflight_requests")
+        signalled = time.monotonic()
+        os.kill(server.process.pid, signal.SIGTERM)
+        time.sleep(0.2)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.url + "/project/live", timeout=2)
+        for thread in threads:
+            thread.join(timeout=30)
+        server.process.process.wait(timeout=30)
+        exited = time.monotonic() - signalled
+        print(f"\n[sigterm] {in_flight:.0f} requests in flight at SIGTERM, {len(results)} completed "
+              f"({[s for s, _ in results]}), exit {exited:.1f} s after the signal")
+        assert results == [(200, 128)] * 6
+        assert exited < 30  # the grace period
+    finally:
+        server.stop()
+        triton.stop()

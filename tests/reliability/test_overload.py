@@ -1,0 +1,46 @@
+"""Overload: 200 closed-loop users against the real default model. The excess is shed quickly with
+503 + Retry-After from a bounded queue; what is admitted stays fast; memory stays bounded; the
+service recovers as soon as the load drops."""
+
+import time
+
+import httpx
+import psutil
+import pytest
+
+from sentiment.loadtest.k6 import run_k6
+from tests.conftest import RedisServer, TransformerServer, TritonServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]
+
+
+def test_200_users_are_shed_not_queued_into_timeouts(default_build, logs_dir, tmp_path):
+    triton = TritonServer(default_build.repository, logs_dir / "rel-overload-triton").start()
+    redis = RedisServer(logs_dir / "rel-overload-redis").start()
+    server = TransformerServer(triton, logs_dir, extra_args=["--redis_url", redis.url]).start()
+    try:
+        process = psutil.Process(server.process.pid)
+        rss_before = process.memory_info().rss
+        result = run_k6(tmp_path / "k6", "200 VUs", {
+            "BASE_URL": server.url, "SCENARIO": "closed", "VUS": 200, "RAMP_UP": "3s", "HOLD": "20s", "RAMP_DOWN": "2s",
+            "CACHE_HIT_RATE": 0, "HEALTH_RATE": 5, "P99_MS": 60000}, html_report=False)
+        rss_after = process.memory_info().rss
+        assert process.is_running()
+        started = time.monotonic()
+        response = httpx.post(server.url + "/project/bulk-predict", json={"text": [f"calm again {time.time_ns()}"]}, timeout=5)
+        recovery = time.monotonic() - started
+        shed_metric = server.metric("sentiment_shed_requests_total")
+        print(f"\n[overload 200 VUs] {result.requests} requests, {result.shed} shed (503), failed rate "
+              f"{result.failed_rate:.3f}, served p99 {result.served_p99_ms:.0f} ms, all p99 {result.p99_ms:.0f} ms, "
+              f"{result.texts_per_s:.0f} texts/s, health p99 {result.health_p99_ms:.1f} ms, RSS {rss_before / 1e6:.0f} -> "
+              f"{rss_after / 1e6:.0f} MB, first request after the load {recovery * 1000:.0f} ms")
+        assert result.shed > 0 and shed_metric >= result.shed  # excess was shed ...
+        assert result.failed_rate * result.requests == pytest.approx(result.shed, abs=2)  # ... and nothing else failed
+        assert result.served_p99_ms < 2500  # admitted requests did not pile up into timeouts
+        assert result.health_p99_ms < 250
+        assert rss_after < 400e6
+        assert response.status_code == 200 and recovery < 1.0
+    finally:
+        server.stop()
+        redis.stop()
+        triton.stop()
