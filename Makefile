@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 SENTIMENT := $(BIN)/sentiment
 
-.PHONY: help venv model run test test-fast check-model upload-model bench loadtest clean
+.PHONY: help venv model run test test-fast check-model upload-model bench loadtest audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ loadtest: model  ## k6 against the local stack at cache hit rates 0 and 1, with 
 
 bench: model  ## this stack vs the classic FastAPI + pipeline service; writes BENCHMARKS.md
 	$(SENTIMENT) bench
+
+audit: venv  ## pip-audit of the installed dependencies (security/pip-audit-ignore.txt lists exceptions)
+	$(BIN)/python scripts/audit_dependencies.py
 
 clean:  ## remove the venv, the built model repository and logs (not the per-machine cache)
 	rm -rf $(VENV) .venv-checkov .logs .pytest_cache

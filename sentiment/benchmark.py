@@ -183,11 +183,19 @@ def write_report(path: Path, command: str, ceiling: dict[int, float], classic: S
                      f"{sat.texts_per_s:.0f} texts/s, p99 {sat.p99_ms:.0f} ms, failed {sat.failed_rate * 100:.2f} %, "
                      f"{stack.extra['saturation'].get('dropped_iterations', 0):.0f} iterations k6 could not start")
     section = "\n".join(lines) + "\n"
-    marker = "<!-- bench-results -->"
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{marker}\n"
-    head = text.split(marker)[0]
-    path.write_text(head + marker + "\n" + section)
+    _replace_section(path, "<!-- bench-results -->", section)
     return section
+
+
+def _replace_section(path: Path, marker: str, section: str) -> None:
+    """Rewrite the part of `path` after `marker` up to the next marker (or the end)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if marker not in text:
+        text = text.rstrip("\n") + f"\n\n{marker}\n"
+    head, _, tail = text.partition(marker)
+    rest = tail.split("<!-- ", 1)
+    after = "<!-- " + rest[1] if len(rest) == 2 else ""
+    path.write_text(head + marker + "\n" + section + ("\n" + after if after else ""))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -197,12 +205,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = build(default_model_repository())
     model_dir = default_model_repository() / "sentiment"
     out = Path(args.out or REPO_ROOT / "bench" / "results" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    command = "sentiment bench " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "sentiment bench"
+    if args.levers:
+        from sentiment.levers import levers_markdown, run_levers
+
+        results = run_levers(args, result.checkpoint, out, args.lever or None, args.rounds)
+        section = levers_markdown(results, command, args.rounds)
+        _replace_section(Path(args.report), "<!-- lever-results -->", section)
+        print(section)
+        return 0
     print("model alone (ONNX Runtime) ...", flush=True)
     ceiling = model_alone(model_dir / "1" / "model.onnx", model_dir / "bundle", args.threads)
     print("  " + ", ".join(f"batch {b}: {v:.0f}/s" for b, v in ceiling.items()), flush=True)
     classic = None if args.skip_classic else run_classic(args, result.checkpoint, out)
     stack = run_stack(args, out)
-    command = "sentiment bench " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "sentiment bench"
     variant = ModelBundle.load(model_dir / "bundle").variant
     section = write_report(Path(args.report), command, ceiling, classic, stack, args.threads, variant)
     (out / "bench.json").parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +243,10 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--saturation-step", type=int, default=10)
     parser.add_argument("--saturation-steps", type=int, default=8)
     parser.add_argument("--transformer-arg", action="append", metavar="ARG", help="extra transformer flag (repeatable)")
+    parser.add_argument("--levers", action="store_true", help="instead: measure each serving knob on its own")
+    parser.add_argument("--lever", action="append", help="with --levers: only these levers (repeatable)")
+    parser.add_argument("--lever-hold", default="30s", help="with --levers: hold of each run (default 30s)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --levers: interleaved rounds, median shown")
     parser.add_argument("--report", default=str(REPO_ROOT / "BENCHMARKS.md"))
     parser.add_argument("--out", help="raw results folder (default bench/results/<timestamp>)")
     parser.set_defaults(handler=_cmd_bench)

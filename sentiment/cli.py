@@ -21,8 +21,9 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, help="tokens per text (default 128, or the checkpoint's)")
     parser.add_argument("--max-batch-size", type=int, default=64, help="Triton max_batch_size (default 64)")
     parser.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching max queue delay (default 2000)")
-    parser.add_argument("--instances", type=int, default=1, help="Triton model instances (default 1)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per instance (default 2)")
+    parser.add_argument("--instances", type=int, default=2,
+                        help="Triton model instances (default 2: one batch per core runs in parallel; see BENCHMARKS.md)")
+    parser.add_argument("--ort-threads", type=int, default=1, help="ONNX Runtime intra-op threads per instance (default 1)")
 
 
 def _export_options(args: argparse.Namespace) -> dict:
@@ -30,12 +31,11 @@ def _export_options(args: argparse.Namespace) -> dict:
         "variant": args.variant,
         "max_length": args.max_length,
         "max_int8_loss": args.max_int8_loss,
-        "threads": args.threads,
         "spec_overrides": {
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_us": args.queue_delay_us,
             "instance_count": args.instances,
-            "intra_op_threads": args.threads,
+            "intra_op_threads": args.ort_threads,
         },
     }
 

@@ -1,6 +1,6 @@
-"""Per-text result cache: an in-process LRU, Redis with a circuit breaker, or both in tiers.
+"""Per-text result cache: an in-process LRU of decoded predictions, and Redis behind it.
 
-Values are the model's probabilities as little-endian float32 behind a one-byte format tag:
+Redis values are the model's probabilities as little-endian float32 behind a one-byte format tag:
 9 bytes for two labels. Anything else read back (a foreign or corrupt value) is a miss.
 Redis failures never fail a request: every call has a short timeout, errors open a circuit
 breaker for a while, and the cache is retried after it.
@@ -13,9 +13,11 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
+import orjson
 
 from transformer import metrics
 
@@ -46,8 +48,8 @@ def decode_value(raw: bytes | None, num_labels: int) -> np.ndarray | None:
     return values
 
 
-class TextCache(Protocol):
-    """Stores encoded values by key; never raises for a backend failure."""
+class RemoteCache(Protocol):
+    """A shared byte cache (Redis); never raises for a backend failure."""
 
     name: str
 
@@ -58,37 +60,66 @@ class TextCache(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalTextCache:
-    """Size-bounded in-process LRU (the cache when no REDIS_URL is set, and the hot tier)."""
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One text's result, decoded once: probabilities in id2label order, and the ranked answer
+    already serialized (an orjson Fragment: responses embed it without re-encoding)."""
+
+    probabilities: tuple[float, ...]
+    ranked_json: orjson.Fragment
+
+    @classmethod
+    def of(cls, probabilities: Sequence[float], labels: Sequence[str]) -> "Prediction":
+        values = tuple(float(p) for p in probabilities)
+        order = sorted(range(len(labels)), key=lambda i: -values[i])
+        ranked = [{"label": labels[i], "score": values[i]} for i in order]
+        # Copied: orjson's own result keeps a ~4 KB allocation alive per object (measured).
+        return cls(values, orjson.Fragment(bytes(memoryview(orjson.dumps(ranked)))))
+
+    @property
+    def ranked(self) -> list[dict]:
+        return orjson.loads(orjson.dumps(self.ranked_json))
+
+
+class PredictionMemo:
+    """Size-bounded in-process LRU of decoded predictions: the whole cache when there is no Redis,
+    the hot tier in front of it otherwise (a hit costs one dict lookup: no network, no decoding)."""
 
     def __init__(self, max_entries: int, name: str = "local"):
         self.name = name
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._entries: OrderedDict[str, Prediction] = OrderedDict()
+        self._hits = metrics.CACHE_LOOKUPS.labels(tier=name, result="hit")
+        self._misses = metrics.CACHE_LOOKUPS.labels(tier=name, result="miss")
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        found: list[bytes | None] = []
+    def get_many(self, keys: Sequence[str]) -> dict[str, Prediction]:
+        found = {}
+        entries = self._entries
         for key in keys:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            found.append(value)
-        metrics.record_lookups(self.name, found)
+            prediction = entries.get(key)
+            if prediction is not None:
+                entries.move_to_end(key)
+                found[key] = prediction
+        if found:
+            self._hits.inc(len(found))
+        if len(keys) - len(found):
+            self._misses.inc(len(keys) - len(found))
         return found
 
-    async def set_many(self, items: dict[str, bytes]) -> None:
+    def put_many(self, predictions: dict[str, Prediction]) -> None:
         if self.max_entries <= 0:
             return
-        for key, value in items.items():
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        entries = self._entries
+        for key, prediction in predictions.items():
+            entries[key] = prediction
+            entries.move_to_end(key)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
 
-    async def close(self) -> None:
+    def clear(self) -> None:
         self._entries.clear()
 
 
@@ -188,44 +219,13 @@ class RedisTextCache:
         await self._client.aclose()
 
 
-class TieredTextCache:
-    """A small in-process hot tier in front of Redis: repeated texts skip the network entirely."""
-
-    def __init__(self, hot: LocalTextCache, remote: TextCache):
-        self.name = f"{hot.name}+{remote.name}"
-        self.hot = hot
-        self.remote = remote
-
-    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        found = await self.hot.get_many(keys)
-        missing = [i for i, value in enumerate(found) if value is None]
-        if missing:
-            remote = await self.remote.get_many([keys[i] for i in missing])
-            promote = {}
-            for i, value in zip(missing, remote):
-                if value is not None:
-                    found[i] = value
-                    promote[keys[i]] = value
-            await self.hot.set_many(promote)
-        return found
-
-    async def set_many(self, items: dict[str, bytes]) -> None:
-        await self.hot.set_many(items)
-        await self.remote.set_many(items)
-
-    async def close(self) -> None:
-        await self.hot.close()
-        await self.remote.close()
-
-
-def build_cache(settings) -> TextCache:
-    """REDIS_URL set -> Redis (behind a hot tier unless HOT_CACHE_SIZE=0); else the in-process LRU."""
+def build_caches(settings) -> tuple[PredictionMemo, RemoteCache | None]:
+    """REDIS_URL set -> Redis behind a hot in-process tier (HOT_CACHE_SIZE, 0 = off);
+    unset -> the in-process LRU alone (LOCAL_CACHE_SIZE)."""
     if not settings.redis_url:
-        return LocalTextCache(settings.local_cache_size)
+        return PredictionMemo(settings.local_cache_size, name="local"), None
     redis_cache = RedisTextCache(
         settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_ms, settings.redis_pool_size,
         CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
     )
-    if settings.hot_cache_size > 0:
-        return TieredTextCache(LocalTextCache(settings.hot_cache_size, name="hot"), redis_cache)
-    return redis_cache
+    return PredictionMemo(settings.hot_cache_size, name="hot"), redis_cache

@@ -10,6 +10,7 @@ model's max_batch_size; new results are written back in one pipelined call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import numpy as np
 
 from transformer import metrics
 from transformer.bundle import ModelBundle
-from transformer.cache import TextCache, cache_key, decode_value, encode_value
+from transformer.cache import Prediction, PredictionMemo, RemoteCache, cache_key, decode_value, encode_value
 from transformer.errors import Overloaded, PredictorUnavailable
 from transformer.predictor import Predictor
 from transformer.tokenization import TextEncoder, normalize_text
@@ -46,14 +47,15 @@ class PredictorStatus:
 
 
 class TextClassifier:
-    def __init__(self, bundle: ModelBundle, bundle_dir: Path, cache: TextCache, predictor: Predictor, *,
-                 cache_prefix: str = "sentiment", pad_to_multiple: int = 8, tokenizer_threads: int = 1,
-                 check_interval_s: float = 1.0, max_queued_texts: int = 1024):
+    def __init__(self, bundle: ModelBundle, bundle_dir: Path, predictor: Predictor, memo: PredictionMemo,
+                 remote: RemoteCache | None = None, *, cache_prefix: str = "sentiment", pad_to_multiple: int = 8,
+                 tokenizer_threads: int = 1, check_interval_s: float = 1.0, max_queued_texts: int = 1024):
         self.bundle = bundle
         self.labels = list(bundle.labels)
         self.encoder = TextEncoder(Path(bundle_dir) / bundle.tokenizer_file, bundle.max_length,
                                    bundle.uses_token_type_ids, pad_to_multiple)
-        self.cache = cache
+        self.memo = memo
+        self.remote = remote
         self.predictor = predictor
         self.cache_prefix = cache_prefix
         self.check_interval_s = check_interval_s
@@ -61,9 +63,25 @@ class TextClassifier:
         self._inflight: dict[str, asyncio.Future] = {}
         self.max_queued_texts = max_queued_texts
         self.queued_texts = 0  # misses handed to the model and not answered yet
-        self._executor = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize")
+        self._executor = ThreadPoolExecutor(tokenizer_threads, thread_name_prefix="tokenize") if tokenizer_threads else None
         self._background: set[asyncio.Task] = set()
         self._monitor: asyncio.Task | None = None
+        # raw text -> cache key: a repeated short text skips normalization and hashing (C-level LRU,
+        # bounded in entries and, through the length cut, in bytes).
+        self._short_key = functools.lru_cache(maxsize=8192)(self._key)
+        self._from_cache = metrics.TEXTS.labels(source="cache")
+        self._from_model = metrics.TEXTS.labels(source="model")
+
+    @property
+    def cache_description(self) -> str:
+        return f"{self.memo.name} LRU ({self.memo.max_entries} entries)" + (f" + {self.remote.name}" if self.remote else "")
+
+    def _key_of(self, text: str) -> tuple[str, str]:
+        return self._short_key(text) if len(text) <= 256 else self._key(text)
+
+    def _key(self, text: str) -> tuple[str, str]:
+        normalized = normalize_text(text, self.bundle.lowercase)
+        return cache_key(self.cache_prefix, self.bundle.fingerprint, normalized), normalized
 
     # ---- readiness -------------------------------------------------------------------------
     async def check_predictor(self) -> PredictorStatus:
@@ -111,25 +129,28 @@ class TextClassifier:
         return self.status.ready and self.status.fingerprint == "match"
 
     # ---- classification --------------------------------------------------------------------
-    async def classify(self, texts: Sequence[str]) -> np.ndarray:
-        """Probabilities [len(texts), num_labels] in id2label order, in input order."""
+    async def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        """One prediction per text, in input order."""
         metrics.TEXTS_PER_REQUEST.observe(len(texts))
-        lowercase = self.bundle.lowercase
-        normalized = [normalize_text(text, lowercase) for text in texts]
-        keys = [cache_key(self.cache_prefix, self.bundle.fingerprint, text) for text in normalized]
-        unique: dict[str, str] = {}
-        for key, text in zip(keys, normalized):
-            unique.setdefault(key, text)
+        keyed = [self._key_of(text) for text in texts]
+        keys = [key for key, _ in keyed]
+        unique = dict(keyed)  # key -> normalized text, first occurrence order
+        results = self.memo.get_many(list(unique))
+        if len(results) < len(unique) and self.remote is not None:
+            remaining = [key for key in unique if key not in results]
+            fetched: dict[str, Prediction] = {}
+            for key, raw in zip(remaining, await self.remote.get_many(remaining)):
+                value = decode_value(raw, len(self.labels))
+                if value is not None:
+                    fetched[key] = Prediction.of(value, self.labels)
+                elif raw is not None:
+                    metrics.CACHE_CORRUPT.inc()
+            self.memo.put_many(fetched)
+            results.update(fetched)
+        self._from_cache.inc(len(results))
         unique_keys = list(unique)
-        results: dict[str, np.ndarray] = {}
-
-        for key, raw in zip(unique_keys, await self.cache.get_many(unique_keys)):
-            value = decode_value(raw, len(self.labels))
-            if value is not None:
-                results[key] = value
-            elif raw is not None:
-                metrics.CACHE_CORRUPT.inc()
-        metrics.TEXTS.labels(source="cache").inc(len(results))
+        if len(results) == len(unique_keys):
+            return [results[key] for key in keys]
 
         waiting: dict[str, asyncio.Future] = {}
         mine: dict[str, str] = {}
@@ -161,12 +182,12 @@ class TextClassifier:
             task.add_done_callback(self._background.discard)
             waiting.update(futures)
         if waiting:
-            metrics.TEXTS.labels(source="model").inc(len(mine))
+            self._from_model.inc(len(mine))
             done = await asyncio.gather(*waiting.values())
             results.update(zip(waiting.keys(), done))
         if task is not None:
             await asyncio.shield(task)  # the cache write: the next identical request must hit
-        return np.stack([results[key] for key in keys]) if keys else np.zeros((0, len(self.labels)), np.float32)
+        return [results[key] for key in keys]
 
     async def _compute(self, texts: dict[str, str], futures: dict[str, asyncio.Future]) -> None:
         try:
@@ -180,23 +201,28 @@ class TextClassifier:
                 self._inflight.pop(key, None)
             return
         self._dequeue(len(texts))
+        self.memo.put_many(computed)
         for key, future in futures.items():
             if not future.done():
                 future.set_result(computed[key])
             self._inflight.pop(key, None)
-        await self.cache.set_many({key: encode_value(value) for key, value in computed.items()})
+        if self.remote is not None:
+            await self.remote.set_many({key: encode_value(p.probabilities) for key, p in computed.items()})
 
     def _dequeue(self, count: int) -> None:
         self.queued_texts -= count
         metrics.QUEUED_TEXTS.set(self.queued_texts)
 
-    async def _run_model(self, keys: list[str], texts: list[str]) -> dict[str, np.ndarray]:
+    async def _run_model(self, keys: list[str], texts: list[str]) -> dict[str, Prediction]:
         if self.status.fingerprint != "match":
             # Never compute with a predictor whose model is not the one our tokenizer and labels belong to.
             raise PredictorUnavailable(f"the predictor's model is not verified: {self.status.reason}")
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        encodings = await loop.run_in_executor(self._executor, self.encoder.tokenize, texts)
+        if self._executor is None:
+            encodings = self.encoder.tokenize(texts)
+        else:
+            encodings = await loop.run_in_executor(self._executor, self.encoder.tokenize, texts)
         metrics.TOKENIZE_SECONDS.observe(time.perf_counter() - started)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         size = self.bundle.max_batch_size
@@ -206,24 +232,18 @@ class TextClassifier:
         logits = await asyncio.gather(
             *(self.predictor.infer(self.encoder.pad([encodings[i] for i in chunk])) for chunk in chunks)
         )
-        computed: dict[str, np.ndarray] = {}
+        computed: dict[str, Prediction] = {}
         for chunk, chunk_logits in zip(chunks, logits):
             for i, row in zip(chunk, softmax(chunk_logits)):
-                computed[keys[i]] = row
+                computed[keys[i]] = Prediction.of(row, self.labels)
         return computed
-
-    def ranked(self, probabilities: np.ndarray) -> list[list[dict]]:
-        """Every label with its score, highest first, one list per text."""
-        order = np.argsort(-probabilities, axis=1, kind="stable")
-        labels = self.labels
-        return [
-            [{"label": labels[j], "score": float(row[j])} for j in row_order]
-            for row, row_order in zip(probabilities, order)
-        ]
 
     async def close(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
-        await self.cache.close()
+        self.memo.clear()
+        if self.remote is not None:
+            await self.remote.close()
         await self.predictor.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

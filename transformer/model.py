@@ -17,7 +17,7 @@ import numpy as np
 from kserve import InferOutput, InferRequest, InferResponse, Model
 
 from transformer.bundle import ModelBundle
-from transformer.cache import build_cache
+from transformer.cache import Prediction, build_caches
 from transformer.classifier import TextClassifier
 from transformer.errors import InvalidRequest, NotSupported, PredictorUnavailable, RequestTooLarge, ServiceError
 from transformer.predictor import build_predictor
@@ -34,7 +34,7 @@ class Job:
 
     texts: list[str]
     request: InferRequest | None  # None for V1
-    probabilities: np.ndarray | None = None
+    predictions: list[Prediction] | None = None
 
 
 def validate_texts(texts: Any, settings: Settings, field: str = "text") -> list[str]:
@@ -106,15 +106,16 @@ class SentimentModel(Model):
             self.bundle = ModelBundle.load(bundle_dir)
             if self.bundle.model_name != self.name:
                 log.warning("bundle was exported for model '%s', serving it as '%s'", self.bundle.model_name, self.name)
+            memo, remote = build_caches(self.settings)
             self.classifier = TextClassifier(
-                self.bundle, bundle_dir, build_cache(self.settings), build_predictor(self.settings),
+                self.bundle, bundle_dir, build_predictor(self.settings), memo, remote,
                 cache_prefix=self.settings.cache_prefix, pad_to_multiple=self.settings.pad_to_multiple,
                 max_queued_texts=self.settings.max_queued_texts,
                 tokenizer_threads=self.settings.tokenizer_threads,
                 check_interval_s=self.settings.predictor_check_interval_s,
             )
             log.info("loaded bundle %s: labels %s, fingerprint %s, cache %s", bundle_dir, self.bundle.labels,
-                     self.bundle.fingerprint[:12], self.classifier.cache.name)
+                     self.bundle.fingerprint[:12], self.classifier.cache_description)
         self.ready = True
         return True
 
@@ -133,14 +134,15 @@ class SentimentModel(Model):
 
     async def predict(self, payload: Job, headers=None, response_headers=None) -> Job:
         assert self.classifier is not None
-        payload.probabilities = await self.classifier.classify(payload.texts)
+        payload.predictions = await self.classifier.classify(payload.texts)
         return payload
 
     async def postprocess(self, result: Job, headers=None, response_headers=None):
-        assert self.classifier is not None and result.probabilities is not None
+        assert self.classifier is not None and result.predictions is not None
         if result.request is None:
-            return {"predictions": self.classifier.ranked(result.probabilities)}
-        return self._v2_response(result.request, result.probabilities)
+            return {"predictions": [prediction.ranked_json for prediction in result.predictions]}
+        probabilities = np.array([p.probabilities for p in result.predictions], dtype=np.float32)
+        return self._v2_response(result.request, probabilities)
 
     def _v2_response(self, request: InferRequest, probabilities: np.ndarray) -> InferResponse:
         labels = np.array(self.classifier.labels, dtype=object)

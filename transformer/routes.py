@@ -103,8 +103,8 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         texts = validate_texts(payload["text"], settings)
         if model.classifier is None:
             raise Overloaded("the model is still loading; retry shortly")
-        probabilities = await model.classifier.classify(texts)
-        return json_response({"predictions": model.classifier.ranked(probabilities)})
+        predictions = await model.classifier.classify(texts)
+        return json_response({"predictions": [prediction.ranked_json for prediction in predictions]})
 
     @app.get("/project/health", summary="Readiness: transformer and predictor", tags=["project"])
     async def health() -> Response:
@@ -126,6 +126,7 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
 
     @app.on_event("startup")
     async def start_background() -> None:
+        drop_timing_middleware(app)
         if model.classifier is not None:
             model.classifier.start_monitor()
 
@@ -148,6 +149,19 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
             await model.classifier.close()
 
     app.add_middleware(ServingMiddleware, max_body_bytes=settings.max_body_bytes, max_inflight=settings.max_inflight)
+
+
+def drop_timing_middleware(app: FastAPI) -> None:
+    """KServe adds timing_asgi's TimingMiddleware, which only feeds a log line we keep off; it costs
+    about 10 % of a cache hit's CPU (getrusage per request). Rebuild the stack without it."""
+    try:
+        from timing_asgi import TimingMiddleware
+    except ImportError:
+        return
+    kept = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
+    if len(kept) != len(app.user_middleware):
+        app.user_middleware = kept
+        app.middleware_stack = app.build_middleware_stack()
 
 
 BLOCKED_PREFIXES = ("/v2/repository/",)

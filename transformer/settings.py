@@ -33,7 +33,7 @@ class Settings(BaseModel):
     redis_pool_size: int = Field(32, gt=0)
     cache_ttl_s: int = Field(86400, gt=0)
     cache_prefix: str = "sentiment"
-    local_cache_size: int = Field(100_000, ge=0, description="entries of the in-process LRU (no Redis)")
+    local_cache_size: int = Field(50_000, ge=0, description="entries of the in-process LRU (no Redis); about 550 B each")
     hot_cache_size: int = Field(10_000, ge=0, description="entries of the in-process tier in front of Redis; 0 = off")
     breaker_failures: int = Field(3, gt=0, description="consecutive Redis errors that open the circuit")
     breaker_reset_s: float = Field(2.0, gt=0, description="seconds the circuit stays open before a retry")
@@ -43,7 +43,8 @@ class Settings(BaseModel):
     max_inflight: int = Field(256, gt=0, description="concurrent inference requests before shedding with 503")
     max_queued_texts: int = Field(1024, gt=0, description="texts waiting for the model before new misses are shed with 503")
     pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
-    tokenizer_threads: int = Field(1, ge=1)
+    tokenizer_threads: int = Field(1, ge=0, description="threads that tokenize off the event loop; 0 = on the loop")
+    access_log: bool = Field(False, description="one log line per request (uvicorn's access log)")
 
     @field_validator("redis_url")
     @classmethod
@@ -53,6 +54,14 @@ class Settings(BaseModel):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
         return value
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
 
 
 # (field, flag, environment variable, type)
@@ -76,6 +85,7 @@ _SOURCES: list[tuple[str, str, str, type]] = [
     ("max_queued_texts", "--max_queued_texts", "MAX_QUEUED_TEXTS", int),
     ("pad_to_multiple", "--pad_to_multiple", "PAD_TO_MULTIPLE", int),
     ("tokenizer_threads", "--tokenizer_threads", "TOKENIZER_THREADS", int),
+    ("access_log", "--access_log", "ACCESS_LOG", _boolean),
 ]
 # KServe's flags we also read, with the environment variable that may stand in for them.
 _KSERVE_SOURCES: list[tuple[str, str, str]] = [

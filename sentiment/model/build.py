@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sentiment.model import data
+from sentiment.model.fingerprint import sha256_file
 from sentiment.model.train import TrainConfig
 from sentiment.paths import cache_home
 
@@ -61,7 +62,7 @@ def _hash_tree(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.name.encode())
-        digest.update(data.sha256_file(path).encode())
+        digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 

@@ -47,7 +47,7 @@ def _onnx_signature(onnx_file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def check_repository(repository: Path) -> list[str]:
     """Return a list of problems (empty when the repository is consistent)."""
-    from sentiment.model.export import sha256_hex
+    from sentiment.model.fingerprint import sha256_file
     from transformer.bundle import BundleError, ModelBundle
 
     model_dir = repository / MODEL_NAME
@@ -93,7 +93,7 @@ def check_repository(repository: Path) -> list[str]:
             if len(onnx_dims) != len(dims) + 1 or any(d != o for d, o in zip(dims, onnx_dims[1:]) if o != -1):
                 problems.append(f"{name}: {tensor} dims [batch]+{list(dims)} do not fit the ONNX shape {list(onnx_dims)}")
 
-    fingerprint = sha256_hex(onnx_file)
+    fingerprint = sha256_file(onnx_file)
     for name, config in configs:
         declared = config.parameters["fingerprint"].string_value if "fingerprint" in config.parameters else ""
         if declared != fingerprint:

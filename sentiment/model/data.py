@@ -9,7 +9,6 @@ deterministically so that the test split is never seen in training or model sele
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import random
@@ -20,6 +19,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from sentiment.model.fingerprint import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,6 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_vader_sdist(cache_dir: Path) -> Path:

@@ -7,7 +7,6 @@ into `<repository>/sentiment/bundle/export_report.json` for the model card.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from sentiment.model.data import Example, read_split
+from sentiment.model.fingerprint import sha256_file
 from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
 from transformer.bundle import ModelBundle
 from transformer.tokenization import TextEncoder
@@ -61,14 +61,6 @@ def inspect_checkpoint(checkpoint: Path, max_length: int | None = None) -> Check
     positions = int(config.get("max_position_embeddings", 512))
     wanted = max_length or int(config.get("max_length_for_serving", DEFAULT_MAX_LENGTH))
     return CheckpointInfo(model_type, labels, uses_token_type_ids, min(wanted, positions))
-
-
-def sha256_hex(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_onnx(checkpoint: Path, info: CheckpointInfo, out_file: Path) -> None:
@@ -241,7 +233,7 @@ def export(
         else:
             chosen, reason = variant, f"--variant {variant}"
         chosen_file = fp32_file if chosen == "fp32" else int8_file
-        fingerprint = sha256_hex(chosen_file)
+        fingerprint = sha256_file(chosen_file)
 
         spec = TritonModelSpec(
             input_names=tuple(["input_ids", "attention_mask"] + (["token_type_ids"] if info.uses_token_type_ids else [])),

@@ -30,13 +30,15 @@ class TritonPythonModel:
         # zeros (attention_mask 0 makes padding inert) and run them as one ONNX Runtime call.
         arrays = [[pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names] for r in requests]
         rows = [a[0].shape[0] for a in arrays]
-        width = max(a[0].shape[1] for a in arrays)
+        # Only as wide as the longest real text: columns that are padding in every row cost compute.
+        mask_position = self.input_names.index("attention_mask")
+        width = max(1, max(int(a[mask_position].sum(axis=1).max()) for a in arrays))
         feeds = {}
         for position, name in enumerate(self.input_names):
             batch = np.zeros((sum(rows), width), dtype=np.int64)
             start = 0
             for request_arrays, count in zip(arrays, rows):
-                part = request_arrays[position]
+                part = request_arrays[position][:, :width]
                 batch[start:start + count, : part.shape[1]] = part
                 start += count
             feeds[name] = batch

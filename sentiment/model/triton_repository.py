@@ -39,8 +39,10 @@ class TritonModelSpec:
     max_batch_size: int = 64
     max_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
-    instance_count: int = 1
-    intra_op_threads: int = 2
+    # Two single-threaded instances beat one two-threaded instance on 2 cores (BENCHMARKS.md, levers):
+    # two batches run in parallel and the Python backend's per-batch work overlaps the other's compute.
+    instance_count: int = 2
+    intra_op_threads: int = 1
     inter_op_threads: int = 1
     warmup_sequence_length: int = 16
     max_sequence_length: int = 128

@@ -3,8 +3,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from transformer.cache import (CircuitBreaker, LocalTextCache, RedisTextCache, TieredTextCache, cache_key,
-                               decode_value, encode_value)
+from transformer.cache import (CircuitBreaker, Prediction, PredictionMemo, RedisTextCache, cache_key, decode_value,
+                               encode_value)
 
 
 def test_key_depends_on_model_fingerprint_and_text():
@@ -28,17 +28,31 @@ def test_corrupt_or_foreign_values_are_misses(raw):
     assert decode_value(raw, 2) is None
 
 
-def test_lru_evicts_least_recently_used():
-    cache = LocalTextCache(max_entries=2)
+def _prediction(positive: float) -> Prediction:
+    return Prediction.of((1 - positive, positive), ["NEGATIVE", "POSITIVE"])
 
-    async def scenario():
-        await cache.set_many({"a": b"1", "b": b"2"})
-        assert await cache.get_many(["a"]) == [b"1"]  # touch a: b is now the oldest
-        await cache.set_many({"c": b"3"})
-        return await cache.get_many(["a", "b", "c"])
 
-    assert asyncio.run(scenario()) == [b"1", None, b"3"]
-    assert len(cache) == 2
+def test_prediction_ranks_labels_and_serializes_once():
+    prediction = _prediction(0.75)
+    assert prediction.ranked == [{"label": "POSITIVE", "score": 0.75}, {"label": "NEGATIVE", "score": 0.25}]
+    import orjson
+
+    assert orjson.loads(orjson.dumps({"p": [prediction.ranked_json]})) == {"p": [prediction.ranked]}
+
+
+def test_memo_evicts_least_recently_used():
+    memo = PredictionMemo(max_entries=2)
+    memo.put_many({"a": _prediction(0.1), "b": _prediction(0.2)})
+    assert list(memo.get_many(["a"])) == ["a"]  # touch a: b is now the oldest
+    memo.put_many({"c": _prediction(0.3)})
+    assert sorted(memo.get_many(["a", "b", "c"])) == ["a", "c"]
+    assert len(memo) == 2
+
+
+def test_memo_of_size_zero_stores_nothing():
+    memo = PredictionMemo(max_entries=0, name="hot")
+    memo.put_many({"a": _prediction(0.5)})
+    assert memo.get_many(["a"]) == {} and len(memo) == 0
 
 
 def test_circuit_breaker_opens_then_half_opens_then_closes():
@@ -78,18 +92,3 @@ def test_redis_down_fails_open_fast_and_opens_the_circuit():
     assert first == [None, None] and third == [None]
     assert state == "open"
     assert elapsed < 1.0
-
-
-def test_tiered_cache_promotes_remote_hits_into_the_hot_tier():
-    hot, remote = LocalTextCache(10, name="hot"), LocalTextCache(10, name="remote")
-
-    async def scenario():
-        tiered = TieredTextCache(hot, remote)
-        await remote.set_many({"k": b"v"})
-        first = await tiered.get_many(["k", "missing"])
-        await remote.close()  # the hot tier now answers alone
-        second = await tiered.get_many(["k"])
-        await tiered.set_many({"n": b"w"})
-        return first, second, await hot.get_many(["n"])
-
-    assert asyncio.run(scenario()) == ([b"v", None], [b"v"], [b"w"])

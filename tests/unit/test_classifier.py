@@ -8,7 +8,7 @@ import pytest
 
 from sentiment.model.build import default_base
 from transformer.bundle import ModelBundle
-from transformer.cache import LocalTextCache, encode_value, cache_key
+from transformer.cache import PredictionMemo, cache_key, decode_value, encode_value
 from transformer.classifier import TextClassifier, softmax
 from transformer.errors import PredictorUnavailable
 
@@ -39,11 +39,28 @@ class RecordingPredictor:
         pass
 
 
-def make_classifier(predictor, cache=None, max_batch_size=4) -> TextClassifier:
+class DictRemote:
+    """A remote byte cache in a dict (the real Redis one is tested in tests/integration)."""
+
+    name = "remote"
+
+    def __init__(self):
+        self.values: dict[str, bytes] = {}
+
+    async def get_many(self, keys):
+        return [self.values.get(key) for key in keys]
+
+    async def set_many(self, items):
+        self.values.update(items)
+
+    async def close(self):
+        pass
+
+
+def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100) -> TextClassifier:
     bundle = ModelBundle(labels=["NEGATIVE", "POSITIVE"], max_length=32, uses_token_type_ids=True, lowercase=True,
                          fingerprint="f" * 64, max_batch_size=max_batch_size)
-    cache = cache if cache is not None else LocalTextCache(100)
-    classifier = TextClassifier(bundle, default_base(), cache, predictor, pad_to_multiple=1)
+    classifier = TextClassifier(bundle, default_base(), predictor, PredictionMemo(memo_size), remote, pad_to_multiple=1)
     classifier.status.fingerprint = "match"
     return classifier
 
@@ -58,7 +75,8 @@ def test_duplicates_in_a_request_are_computed_once_and_order_is_kept():
     predictor = RecordingPredictor()
     classifier = make_classifier(predictor)
     texts = ["a b c", "x", "A  B C", "x", "longer text with many tokens"]
-    probabilities = asyncio.run(classifier.classify(texts))
+    predictions = asyncio.run(classifier.classify(texts))
+    probabilities = np.array([p.probabilities for p in predictions])
     assert probabilities.shape == (5, 2)
     assert sum(rows for rows, _ in predictor.batches) == 3  # "a b c" == "A  B C" after normalization
     np.testing.assert_array_equal(probabilities[0], probabilities[2])
@@ -88,7 +106,7 @@ def test_second_request_is_served_from_cache():
 
     first, second, calls = asyncio.run(scenario())
     assert len(predictor.batches) == calls == 1
-    np.testing.assert_array_equal(first[::-1], second)
+    assert first[::-1] == second
 
 
 def test_concurrent_identical_misses_are_coalesced():
@@ -101,33 +119,44 @@ def test_concurrent_identical_misses_are_coalesced():
     results = asyncio.run(scenario())
     assert sum(rows for rows, _ in predictor.batches) == 6  # "same text" once + 5 own texts
     for result in results[1:]:
-        np.testing.assert_array_equal(result[0], results[0][0])
+        assert result[0] == results[0][0]
 
 
-def test_corrupt_cache_value_is_recomputed():
-    cache = LocalTextCache(100)
+def test_corrupt_remote_value_is_recomputed_and_repaired():
+    remote = DictRemote()
     predictor = RecordingPredictor()
-    classifier = make_classifier(predictor, cache)
+    classifier = make_classifier(predictor, remote)
     key = cache_key("sentiment", "f" * 64, "good")
-    asyncio.run(cache.set_many({key: b"\x01garbage"}))
-    probabilities = asyncio.run(classifier.classify(["good"]))
+    remote.values[key] = b"\x01garbage"
+    predictions = asyncio.run(classifier.classify(["good"]))
     assert len(predictor.batches) == 1
-    assert asyncio.run(cache.get_many([key])) == [encode_value(probabilities[0])]
+    assert remote.values[key] == encode_value(np.array(predictions[0].probabilities))
+
+
+def test_remote_hits_fill_the_hot_tier():
+    remote = DictRemote()
+    first = make_classifier(RecordingPredictor(), remote)
+    asyncio.run(first.classify(["shared"]))
+    predictor = RecordingPredictor()
+    second = make_classifier(predictor, remote)  # another replica: empty memo, same Redis
+    answer = asyncio.run(second.classify(["shared"]))
+    assert predictor.batches == []
+    remote.values.clear()  # Redis gone: the hot tier answers alone
+    assert asyncio.run(second.classify(["shared"])) == answer and predictor.batches == []
 
 
 def test_predictor_failure_reaches_every_waiter_and_nothing_is_cached():
     predictor = RecordingPredictor(delay=0.02, fail=True)
-    cache = LocalTextCache(100)
-    classifier = make_classifier(predictor, cache)
+    classifier = make_classifier(predictor)
 
     async def scenario():
         return await asyncio.gather(*(classifier.classify(["t"]) for _ in range(3)), return_exceptions=True)
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, PredictorUnavailable) for r in results)
-    assert len(cache) == 0 and not classifier._inflight
+    assert len(classifier.memo) == 0 and not classifier._inflight
     predictor.fail = False
-    assert asyncio.run(classifier.classify(["t"])).shape == (1, 2)  # recovers
+    assert len(asyncio.run(classifier.classify(["t"]))) == 1  # recovers
 
 
 def test_misses_are_refused_until_the_predictor_fingerprint_is_verified():
@@ -137,13 +166,6 @@ def test_misses_are_refused_until_the_predictor_fingerprint_is_verified():
     with pytest.raises(PredictorUnavailable):
         asyncio.run(classifier.classify(["new text"]))
     assert predictor.batches == []
-
-
-def test_ranked_lists_every_label_highest_first():
-    classifier = make_classifier(RecordingPredictor())
-    ranked = classifier.ranked(np.array([[0.2, 0.8], [0.9, 0.1]], dtype=np.float32))
-    assert [[item["label"] for item in row] for row in ranked] == [["POSITIVE", "NEGATIVE"], ["NEGATIVE", "POSITIVE"]]
-    assert ranked[0][0]["score"] == pytest.approx(0.8)
 
 
 def test_fingerprint_is_verified_on_every_probe():
@@ -191,5 +213,5 @@ def test_model_backlog_is_bounded_but_hits_and_an_idle_model_are_always_served()
 
     shed, hit, after = asyncio.run(scenario())
     assert isinstance(shed, Overloaded) and shed.status_code == 503
-    assert hit.shape == after.shape == (1, 2)
+    assert len(hit) == len(after) == 1
     assert classifier.queued_texts == 0

@@ -1,0 +1,129 @@
+"""`sentiment bench --levers`: the effect of each serving knob on the every-text-new workload.
+
+Each lever is one change against the defaults (int8, 2 ms batching delay, max batch 64, two Triton
+instances with one ORT thread each, padding to multiples of 8, gRPC, uvloop, tokenization in a thread);
+every configuration runs the same short k6 workload on a fresh stack, one after the other.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sentiment.loadtest.k6 import LoadResult, run_k6
+from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
+from sentiment.paths import default_model_repository
+from sentiment.stack.processes import free_port
+from transformer.bundle import ModelBundle
+
+
+@dataclass(frozen=True)
+class Lever:
+    name: str
+    description: str
+    spec: dict = field(default_factory=dict)          # Triton config changes
+    transformer_args: tuple[str, ...] = ()
+    protocol: str = "grpc-v2"
+    variant: str | None = None                        # "fp32": re-export the other ONNX variant
+
+
+LEVERS = [
+    Lever("default", "defaults: int8, delay 2 ms, max batch 64, 2 instances × 1 ORT thread, pad 8, gRPC, uvloop"),
+    Lever("fp32", "fp32 ONNX instead of int8", variant="fp32"),
+    Lever("delay-0", "no dynamic-batching delay (0 µs)", spec={"max_queue_delay_us": 0}),
+    Lever("delay-10ms", "dynamic-batching delay 10 ms", spec={"max_queue_delay_us": 10_000}),
+    Lever("max-batch-16", "Triton max batch 16", spec={"max_batch_size": 16}),
+    Lever("1x2-threads", "1 Triton instance × 2 ORT threads", spec={"instance_count": 1, "intra_op_threads": 2}),
+    Lever("1x1-thread", "1 instance × 1 ORT thread (a core left to the transformer)",
+          spec={"instance_count": 1, "intra_op_threads": 1}),
+    Lever("pad-1", "no length bucketing (pad to the longest text only)", transformer_args=("--pad_to_multiple", "1")),
+    Lever("pad-32", "pad token length to multiples of 32", transformer_args=("--pad_to_multiple", "32")),
+    Lever("rest", "REST v2 to Triton instead of gRPC", protocol="v2"),
+    Lever("asyncio", "asyncio event loop instead of uvloop", transformer_args=("--event-loop", "asyncio")),
+    Lever("inline-tokenize", "tokenize on the event loop instead of a thread", transformer_args=("--tokenizer_threads", "0")),
+]
+
+
+def lever_repository(lever: Lever, work: Path, checkpoint: Path) -> Path:
+    """A model repository for this lever: the default one, re-configured or re-exported."""
+    source = default_model_repository()
+    if lever.variant:
+        from sentiment.model.export import export
+
+        target = work / f"repo-{lever.name}"
+        export(checkpoint, target, variant=lever.variant, evaluate=False)
+        return target
+    if not lever.spec:
+        return source
+    bundle = ModelBundle.load(source / MODEL_NAME / "bundle")
+    spec_fields = {"input_names": tuple(bundle.input_names), "num_labels": len(bundle.labels),
+                   "fingerprint": bundle.fingerprint, "max_sequence_length": bundle.max_length} | lever.spec
+    target = work / f"repo-{lever.name}"
+    model_dir = write_repository(target, source / MODEL_NAME / "1" / "model.onnx", TritonModelSpec(**spec_fields))
+    shutil.copytree(source / MODEL_NAME / "bundle", model_dir / "bundle", dirs_exist_ok=True)
+    if "max_batch_size" in lever.spec:  # the transformer splits misses by the bundle's max batch size
+        (model_dir / "bundle" / "bundle.json").write_text(
+            bundle.model_copy(update={"max_batch_size": lever.spec["max_batch_size"]}).model_dump_json(indent=2))
+    return target
+
+
+def _median(results: list[LoadResult]) -> LoadResult:
+    """The run with the median throughput (rounds interleave the levers, so drift hits all alike)."""
+    return sorted(results, key=lambda r: r.texts_per_s)[len(results) // 2]
+
+
+def run_levers(args, checkpoint: Path, out: Path, names: list[str] | None = None,
+               rounds: int = 1) -> list[tuple[Lever, LoadResult, list[float]]]:
+    chosen = [lever for lever in LEVERS if not names or lever.name in names]
+    runs: dict[str, list[LoadResult]] = {lever.name: [] for lever in chosen}
+    with tempfile.TemporaryDirectory(prefix="sentiment-levers-") as scratch:
+        repositories = {lever.name: lever_repository(lever, Path(scratch), checkpoint) for lever in chosen}
+        for round_index in range(rounds):
+            for lever in chosen:
+                runs[lever.name].append(_run_lever(args, lever, repositories[lever.name], out / f"round-{round_index}"))
+    return [(lever, _median(runs[lever.name]), [r.texts_per_s for r in runs[lever.name]]) for lever in chosen]
+
+
+def _run_lever(args, lever: Lever, repository: Path, out: Path) -> LoadResult:
+    from sentiment.stack.triton import TritonPorts
+    from sentiment.stack.up import Stack, StackConfig
+
+    config = StackConfig(model_repository=repository, logs=out / "levers" / lever.name, port=free_port(),
+                         grpc_port=free_port(), triton=TritonPorts(free_port(), free_port(), free_port()),
+                         redis_port=free_port(), protocol=lever.protocol, transformer_args=list(lever.transformer_args))
+    stack = Stack(config)
+    try:
+        stack.start()
+        print(f"lever {lever.name}: {lever.description} ...", flush=True)
+        env = {"BASE_URL": f"http://127.0.0.1:{config.port}", "VUS": args.vus, "TEXTS_PER_REQUEST": 10,
+               "RAMP_UP": "5s", "HOLD": args.lever_hold, "RAMP_DOWN": "2s", "HEALTH_RATE": 5,
+               "CACHE_HIT_RATE": 0, "RUN_ID": f"{int(time.time())}"}
+        result = run_k6(out / "levers" / lever.name / "k6", lever.name, env, html_report=False)
+        print(f"  {result.texts_per_s:.0f} texts/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms", flush=True)
+    finally:
+        stack.stop()
+    return result
+
+
+def levers_markdown(results: list[tuple[Lever, LoadResult, list[float]]], command: str, rounds: int) -> str:
+    from datetime import datetime, timezone
+
+    from sentiment.loadtest.report import machine_description
+
+    baseline = next((r for lever, r, _ in results if lever.name == "default"), None)
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"## Levers (last `sentiment bench --levers`)", "",
+             f"- date: {now}; machine: {machine_description()}; command: `{command}`",
+             f"- every text new, 10 VUs, 10 texts per request; each lever on a fresh stack; {rounds} round(s), the "
+             "levers interleaved in each, the median round shown (all rounds' texts/s in the last column)", "",
+             "| lever | texts/s | vs default | p50 ms | p99 ms | health p99 ms | texts/s per round |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for lever, result, rounds_seen in results:
+        ratio = f"×{result.texts_per_s / baseline.texts_per_s:.2f}" if baseline and baseline.texts_per_s else "-"
+        health = f"{result.health_p99_ms:.1f}" if result.health_p99_ms is not None else "-"
+        lines.append(f"| {lever.description} | {result.texts_per_s:.0f} | {ratio} | {result.p50_ms:.0f} | "
+                     f"{result.p99_ms:.0f} | {health} | {', '.join(f'{v:.0f}' for v in rounds_seen)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,44 @@
+"""k6 summaries into numbers, and numbers into the comparison report."""
+
+from sentiment.loadtest.k6 import parse_summary
+from sentiment.loadtest.report import comparison_markdown, reduction_table, write_charts
+
+
+def summary(rate: float, p99: float, failed: float = 0.0, health: bool = True) -> dict:
+    metrics = {
+        "http_req_duration{scenario:load}": {"values": {"med": p99 / 2, "p(90)": p99 * 0.8, "p(95)": p99 * 0.9,
+                                                        "p(99)": p99, "avg": p99 / 2, "max": p99 * 2},
+                                             "thresholds": {"p(99)<2000": {"ok": p99 < 2000}}},
+        "http_reqs{scenario:load}": {"values": {"rate": rate, "count": int(rate * 60)}},
+        "http_req_failed{scenario:load}": {"values": {"rate": failed}},
+        "texts_classified": {"values": {"rate": rate * 10}},
+        "http_req_duration{scenario:load,expected_response:true}": {"values": {"p(99)": p99 * 0.9}},
+        "shed_requests": {"values": {"count": 3}},
+    }
+    if health:
+        metrics["http_reqs{scenario:health}"] = {"values": {"count": 300}}
+        metrics["http_req_duration{scenario:health}"] = {"values": {"p(99)": 4.5}}
+    return {"metrics": metrics}
+
+
+def test_parse_summary_reads_the_scenario_metrics():
+    result = parse_summary(summary(85.0, 170.0), "hit rate 0")
+    assert (result.requests_per_s, result.texts_per_s, result.p99_ms, result.p50_ms) == (85.0, 850.0, 170.0, 85.0)
+    assert result.health_p99_ms == 4.5 and result.served_p99_ms == 153.0 and result.shed == 3
+    assert result.thresholds_ok
+    assert not parse_summary(summary(1.0, 3000.0), "slow").thresholds_ok
+    assert parse_summary(summary(1.0, 10.0, health=False), "no health").health_p99_ms is None
+
+
+def test_reduction_table_quotes_relative_change_and_throughput_ratio():
+    table = reduction_table(parse_summary(summary(85.0, 170.0), "off"), parse_summary(summary(2700.0, 8.5), "on"))
+    assert "| p99 | 170.0 ms | 8.5 ms | 95.0 % |" in table
+    assert "×31.8" in table
+
+
+def test_comparison_report_and_charts(tmp_path):
+    results = [parse_summary(summary(85.0, 170.0), "hit rate 0"), parse_summary(summary(2700.0, 8.5), "hit rate 1")]
+    text = comparison_markdown(results, "sentiment loadtest", "k6 closed")
+    assert "| hit rate 1 | 2700.0 | 27000 |" in text and "latency.png" in text
+    charts = write_charts(results, tmp_path, "test")
+    assert all(path.stat().st_size > 5000 for path in charts)
