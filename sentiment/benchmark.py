@@ -118,22 +118,34 @@ def run_stack(args, out: Path) -> ServiceRun:
         transformer = next(p for p in stack.processes if p.name == "transformer")
         run.extra["transformer_rss_mb"] = round(psutil.Process(transformer.pid).memory_info().rss / 1e6, 1)
         if args.saturation:
-            print("this stack: saturation (arrival rate stepped up, every text new) ...", flush=True)
-            env = _k6_env(args, url) | {"SCENARIO": "saturation", "CACHE_HIT_RATE": 0, "START_RATE": args.saturation_start,
-                                        "STEP_RATE": args.saturation_step, "STEPS": args.saturation_steps,
-                                        "STEP_DURATION": "15s", "MAX_VUS": 300, "P99_MS": 2000}
-            run.results["saturation"] = run_k6(out / "stack" / "saturation", "saturation", env, html_report=False)
-            run.extra["saturation"] = saturation_steps(out / "stack" / "saturation" / "summary.json")
-            _print(run.results["saturation"])
+            run.extra["saturation"] = run_saturation(args, url, out / "stack" / "saturation")
     finally:
         stack.stop()
     return run
 
 
-def saturation_steps(summary_file: Path) -> dict:
-    data = json.loads(summary_file.read_text())
-    return {"achieved_requests_per_s": data["metrics"].get("http_reqs{scenario:load}", {}).get("values", {}).get("rate"),
-            "dropped_iterations": data["metrics"].get("dropped_iterations", {}).get("values", {}).get("count", 0)}
+def run_saturation(args, url: str, out: Path) -> list[dict]:
+    """Open model, every text new: one constant arrival rate per step, stepped up past capacity."""
+    steps = []
+    for index in range(args.saturation_steps):
+        rate = args.saturation_start + index * args.saturation_step
+        print(f"this stack: saturation step {rate} requests/s (every text new) ...", flush=True)
+        env = _k6_env(args, url) | {"SCENARIO": "open", "RATE": rate, "DURATION": "15s", "MAX_VUS": 300,
+                                    "CACHE_HIT_RATE": 0, "HEALTH_RATE": 0, "P99_MS": 2000}
+        result = run_k6(out / f"rate-{rate}", f"{rate} req/s", env, html_report=False)
+        dropped = json.loads((out / f"rate-{rate}" / "summary.json").read_text())["metrics"].get(
+            "dropped_iterations", {}).get("values", {}).get("count", 0)
+        steps.append({"offered": rate, "achieved": round(result.requests_per_s, 1), "texts_per_s": round(result.texts_per_s),
+                      "p50_ms": round(result.p50_ms, 1), "p99_ms": round(result.p99_ms, 1),
+                      "failed": round(result.failed_rate, 4), "shed": result.shed, "dropped": int(dropped)})
+        _print(result)
+    return steps
+
+
+def saturation_point(steps: list[dict]) -> dict | None:
+    """The highest offered rate still met: achieved within 5 %, nothing failed, p99 under 2 s."""
+    met = [s for s in steps if s["achieved"] >= 0.95 * s["offered"] and s["failed"] == 0 and s["p99_ms"] < 2000]
+    return max(met, key=lambda s: s["offered"]) if met else None
 
 
 def _print(result: LoadResult) -> None:
@@ -177,11 +189,17 @@ def write_report(path: Path, command: str, ceiling: dict[int, float], classic: S
                              f"{s.texts_per_s / best * 100:.0f} % |")
     lines += ["", f"- cold start of the stack (built model): {stack.extra.get('cold_start_s')} s",
               f"- transformer RSS after the workloads: {stack.extra.get('transformer_rss_mb')} MB"]
-    if "saturation" in stack.results:
-        sat = stack.results["saturation"]
-        lines.append(f"- saturation run (arrival rate stepped up, every text new): {sat.requests_per_s:.1f} req/s achieved, "
-                     f"{sat.texts_per_s:.0f} texts/s, p99 {sat.p99_ms:.0f} ms, failed {sat.failed_rate * 100:.2f} %, "
-                     f"{stack.extra['saturation'].get('dropped_iterations', 0):.0f} iterations k6 could not start")
+    if stack.extra.get("saturation"):
+        steps = stack.extra["saturation"]
+        point = saturation_point(steps)
+        lines += ["", "### Saturation (this stack, open model: constant arrival rate, every text new, 15 s per step)", "",
+                  "| offered req/s | achieved req/s | texts/s | p50 ms | p99 ms | failed | shed (503) | not started by k6 |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for step in steps:
+            lines.append(f"| {step['offered']} | {step['achieved']} | {step['texts_per_s']} | {step['p50_ms']} | "
+                         f"{step['p99_ms']} | {step['failed'] * 100:.2f} % | {step['shed']} | {step['dropped']} |")
+        lines += ["", f"Saturation point: **{point['offered']} requests/s ({point['texts_per_s']} texts/s)**, the highest "
+                  "offered rate served in full with p99 under 2 s." if point else "No step was served in full."]
     section = "\n".join(lines) + "\n"
     _replace_section(path, "<!-- bench-results -->", section)
     return section
@@ -211,7 +229,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         results = run_levers(args, result.checkpoint, out, args.lever or None, args.rounds)
         section = levers_markdown(results, command, args.rounds)
-        _replace_section(Path(args.report), "<!-- lever-results -->", section)
+        _replace_section(Path(args.report), f"<!-- {args.section} -->", section)
         print(section)
         return 0
     print("model alone (ONNX Runtime) ...", flush=True)
@@ -239,14 +257,16 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--threads", type=int, default=2, help="inference threads of the classic service and model-alone")
     parser.add_argument("--skip-classic", action="store_true", help="only this stack (and the model alone)")
     parser.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--saturation-start", type=int, default=20, help="first arrival rate, requests/s")
-    parser.add_argument("--saturation-step", type=int, default=10)
-    parser.add_argument("--saturation-steps", type=int, default=8)
+    parser.add_argument("--saturation-start", type=int, default=40, help="first arrival rate, requests/s")
+    parser.add_argument("--saturation-step", type=int, default=20)
+    parser.add_argument("--saturation-steps", type=int, default=6)
     parser.add_argument("--transformer-arg", action="append", metavar="ARG", help="extra transformer flag (repeatable)")
     parser.add_argument("--levers", action="store_true", help="instead: measure each serving knob on its own")
     parser.add_argument("--lever", action="append", help="with --levers: only these levers (repeatable)")
     parser.add_argument("--lever-hold", default="30s", help="with --levers: hold of each run (default 30s)")
     parser.add_argument("--rounds", type=int, default=1, help="with --levers: interleaved rounds, median shown")
+    parser.add_argument("--section", default="lever-results",
+                        help="with --levers: the BENCHMARKS.md section (marker) to write (default lever-results)")
     parser.add_argument("--report", default=str(REPO_ROOT / "BENCHMARKS.md"))
     parser.add_argument("--out", help="raw results folder (default bench/results/<timestamp>)")
     parser.set_defaults(handler=_cmd_bench)

@@ -37,6 +37,7 @@ LEVERS = [
     Lever("delay-10ms", "dynamic-batching delay 10 ms", spec={"max_queue_delay_us": 10_000}),
     Lever("max-batch-16", "Triton max batch 16", spec={"max_batch_size": 16}),
     Lever("1x2-threads", "1 Triton instance × 2 ORT threads", spec={"instance_count": 1, "intra_op_threads": 2}),
+    Lever("3x1-threads", "3 Triton instances × 1 ORT thread", spec={"instance_count": 3, "intra_op_threads": 1}),
     Lever("1x1-thread", "1 instance × 1 ORT thread (a core left to the transformer)",
           spec={"instance_count": 1, "intra_op_threads": 1}),
     Lever("pad-1", "no length bucketing (pad to the longest text only)", transformer_args=("--pad_to_multiple", "1")),
@@ -115,7 +116,7 @@ def levers_markdown(results: list[tuple[Lever, LoadResult, list[float]]], comman
 
     baseline = next((r for lever, r, _ in results if lever.name == "default"), None)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## Levers (last `sentiment bench --levers`)", "",
+    lines = [f"## Levers (`{command}`)", "",
              f"- date: {now}; machine: {machine_description()}; command: `{command}`",
              f"- every text new, 10 VUs, 10 texts per request; each lever on a fresh stack; {rounds} round(s), the "
              "levers interleaved in each, the median round shown (all rounds' texts/s in the last column)", "",

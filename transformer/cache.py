@@ -57,6 +57,8 @@ class RemoteCache(Protocol):
 
     async def set_many(self, items: dict[str, bytes]) -> None: ...
 
+    def schedule_set(self, items: dict[str, bytes]) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -174,6 +176,9 @@ class RedisTextCache:
         )
         self._client = redis.Redis(connection_pool=pool)
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self._pending: dict[str, bytes] = {}
+        self._flusher: asyncio.Task | None = None
+        self.max_pending = 20_000
 
     async def _guarded(self, operation: str, call):
         if not self.breaker.allow():
@@ -212,10 +217,35 @@ class RedisTextCache:
 
         await self._guarded("set", write)
 
+    def schedule_set(self, items: dict[str, bytes]) -> None:
+        """Write behind, coalesced: writes of concurrent requests share one pipeline round trip, and
+        no request waits for Redis (its own replica answers repeats from the in-process tier).
+        The backlog is bounded: past it, writes are dropped and counted."""
+        if len(self._pending) + len(items) > self.max_pending:
+            metrics.CACHE_ERRORS.labels(operation="set", reason="write_backlog_full").inc()
+            return
+        self._pending.update(items)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            await self.set_many(batch)
+
+    async def flush(self) -> None:
+        """Wait until every scheduled write has been attempted."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
     async def ping(self) -> bool:
         return bool(await self._guarded("ping", self._client.ping))
 
     async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.flush(), timeout=1.0)
+        except (asyncio.TimeoutError, *self._errors):
+            pass
         await self._client.aclose()
 
 

@@ -154,7 +154,6 @@ class TextClassifier:
 
         waiting: dict[str, asyncio.Future] = {}
         mine: dict[str, str] = {}
-        task: asyncio.Task | None = None
         for key in unique_keys:
             if key in results:
                 continue
@@ -185,8 +184,6 @@ class TextClassifier:
             self._from_model.inc(len(mine))
             done = await asyncio.gather(*waiting.values())
             results.update(zip(waiting.keys(), done))
-        if task is not None:
-            await asyncio.shield(task)  # the cache write: the next identical request must hit
         return [results[key] for key in keys]
 
     async def _compute(self, texts: dict[str, str], futures: dict[str, asyncio.Future]) -> None:
@@ -207,7 +204,7 @@ class TextClassifier:
                 future.set_result(computed[key])
             self._inflight.pop(key, None)
         if self.remote is not None:
-            await self.remote.set_many({key: encode_value(p.probabilities) for key, p in computed.items()})
+            self.remote.schedule_set({key: encode_value(p.probabilities) for key, p in computed.items()})
 
     def _dequeue(self, count: int) -> None:
         self.queued_texts -= count

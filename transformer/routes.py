@@ -7,6 +7,7 @@ size limit and the in-flight limit (load shedding), and records per-route metric
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import time
@@ -127,6 +128,8 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
     @app.on_event("startup")
     async def start_background() -> None:
         drop_timing_middleware(app)
+        # Everything loaded so far lives as long as the process: keep it out of the GC's generations.
+        gc.freeze()
         if model.classifier is not None:
             model.classifier.start_monitor()
 

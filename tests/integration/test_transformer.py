@@ -169,10 +169,11 @@ def test_cache_entries_are_written_to_redis_with_a_ttl(client, redis):
     import redis as redis_client
 
     text = unique("ttl check")
+    before = len(redis_client.Redis(port=redis.port).keys("sentiment:*"))
     bulk(client, [text])
     connection = redis_client.Redis(port=redis.port)
+    wait_until(lambda: len(connection.keys("sentiment:*")) > before, 2, 0.02, message="write-behind to Redis")
     keys = connection.keys("sentiment:*")
-    assert keys
     ttl = connection.ttl(keys[0])
     assert 0 < ttl <= 86400
     assert len(connection.get(keys[0])) == 9  # format byte + two float32

@@ -43,7 +43,9 @@ def test_a_new_model_never_serves_an_old_models_cached_result(tiny_repositories,
         second = httpx.post(b.url + "/project/bulk-predict", json={"text": [text]}).json()["predictions"][0]
         assert triton_b.settled_inference_count() == before + 1  # B computed it: A's entry was not used
         assert first != second  # and the models really differ
-        keys = redis_client.Redis(port=redis.port).keys("sentiment:*")
+        connection = redis_client.Redis(port=redis.port)
+        wait_until(lambda: len(connection.keys("sentiment:*")) == 2, 2, 0.02, message="both entries written")
+        keys = connection.keys("sentiment:*")
         fingerprints = {key.decode().split(":")[1] for key in keys}
         assert len(fingerprints) == 2  # one key space per model: keys cannot collide
     finally:
@@ -59,6 +61,7 @@ def test_a_corrupt_redis_value_is_a_miss_and_gets_repaired(tiny_repositories, lo
         text = unique("will be corrupted")
         good = httpx.post(server.url + "/project/bulk-predict", json={"text": [text]}).json()
         connection = redis_client.Redis(port=redis.port)
+        wait_until(lambda: connection.keys("sentiment:*"), 2, 0.02, message="entry written")
         (key,) = connection.keys("sentiment:*")
         for garbage in (b"", b"\x01not floats", b"\xff" * 9, b"{\"json\": true}"):
             connection.set(key, garbage)
@@ -67,7 +70,7 @@ def test_a_corrupt_redis_value_is_a_miss_and_gets_repaired(tiny_repositories, lo
             assert response.status_code == 200
             assert response.json() == good
             assert triton.settled_inference_count() == before + 1  # recomputed ...
-            assert connection.get(key) != garbage  # ... and the entry repaired
+            wait_until(lambda: connection.get(key) != garbage, 2, 0.02, message="entry repaired")  # ... and repaired
         assert server.metric("sentiment_cache_corrupt_values_total") == 4
     finally:
         for process in (server, triton, redis):
@@ -90,9 +93,12 @@ def test_redis_auth_with_a_password(tiny_repositories, logs_dir):
         "--redis_url", f"redis://:wrong@127.0.0.1:{port}/0", "--hot_cache_size", "0"]).start()
     try:
         text = unique("auth")
-        for _ in range(2):
+
+        def hit_through_redis():
             assert httpx.post(good.url + "/project/bulk-predict", json={"text": [text]}).status_code == 200
-        assert _redis_hits(good) >= 1
+            return _redis_hits(good) >= 1
+
+        wait_until(hit_through_redis, 3, 0.05, message="a Redis hit with the password")
         # A wrong password fails open: answers still come (from the model), errors are counted.
         assert httpx.post(wrong.url + "/project/bulk-predict", json={"text": [text]}).status_code == 200
         assert wrong.metric("sentiment_cache_errors_total") > 0 and _redis_hits(wrong) == 0
@@ -124,9 +130,12 @@ def test_redis_over_tls(tiny_repositories, logs_dir, tmp_path):
                                                              "--redis_timeout_ms", "200"]).start()
     try:
         text = unique("tls")
-        for _ in range(2):
+
+        def hit_through_redis():
             assert httpx.post(server.url + "/project/bulk-predict", json={"text": [text]}).status_code == 200
-        assert _redis_hits(server) >= 1
+            return _redis_hits(server) >= 1
+
+        wait_until(hit_through_redis, 3, 0.05, message="a Redis hit over TLS")
         assert server.metric("sentiment_cache_errors_total") == 0
     finally:
         for process in (server, triton, redis):

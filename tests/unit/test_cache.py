@@ -92,3 +92,25 @@ def test_redis_down_fails_open_fast_and_opens_the_circuit():
     assert first == [None, None] and third == [None]
     assert state == "open"
     assert elapsed < 1.0
+
+
+def test_write_behind_is_bounded_and_never_raises():
+    from sentiment.stack.processes import free_port
+    from transformer import metrics
+
+    dropped = metrics.CACHE_ERRORS.labels(operation="set", reason="write_backlog_full")
+
+    async def scenario():
+        cache = RedisTextCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60, timeout_ms=50, pool_size=2,
+                               breaker=CircuitBreaker(failures=1, reset_s=60))
+        cache.max_pending = 3
+        before = dropped._value.get()
+        cache.schedule_set({"a": b"1", "b": b"2"})
+        cache.schedule_set({"c": b"3", "d": b"4"})  # over the bound: dropped, counted
+        await cache.flush()  # the first batch is attempted against a dead Redis: no exception
+        pending = dict(cache._pending)
+        await cache.close()
+        return dropped._value.get() - before, pending
+
+    dropped_now, pending = asyncio.run(scenario())
+    assert dropped_now == 1 and pending == {}

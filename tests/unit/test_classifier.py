@@ -53,6 +53,9 @@ class DictRemote:
     async def set_many(self, items):
         self.values.update(items)
 
+    def schedule_set(self, items):
+        self.values.update(items)
+
     async def close(self):
         pass
 
