@@ -159,20 +159,17 @@ class TransformerServer:
             self.process.stop()
 
     def metric(self, name: str, **labels: str) -> float:
-        """Sum of a Prometheus sample (matching the given labels) from /metrics."""
+        """Sum of the samples of `name` (matching the given labels) from /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
             text = response.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name) or line.startswith("#"):
-                continue
-            head, _, value = line.rpartition(" ")
-            sample, _, label_text = head.partition("{")
-            if sample != name:
-                continue
-            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-                total += float(value)
-        return total
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 import time
+import urllib.parse
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ def local_stack_if_needed(base_url: str, logs: Path, start: bool) -> Iterator[No
     from sentiment.paths import default_model_repository
     from sentiment.stack.up import Stack, StackConfig
 
-    port = int(base_url.rsplit(":", 1)[-1].split("/")[0]) if base_url.count(":") == 2 else 8000
+    port = urllib.parse.urlsplit(base_url).port or 8000
     build(default_model_repository())
     stack = Stack(StackConfig(model_repository=default_model_repository(), logs=logs, port=port))
     print(f"starting the local stack for the load test (logs in {logs}) ...", flush=True)

@@ -81,6 +81,15 @@ def _redis_hits(server) -> float:
     return server.metric("sentiment_cache_lookups_total", tier="redis", result="hit")
 
 
+def wait_for_a_redis_hit(server, text: str, message: str) -> None:
+    """Repeat one text until Redis answers it (the first answer is written behind, asynchronously)."""
+    def hit_through_redis():
+        assert httpx.post(server.url + "/project/bulk-predict", json={"text": [text]}).status_code == 200
+        return _redis_hits(server) >= 1
+
+    wait_until(hit_through_redis, 3, 0.05, message=message)
+
+
 def test_redis_auth_with_a_password(tiny_repositories, logs_dir):
     port = free_port()
     redis = ManagedProcess("redis-auth", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -93,12 +102,7 @@ def test_redis_auth_with_a_password(tiny_repositories, logs_dir):
         "--redis_url", f"redis://:wrong@127.0.0.1:{port}/0", "--hot_cache_size", "0"]).start()
     try:
         text = unique("auth")
-
-        def hit_through_redis():
-            assert httpx.post(good.url + "/project/bulk-predict", json={"text": [text]}).status_code == 200
-            return _redis_hits(good) >= 1
-
-        wait_until(hit_through_redis, 3, 0.05, message="a Redis hit with the password")
+        wait_for_a_redis_hit(good, text, "a Redis hit with the password")
         # A wrong password fails open: answers still come (from the model), errors are counted.
         assert httpx.post(wrong.url + "/project/bulk-predict", json={"text": [text]}).status_code == 200
         assert wrong.metric("sentiment_cache_errors_total") > 0 and _redis_hits(wrong) == 0
@@ -129,13 +133,7 @@ def test_redis_over_tls(tiny_repositories, logs_dir, tmp_path):
     server = TransformerServer(triton, logs_dir, extra_args=["--redis_url", url, "--hot_cache_size", "0",
                                                              "--redis_timeout_ms", "200"]).start()
     try:
-        text = unique("tls")
-
-        def hit_through_redis():
-            assert httpx.post(server.url + "/project/bulk-predict", json={"text": [text]}).status_code == 200
-            return _redis_hits(server) >= 1
-
-        wait_until(hit_through_redis, 3, 0.05, message="a Redis hit over TLS")
+        wait_for_a_redis_hit(server, unique("tls"), "a Redis hit over TLS")
         assert server.metric("sentiment_cache_errors_total") == 0
     finally:
         for process in (server, triton, redis):

@@ -39,14 +39,15 @@ def test_redis_killed_during_a_k6_run(tiny_repositories, logs_dir, tmp_path):
         hits_before = server.metric("sentiment_cache_lookups_total", tier="redis", result="hit")
         restarted = time.monotonic()
         redis.start()
-        resumed = wait_until(
-            lambda: server.metric("sentiment_cache_lookups_total", tier="redis", result="hit") > hits_before + 10,
-            timeout=5, interval=0.1, message="Redis cache hits after the restart")
+        wait_until(lambda: server.metric("sentiment_cache_lookups_total", tier="redis", result="hit") > hits_before + 10,
+                   timeout=5, interval=0.1, message="Redis cache hits after the restart")
+        resumed = time.monotonic() - restarted  # the restart itself included
+        assert resumed < 5
         runner.join(timeout=60)
         result = outcome["result"]
         print(f"\n[redis killed] {result.requests} requests, failed {result.failed_rate:.4f}, p99 {result.p99_ms:.1f} ms, "
-              f"cache errors during the outage {errors_during_outage:.0f}, hits resumed {resumed:.2f} s after restart "
-              f"({time.monotonic() - restarted:.1f} s ago)")
+              f"cache errors during the outage {errors_during_outage:.0f}, Redis hits resumed {resumed:.2f} s after "
+              "the restart command")
         assert result.requests > 100
         assert result.failed_rate == 0
         assert errors_during_outage > 0  # the outage really happened
