@@ -26,8 +26,9 @@ class TritonPythonModel:
         self.input_names = [tensor["name"] for tensor in config["input"]]
 
     def execute(self, requests):
-        # Requests the dynamic batcher groups may differ in sequence length: right-pad them with
-        # zeros (attention_mask 0 makes padding inert) and run them as one ONNX Runtime call.
+        # One ONNX Runtime call for every request Triton hands over. Triton merges equal shapes, but
+        # any request may carry padding columns (the transformer rounds lengths up), so the batch is
+        # trimmed to the longest real text and narrower requests right-padded (mask 0 is inert).
         arrays = [[pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names] for r in requests]
         rows = [a[0].shape[0] for a in arrays]
         # Only as wide as the longest real text: columns that are padding in every row cost compute.
