@@ -190,14 +190,14 @@ class TextClassifier:
         try:
             computed = await self._run_model(list(texts.keys()), list(texts.values()))
         except BaseException as error:
-            self._dequeue(len(texts))
             for key, future in futures.items():
                 if not future.done():
                     future.set_exception(error if isinstance(error, Exception) else PredictorUnavailable("cancelled"))
                     future.exception()  # mark retrieved: joiners may be gone
                 self._inflight.pop(key, None)
             return
-        self._dequeue(len(texts))
+        finally:
+            self._dequeue(len(texts))
         self.memo.put_many(computed)
         for key, future in futures.items():
             if not future.done():

@@ -538,7 +538,7 @@ def test_upload_checks_then_syncs_and_prints_the_storage_uri(upload_env):
 
     result, calls = run("gs://bucket/sentiment/v2", str(repository))
     assert result.returncode == 0, result.stderr
-    assert calls[-1].startswith(f"gsutil -m rsync -r -x ")
+    assert calls[-1].startswith("gsutil -m rsync -r -x ")
     assert calls[-1].endswith(f"{repository} gs://bucket/sentiment/v2")
 
 

@@ -1,6 +1,7 @@
 """Cache integrity across models, corrupt values, Redis AUTH and TLS, and what responses never reveal."""
 
 import socket
+from pathlib import Path
 import subprocess
 import time
 
@@ -22,7 +23,7 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def second_model(tmp_path_factory) -> "Path":
+def second_model(tmp_path_factory) -> Path:
     """Another tiny BERT (other weights, so another fingerprint) exported like the first."""
     root = tmp_path_factory.mktemp("second-model")
     checkpoint = build_tiny_checkpoint("bert", root / "checkpoint", seed=2)

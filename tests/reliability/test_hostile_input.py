@@ -3,7 +3,6 @@ shape, never a 5xx; the server stays up and its memory bounded. Hypothesis gener
 schemathesis drives every operation of the service's own OpenAPI schema."""
 
 import json
-import time
 
 import httpx
 import psutil

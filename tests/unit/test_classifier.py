@@ -8,7 +8,7 @@ import pytest
 
 from sentiment.model.build import default_base
 from transformer.bundle import ModelBundle
-from transformer.cache import PredictionMemo, cache_key, decode_value, encode_value
+from transformer.cache import PredictionMemo, cache_key, encode_value
 from transformer.classifier import TextClassifier, softmax
 from transformer.errors import PredictorUnavailable
 
