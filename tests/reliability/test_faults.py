@@ -135,14 +135,17 @@ def test_sigterm_drains_in_flight_requests(default_build, logs_dir):
         texts = [f"request {index} sentence {i}: the plot is thin but the actors are a delight {time.time_ns()}"
                  for i in range(128)]
         with httpx.Client(timeout=30) as client:
-            response = client.post(server.url + "/project/bulk-predict", json={"text": texts})
-            results.append((response.status_code, len(response.json().get("predictions", []))))
+            try:
+                response = client.post(server.url + "/project/bulk-predict", json={"text": texts})
+                results.append((response.status_code, len(response.json().get("predictions", []))))
+            except httpx.TransportError as error:  # never admitted before the signal: refused or reset
+                results.append((type(error).__name__, 0))
 
     threads = [threading.Thread(target=heavy_request, args=(i,)) for i in range(6)]
     try:
         for thread in threads:
             thread.start()
-        wait_until(lambda: server.metric("sentiment_inflight_requests") >= 3, 10, 0.01, message="requests in flight")
+        wait_until(lambda: server.metric("sentiment_inflight_requests") >= 6, 10, 0.01, message="all six in flight")
         in_flight = server.metric("sentiment_inflight_requests")
         signalled = time.monotonic()
         os.kill(server.process.pid, signal.SIGTERM)
@@ -155,7 +158,8 @@ def test_sigterm_drains_in_flight_requests(default_build, logs_dir):
         exited = time.monotonic() - signalled
         print(f"\n[sigterm] {in_flight:.0f} requests in flight at SIGTERM, {len(results)} completed "
               f"({[s for s, _ in results]}), exit {exited:.1f} s after the signal")
-        assert results == [(200, 128)] * 6
+        assert in_flight >= 6
+        assert results == [(200, 128)] * 6  # every request in flight at the signal completed
         assert exited < 30  # the grace period
     finally:
         server.stop()
