@@ -12,11 +12,11 @@ import json
 import shlex
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sentiment.loadtest.cli import service_healthy
 from sentiment.loadtest.k6 import LoadResult, run_k6
 from sentiment.loadtest.report import machine_description
 from sentiment.paths import REPO_ROOT, default_model_repository
@@ -60,12 +60,8 @@ class ServiceRun:
     extra: dict = field(default_factory=dict)
 
 
-def _healthy(url: str) -> bool:
-    with urllib.request.urlopen(url + "/project/health", timeout=2) as response:
-        return response.status == 200
-
-
-def _k6_env(args, base_url: str) -> dict:
+def k6_environment(args, base_url: str) -> dict:
+    """The k6 settings every benchmark run shares (10 texts per request, health probes alongside)."""
     return {"BASE_URL": base_url, "VUS": args.vus, "TEXTS_PER_REQUEST": 10, "RAMP_UP": args.ramp_up,
             "HOLD": args.hold, "RAMP_DOWN": "5s", "HEALTH_RATE": 5, "RUN_ID": f"{int(time.time())}"}
 
@@ -82,11 +78,11 @@ def run_classic(args, checkpoint: Path, out: Path) -> ServiceRun:
                              out / "classic" / "service.log").start()
     url = f"http://127.0.0.1:{port}"
     try:
-        service.wait_ready(lambda: _healthy(url), 180)
+        service.wait_ready(lambda: service_healthy(url), 180)
         for name in args.workloads:
             env, description = WORKLOADS[name]
             print(f"classic service: {description} ...", flush=True)
-            run.results[name] = run_k6(out / "classic" / name, description, _k6_env(args, url) | env, html_report=False)
+            run.results[name] = run_k6(out / "classic" / name, description, k6_environment(args, url) | env, html_report=False)
             _print(run.results[name])
     finally:
         service.stop()
@@ -97,13 +93,11 @@ def run_classic(args, checkpoint: Path, out: Path) -> ServiceRun:
 def run_stack(args, out: Path) -> ServiceRun:
     import psutil
 
-    from sentiment.stack.triton import TritonPorts
     from sentiment.stack.up import Stack, StackConfig
 
     run = ServiceRun("stack")
-    config = StackConfig(model_repository=default_model_repository(), logs=out / "stack", port=free_port(),
-                         grpc_port=free_port(), triton=TritonPorts(free_port(), free_port(), free_port()),
-                         redis_port=free_port(), transformer_args=list(args.transformer_arg or []))
+    config = StackConfig.on_free_ports(default_model_repository(), out / "stack",
+                                       transformer_args=list(args.transformer_arg or []))
     stack = Stack(config)
     started = time.monotonic()
     url = f"http://127.0.0.1:{config.port}"
@@ -113,7 +107,7 @@ def run_stack(args, out: Path) -> ServiceRun:
         for name in args.workloads:
             env, description = WORKLOADS[name]
             print(f"this stack: {description} ...", flush=True)
-            run.results[name] = run_k6(out / "stack" / name, description, _k6_env(args, url) | env, html_report=False)
+            run.results[name] = run_k6(out / "stack" / name, description, k6_environment(args, url) | env, html_report=False)
             _print(run.results[name])
         transformer = next(p for p in stack.processes if p.name == "transformer")
         run.extra["transformer_rss_mb"] = round(psutil.Process(transformer.pid).memory_info().rss / 1e6, 1)
@@ -130,7 +124,7 @@ def run_saturation(args, url: str, out: Path) -> list[dict]:
     for index in range(args.saturation_steps):
         rate = args.saturation_start + index * args.saturation_step
         print(f"this stack: saturation step {rate} requests/s (every text new) ...", flush=True)
-        env = _k6_env(args, url) | {"SCENARIO": "open", "RATE": rate, "DURATION": "15s", "MAX_VUS": 300,
+        env = k6_environment(args, url) | {"SCENARIO": "open", "RATE": rate, "DURATION": "15s", "MAX_VUS": 300,
                                     "CACHE_HIT_RATE": 0, "HEALTH_RATE": 0, "P99_MS": 2000}
         result = run_k6(out / f"rate-{rate}", f"{rate} req/s", env, html_report=False)
         dropped = json.loads((out / f"rate-{rate}" / "summary.json").read_text())["metrics"].get(

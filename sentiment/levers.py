@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sentiment.loadtest.k6 import LoadResult, run_k6
 from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
 from sentiment.paths import default_model_repository
-from sentiment.stack.processes import free_port
 from transformer.bundle import ModelBundle
 
 
@@ -89,19 +87,17 @@ def run_levers(args, checkpoint: Path, out: Path, names: list[str] | None = None
 
 
 def _run_lever(args, lever: Lever, repository: Path, out: Path) -> LoadResult:
-    from sentiment.stack.triton import TritonPorts
+    from sentiment.benchmark import k6_environment
     from sentiment.stack.up import Stack, StackConfig
 
-    config = StackConfig(model_repository=repository, logs=out / "levers" / lever.name, port=free_port(),
-                         grpc_port=free_port(), triton=TritonPorts(free_port(), free_port(), free_port()),
-                         redis_port=free_port(), protocol=lever.protocol, transformer_args=list(lever.transformer_args))
+    config = StackConfig.on_free_ports(repository, out / "levers" / lever.name, protocol=lever.protocol,
+                                       transformer_args=list(lever.transformer_args))
     stack = Stack(config)
     try:
         stack.start()
         print(f"lever {lever.name}: {lever.description} ...", flush=True)
-        env = {"BASE_URL": f"http://127.0.0.1:{config.port}", "VUS": args.vus, "TEXTS_PER_REQUEST": 10,
-               "RAMP_UP": "5s", "HOLD": args.lever_hold, "RAMP_DOWN": "2s", "HEALTH_RATE": 5,
-               "CACHE_HIT_RATE": 0, "RUN_ID": f"{int(time.time())}"}
+        env = k6_environment(args, f"http://127.0.0.1:{config.port}") | {
+            "RAMP_UP": "5s", "HOLD": args.lever_hold, "RAMP_DOWN": "2s", "CACHE_HIT_RATE": 0}
         result = run_k6(out / "levers" / lever.name / "k6", lever.name, env, html_report=False)
         print(f"  {result.texts_per_s:.0f} texts/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms", flush=True)
     finally:

@@ -78,10 +78,6 @@ class Prediction:
         # Copied: orjson's own result keeps a ~4 KB allocation alive per object (measured).
         return cls(values, orjson.Fragment(bytes(memoryview(orjson.dumps(ranked)))))
 
-    @property
-    def ranked(self) -> list[dict]:
-        return orjson.loads(orjson.dumps(self.ranked_json))
-
 
 class PredictionMemo:
     """Size-bounded in-process LRU of decoded predictions: the whole cache when there is no Redis,
@@ -237,9 +233,6 @@ class RedisTextCache:
         """Wait until every scheduled write has been attempted."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
-
-    async def ping(self) -> bool:
-        return bool(await self._guarded("ping", self._client.ping))
 
     async def close(self) -> None:
         try:

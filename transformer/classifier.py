@@ -43,7 +43,6 @@ class PredictorStatus:
     ready: bool = False
     fingerprint: str = "unverified"  # unverified | match | mismatch
     reason: str = "predictor not checked yet"
-    checked_at: float = 0.0
 
 
 class TextClassifier:
@@ -88,8 +87,7 @@ class TextClassifier:
         """Probe readiness and verify the fingerprint on every probe: a rolling update may put a
         new model behind the same predictor address at any time."""
         previous = self.status
-        status = PredictorStatus(ready=await self.predictor.model_ready(), fingerprint=previous.fingerprint,
-                                 checked_at=time.monotonic())
+        status = PredictorStatus(ready=await self.predictor.model_ready(), fingerprint=previous.fingerprint)
         if not status.ready:
             status.reason = f"predictor model '{self.bundle.model_name}' is not ready"
         else:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sentiment.paths import cache_home
-from sentiment.stack.processes import ManagedProcess, ProcessFailed, port_is_free
+from sentiment.stack.processes import ManagedProcess, ProcessFailed, free_port, port_is_free
 from sentiment.stack.redis_server import redis_ping, redis_process, redis_server_binary
 from sentiment.stack.triton import TritonPorts, model_ready, triton_process
 
@@ -40,6 +40,12 @@ class StackConfig:
     startup_timeout_s: float = 120.0
     transformer_args: list[str] = field(default_factory=list)
     prometheus_port: int | None = None  # set: also run Debian's prometheus against the stack
+
+    @classmethod
+    def on_free_ports(cls, model_repository: Path, logs: Path, **settings) -> "StackConfig":
+        """A stack on ports free right now (benchmarks and tests run beside a user's own stack)."""
+        return cls(model_repository=model_repository, logs=logs, port=free_port(), grpc_port=free_port(),
+                   triton=TritonPorts(free_port(), free_port(), free_port()), redis_port=free_port(), **settings)
 
     def ports(self) -> dict[str, int]:
         ports = {"transformer HTTP": self.port, "transformer gRPC": self.grpc_port, "Triton HTTP": self.triton.http,
@@ -137,12 +143,10 @@ class Stack:
         print(f"  transformer  ready on http://localhost:{c.port} (gRPC {c.grpc_port}) "
               f"in {time.monotonic() - started:.1f} s", flush=True)
         if c.prometheus_port is not None:
-            from sentiment.stack.prometheus import PrometheusTargets, prometheus_process, prometheus_ready
+            from sentiment.stack.prometheus import PrometheusTargets, start_prometheus
 
-            prometheus = prometheus_process(PrometheusTargets.for_stack(c), c.prometheus_port, c.logs / "prometheus",
-                                            c.logs / "prometheus.log")
-            self.processes.append(prometheus.start())
-            prometheus.wait_ready(lambda: prometheus_ready(c.prometheus_port), 30)
+            self.processes.append(start_prometheus(PrometheusTargets.for_stack(c), c.prometheus_port,
+                                                   c.logs / "prometheus", c.logs / "prometheus.log"))
             print(f"  prometheus   ready on http://localhost:{c.prometheus_port} (scrapes the transformer and Triton, "
                   "evaluates the SLO alerts)", flush=True)
 

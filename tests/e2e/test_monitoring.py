@@ -26,7 +26,6 @@ from sentiment.stack.prometheus import (
     TRANSFORMER_JOB, TRITON_JOB, PrometheusNotInstalled, PrometheusTargets, alerting_rules, prometheus_binary,
     start_prometheus,
 )
-from sentiment.stack.triton import TritonPorts
 from sentiment.stack.up import Stack, StackConfig
 
 pytestmark = pytest.mark.slow
@@ -144,10 +143,7 @@ def test_dashboard_queries_and_alert_rules_run_against_a_real_prometheus(default
         prometheus_binary()
     except PrometheusNotInstalled as error:
         pytest.fail(str(error))
-    config = StackConfig(
-        model_repository=default_model_repository(), logs=tmp_path / "logs", port=free_port(), grpc_port=free_port(),
-        triton=TritonPorts(free_port(), free_port(), free_port()), redis_port=free_port(),
-    )
+    config = StackConfig.on_free_ports(default_model_repository(), tmp_path / "logs")
     prometheus_port = free_port()
     stack = Stack(config)
     prometheus = None

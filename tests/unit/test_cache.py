@@ -33,11 +33,11 @@ def _prediction(positive: float) -> Prediction:
 
 
 def test_prediction_ranks_labels_and_serializes_once():
-    prediction = _prediction(0.75)
-    assert prediction.ranked == [{"label": "POSITIVE", "score": 0.75}, {"label": "NEGATIVE", "score": 0.25}]
     import orjson
 
-    assert orjson.loads(orjson.dumps({"p": [prediction.ranked_json]})) == {"p": [prediction.ranked]}
+    prediction = _prediction(0.75)
+    ranked = [{"label": "POSITIVE", "score": 0.75}, {"label": "NEGATIVE", "score": 0.25}]
+    assert orjson.loads(orjson.dumps({"p": [prediction.ranked_json]})) == {"p": [ranked]}
 
 
 def test_memo_evicts_least_recently_used():
