@@ -29,7 +29,7 @@ venv: $(VENV)/.installed  ## create .venv and install everything (once)
 model: venv  ## build the default model into model_repository/ (trains once per machine)
 	$(SENTIMENT) model build
 
-run: model  ## run redis, triton and the transformer on http://localhost:8000 until Ctrl-C
+run: venv  ## run redis, triton and the transformer on http://localhost:8000 until Ctrl-C (builds the model first if needed)
 	$(SENTIMENT) up
 
 test: model .venv-checkov/.installed  ## the whole test suite, end-to-end tests included

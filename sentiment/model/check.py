@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sentiment.model.triton_repository import GPU_CONFIG_NAME, LOCAL_CONFIG_NAME, MODEL_NAME, VERSION
+from sentiment.model.triton_repository import GPU_CONFIG_NAME, LOCAL_CONFIG_NAME, MODEL_NAME, OUTPUT_NAME, VERSION
 
 _ONNX_TO_TRITON = {7: "TYPE_INT64", 6: "TYPE_INT32", 1: "TYPE_FP32", 10: "TYPE_FP16"}
 
@@ -104,9 +104,9 @@ def check_repository(repository: Path) -> list[str]:
         return problems + [str(error)]
     if bundle.fingerprint != fingerprint:
         problems.append(f"bundle fingerprint {bundle.fingerprint[:12]} != sha256 of model.onnx {fingerprint[:12]}")
-    if set(bundle.input_names) != {n for n in onnx_signature if n != "logits"}:
+    if set(bundle.input_names) != {n for n in onnx_signature if n != OUTPUT_NAME}:
         problems.append(f"bundle inputs {bundle.input_names} differ from the ONNX inputs")
-    logits_dims = onnx_signature.get("logits", ("", ()))[1]
+    logits_dims = onnx_signature.get(OUTPUT_NAME, ("", ()))[1]
     if len(logits_dims) == 2 and logits_dims[1] not in (-1, len(bundle.labels)):
         problems.append(f"bundle has {len(bundle.labels)} labels, the model outputs {logits_dims[1]}")
     if bundle.max_batch_size != cluster.max_batch_size:

@@ -19,48 +19,19 @@ from typing import Sequence
 
 import numpy as np
 
+from sentiment.model.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
 from sentiment.model.data import Example, read_split
+from sentiment.model.evaluation import accuracy, predict_in_length_order
+from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
-from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
+from sentiment.model.triton_repository import MODEL_NAME, OUTPUT_NAME, TritonModelSpec, write_repository
 from transformer.bundle import ModelBundle
 from transformer.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-DEFAULT_MAX_LENGTH = 128
-
-
-class ExportError(RuntimeError):
-    """The checkpoint cannot be exported; the message says what is wrong with it."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    model_type: str
-    labels: list[str]
-    uses_token_type_ids: bool
-    max_length: int
-
-
-def inspect_checkpoint(checkpoint: Path, max_length: int | None = None) -> CheckpointInfo:
-    """Read config.json: labels in id2label order, whether the model takes token_type_ids, max length."""
-    config_path = checkpoint / "config.json"
-    if not config_path.is_file():
-        raise ExportError(f"{checkpoint} has no config.json: expected an HF checkpoint directory")
-    config = json.loads(config_path.read_text())
-    id2label = config.get("id2label") or {}
-    if len(id2label) < 2:
-        raise ExportError(f"{config_path} has no id2label with two or more labels: not a sequence classifier")
-    labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
-    model_type = config.get("model_type", "")
-    # DistilBERT (and RoBERTa-style models with a single token type) take no token_type_ids.
-    uses_token_type_ids = model_type not in {"distilbert", "roberta", "xlm-roberta", "deberta-v2"} and int(
-        config.get("type_vocab_size", 0)
-    ) > 1
-    positions = int(config.get("max_position_embeddings", 512))
-    wanted = max_length or int(config.get("max_length_for_serving", DEFAULT_MAX_LENGTH))
-    return CheckpointInfo(model_type, labels, uses_token_type_ids, min(wanted, positions))
+__all__ = ["ExportError", "ExportOptions", "OnnxClassifier", "export", "inspect_checkpoint"]
 
 
 def export_onnx(checkpoint: Path, info: CheckpointInfo, out_file: Path) -> None:
@@ -70,7 +41,7 @@ def export_onnx(checkpoint: Path, info: CheckpointInfo, out_file: Path) -> None:
 
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, attn_implementation="eager")
     model.eval()
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if info.uses_token_type_ids else [])
+    names = list(info.input_names)
     accepted = set(inspect.signature(model.forward).parameters)
     if not set(names) <= accepted:
         raise ExportError(f"{model.__class__.__name__}.forward does not take {sorted(set(names) - accepted)}")
@@ -91,8 +62,8 @@ def export_onnx(checkpoint: Path, info: CheckpointInfo, out_file: Path) -> None:
     with torch.inference_mode():
         torch.onnx.export(
             LogitsOnly(model), sample, str(out_file),
-            input_names=names, output_names=["logits"],
-            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+            input_names=names, output_names=[OUTPUT_NAME],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, OUTPUT_NAME: {0: "batch"}},
             opset_version=OPSET, dynamo=False, do_constant_folding=True,
         )
 
@@ -125,20 +96,13 @@ class OnnxClassifier:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         batch = self.encoder.encode_batch(texts)
-        return self.session.run(["logits"], batch.arrays)[0]
+        return self.session.run([OUTPUT_NAME], batch.arrays)[0]
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[int]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        labels = [0] * len(texts)
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            for i, label in zip(index, self.logits([texts[i] for i in index]).argmax(-1).tolist()):
-                labels[i] = label
-        return labels
+        return predict_in_length_order(texts, len, self.logits, batch_size)
 
     def accuracy(self, examples: Sequence[Example]) -> float:
-        predictions = self.predict([e.text for e in examples])
-        return sum(int(p == e.label) for p, e in zip(predictions, examples)) / len(examples)
+        return accuracy(self.predict([e.text for e in examples]), examples)
 
     def sentences_per_second(self, texts: Sequence[str], batch_size: int, min_seconds: float = 2.0) -> float:
         """Throughput over whole batches of `texts` (tokenization included), after one warm-up batch."""
@@ -190,61 +154,72 @@ def choose_variant(fp32: VariantReport, int8: VariantReport | None, max_int8_los
     return "fp32", f"int8 loses {loss:.2f} points of dev accuracy, over the limit of {max_int8_loss}"
 
 
+@dataclass(frozen=True)
+class ChosenVariant:
+    name: str
+    reason: str
+    file: Path
+    reports: dict[str, VariantReport]
+
+
+def _save_tokenizer(checkpoint: Path, target: Path) -> Path:
+    """The checkpoint's fast tokenizer as one tokenizer.json, without padding or truncation (the
+    transformer pads and truncates itself)."""
+    from transformers import AutoTokenizer
+
+    backend = AutoTokenizer.from_pretrained(checkpoint, use_fast=True).backend_tokenizer
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(str(target))
+    return target
+
+
+def _build_variants(checkpoint: Path, info: CheckpointInfo, encoder: TextEncoder, scratch: Path,
+                    options: ExportOptions, evaluate) -> ChosenVariant:
+    """ONNX fp32 (and int8 unless fp32 is forced), each evaluated, and the one to serve."""
+    fp32_file, int8_file = scratch / "model.fp32.onnx", scratch / "model.int8.onnx"
+    export_onnx(checkpoint, info, fp32_file)
+    reports = {"fp32": evaluate(fp32_file, "fp32")}
+    if options.variant in ("auto", "int8"):
+        log.info("quantizing to int8 (dynamic)")
+        quantize_int8(fp32_file, int8_file)
+        reports["int8"] = evaluate(int8_file, "int8")
+    if options.variant == "auto":
+        name, reason = choose_variant(reports["fp32"], reports.get("int8"), options.max_int8_loss)
+    else:
+        name, reason = options.variant, f"--variant {options.variant}"
+    return ChosenVariant(name, reason, fp32_file if name == "fp32" else int8_file, reports)
+
+
 def export(
     checkpoint: Path,
     repository: Path,
+    options: ExportOptions = ExportOptions(),
     *,
-    variant: str = "auto",
-    max_length: int | None = None,
-    max_int8_loss: float = 1.0,
-    spec_overrides: dict | None = None,
     threads: int = 2,
     speed_batches: Sequence[int] = (1, 8, 32),
     evaluate: bool = True,
     source: dict | None = None,
 ) -> ModelBundle:
     """Export `checkpoint` into `repository` (a Triton model repository root) and return the bundle."""
-    from transformers import AutoTokenizer
-
     started = time.monotonic()
     checkpoint = Path(checkpoint)
-    info = inspect_checkpoint(checkpoint, max_length)
+    info = inspect_checkpoint(checkpoint, options.max_length)
     splits_dir = checkpoint / "splits" if evaluate and (checkpoint / "splits" / "dev.tsv").is_file() else None
 
     with tempfile.TemporaryDirectory(prefix="sentiment-export-") as scratch_name:
         scratch = Path(scratch_name)
-        tokenizer_file = scratch / "tokenizer.json"
-        backend = AutoTokenizer.from_pretrained(checkpoint, use_fast=True).backend_tokenizer
-        backend.no_padding()
-        backend.no_truncation()
-        backend.save(str(tokenizer_file))
+        tokenizer_file = _save_tokenizer(checkpoint, scratch / "tokenizer.json")
         encoder = TextEncoder(tokenizer_file, info.max_length, info.uses_token_type_ids)
-
-        fp32_file, int8_file = scratch / "model.fp32.onnx", scratch / "model.int8.onnx"
         log.info("exporting %s (%s) to ONNX opset %d", checkpoint, info.model_type, OPSET)
-        export_onnx(checkpoint, info, fp32_file)
-        reports = {"fp32": _evaluate(fp32_file, encoder, "fp32", splits_dir, speed_batches, threads)}
-        if variant in ("auto", "int8"):
-            log.info("quantizing to int8 (dynamic)")
-            quantize_int8(fp32_file, int8_file)
-            reports["int8"] = _evaluate(int8_file, encoder, "int8", splits_dir, speed_batches, threads)
-        if variant == "auto":
-            chosen, reason = choose_variant(reports["fp32"], reports.get("int8"), max_int8_loss)
-        else:
-            chosen, reason = variant, f"--variant {variant}"
-        chosen_file = fp32_file if chosen == "fp32" else int8_file
-        fingerprint = sha256_file(chosen_file)
-
-        spec = TritonModelSpec(
-            input_names=tuple(["input_ids", "attention_mask"] + (["token_type_ids"] if info.uses_token_type_ids else [])),
-            num_labels=len(info.labels),
-            fingerprint=fingerprint,
-            max_sequence_length=info.max_length,
-            **(spec_overrides or {}),
-        )
+        chosen = _build_variants(checkpoint, info, encoder, scratch, options,
+                                 lambda file, name: _evaluate(file, encoder, name, splits_dir, speed_batches, threads))
+        fingerprint = sha256_file(chosen.file)
+        spec = TritonModelSpec(input_names=info.input_names, num_labels=len(info.labels), fingerprint=fingerprint,
+                               max_sequence_length=info.max_length, **options.spec_fields())
         if (repository / MODEL_NAME).exists():
             shutil.rmtree(repository / MODEL_NAME)
-        model_dir = write_repository(repository, chosen_file, spec)
+        model_dir = write_repository(repository, chosen.file, spec)
         bundle_dir = model_dir / "bundle"
         bundle_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tokenizer_file, bundle_dir / "tokenizer.json")
@@ -256,18 +231,18 @@ def export(
         lowercase=encoder.lowercases,
         fingerprint=fingerprint,
         max_batch_size=spec.max_batch_size,
-        variant=chosen,
+        variant=chosen.name,
         source={"checkpoint": str(checkpoint), "model_type": info.model_type, **(source or {})},
     )
     bundle.write(bundle_dir)
     report = {
-        "chosen": chosen,
-        "reason": reason,
-        "variants": {name: asdict(r) for name, r in reports.items()},
+        "chosen": chosen.name,
+        "reason": chosen.reason,
+        "variants": {name: asdict(r) for name, r in chosen.reports.items()},
         "threads": threads,
         "duration_s": round(time.monotonic() - started, 1),
         "fingerprint": fingerprint,
     }
     (bundle_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("exported %s variant (%s) to %s", chosen, reason, model_dir)
+    log.info("exported %s variant (%s) to %s", chosen.name, chosen.reason, model_dir)
     return bundle

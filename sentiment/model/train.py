@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sentiment.model.data import LABELS, Example, Splits, load_splits, write_splits
+from sentiment.model.evaluation import accuracy, predict_in_length_order
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,10 @@ def predict_labels(model, tokenizer, examples: Sequence[Example], max_length: in
     import torch
 
     encoded = _encode(tokenizer, examples, max_length)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-    predictions = [0] * len(encoded)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            batch = _collate(tokenizer, [encoded[i] for i in index])
-            logits = model(**batch).logits
-            for i, label in zip(index, logits.argmax(-1).tolist()):
-                predictions[i] = label
-    return predictions
-
-
-def accuracy(predictions: Sequence[int], examples: Sequence[Example]) -> float:
-    if not examples:
-        return float("nan")
-    return sum(int(p == e.label) for p, e in zip(predictions, examples)) / len(examples)
+        return predict_in_length_order(encoded, lambda row: len(row["input_ids"]),
+                                       lambda rows: model(**_collate(tokenizer, rows)).logits, batch_size)
 
 
 def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits | None = None) -> TrainResult:

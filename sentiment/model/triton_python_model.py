@@ -24,6 +24,7 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], parameters.get("onnx_file", "model.onnx"))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_name = config["output"][0]["name"]
 
     def execute(self, requests):
         # One ONNX Runtime call for every request Triton hands over. Triton merges equal shapes, but
@@ -43,10 +44,10 @@ class TritonPythonModel:
                 batch[start:start + count, : part.shape[1]] = part
                 start += count
             feeds[name] = batch
-        logits = self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
+        logits = self.session.run([self.output_name], feeds)[0].astype(np.float32, copy=False)
         responses, start = [], 0
         for count in rows:
-            output = pb_utils.Tensor("logits", logits[start:start + count])
+            output = pb_utils.Tensor(self.output_name, logits[start:start + count])
             responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
             start += count
         return responses

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODEL_NAME = "sentiment"
+OUTPUT_NAME = "logits"  # the one output tensor: [batch, num_labels] FP32
 VERSION = "1"
 LOCAL_CONFIG_NAME = "local"
 GPU_CONFIG_NAME = "gpu"
@@ -59,7 +60,7 @@ def _io_block(spec: TritonModelSpec) -> str:
     )
     return (
         f"input [\n{inputs}\n]\n"
-        f"output [\n  {{ name: \"logits\" data_type: TYPE_FP32 dims: [ {spec.num_labels} ] }}\n]\n"
+        f"output [\n  {{ name: {_quote(OUTPUT_NAME)} data_type: TYPE_FP32 dims: [ {spec.num_labels} ] }}\n]\n"
     )
 
 

@@ -40,7 +40,7 @@ def backend_module(monkeypatch):
 def test_mixed_width_requests_in_one_execution(backend_module, tiny_repositories):
     model_dir = tiny_repositories["bert"] / "sentiment"
     bundle = ModelBundle.load(model_dir / "bundle")
-    config = {"input": [{"name": n} for n in bundle.input_names],
+    config = {"input": [{"name": n} for n in bundle.input_names], "output": [{"name": "logits"}],
               "parameters": {"intra_op_thread_count": {"string_value": "1"}}}
     model = backend_module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_repository": str(model_dir), "model_version": "1"})
@@ -61,7 +61,7 @@ def test_all_padding_warmup_request_runs(backend_module, tiny_repositories):
     """Triton's model_warmup sends zeros (attention mask included): trimming must keep a column."""
     model_dir = tiny_repositories["distilbert"] / "sentiment"
     bundle = ModelBundle.load(model_dir / "bundle")
-    config = {"input": [{"name": n} for n in bundle.input_names], "parameters": {}}
+    config = {"input": [{"name": n} for n in bundle.input_names], "output": [{"name": "logits"}], "parameters": {}}
     model = backend_module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_repository": str(model_dir), "model_version": "1"})
     zeros = {name: np.zeros((1, 16), dtype=np.int64) for name in bundle.input_names}

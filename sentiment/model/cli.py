@@ -1,0 +1,111 @@
+"""`sentiment model ...`: train, export, build and check. Namespaces end here: every handler turns
+its arguments into typed options (TrainConfig, ExportOptions) before calling the model code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sentiment.model.export_options import ExportOptions
+from sentiment.model.train import TrainConfig
+from sentiment.paths import default_model_repository
+
+
+def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    defaults = ExportOptions()
+    parser.add_argument("--variant", choices=["auto", "fp32", "int8"], default=defaults.variant,
+                        help="served ONNX variant; auto picks int8 unless it loses > --max-int8-loss dev points")
+    parser.add_argument("--max-int8-loss", type=float, default=defaults.max_int8_loss,
+                        help="accuracy points int8 may lose (default %(default)s)")
+    parser.add_argument("--max-length", type=int, default=defaults.max_length,
+                        help="tokens per text (default 128, or the checkpoint's)")
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                        help="Triton max_batch_size (default %(default)s)")
+    parser.add_argument("--queue-delay-us", type=int, default=defaults.max_queue_delay_us,
+                        help="dynamic batching max queue delay (default %(default)s)")
+    parser.add_argument("--instances", type=int, default=defaults.instance_count,
+                        help="Triton model instances (default %(default)s: one batch per core runs in parallel; "
+                             "see BENCHMARKS.md)")
+    parser.add_argument("--ort-threads", type=int, default=defaults.intra_op_threads,
+                        help="ONNX Runtime intra-op threads per instance (default %(default)s)")
+
+
+def export_options(args: argparse.Namespace) -> ExportOptions:
+    return ExportOptions(variant=args.variant, max_int8_loss=args.max_int8_loss, max_length=args.max_length,
+                         max_batch_size=args.max_batch_size, max_queue_delay_us=args.queue_delay_us,
+                         instance_count=args.instances, intra_op_threads=args.ort_threads)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sentiment.model.build import default_train_config
+    from sentiment.model.train import train
+    from sentiment.paths import cache_home
+
+    config = default_train_config(base=args.base, seed=args.seed, epochs=args.epochs, learning_rate=args.learning_rate,
+                                  batch_size=args.batch_size, max_length=args.max_length, threads=args.threads)
+    result = train(config, Path(args.out), cache_home() / "data")
+    print(json.dumps({k: result.metrics[k] for k in ("data", "dev_accuracy", "test_accuracy", "duration_s")}, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sentiment.model.export import export
+
+    bundle = export(Path(args.checkpoint), Path(args.out), export_options(args))
+    print(f"exported {bundle.variant} model {bundle.fingerprint[:12]} ({', '.join(bundle.labels)}) to {args.out}/sentiment")
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from sentiment.model.build import build
+
+    result = build(Path(args.out), export_options(args), force=args.force)
+    state = "trained and exported" if result.trained else ("exported" if result.exported else "up to date")
+    print(f"default model {state}: {result.repository}/sentiment (checkpoint {result.checkpoint})")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from sentiment.model.check import check_repository
+
+    problems = check_repository(Path(args.repository))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{args.repository}: config.pbtxt, configs/local.pbtxt, model.onnx and bundle agree")
+    return 1 if problems else 0
+
+
+def add_model_commands(commands) -> None:
+    model = commands.add_parser("model", help="build, train, export and check the model").add_subparsers(
+        dest="model_command", required=True)
+    repository = str(default_model_repository())
+
+    train = model.add_parser("train", help="fine-tune an encoder on the packaged movie-review sentences")
+    train.add_argument("--base", default=None, help="HF encoder directory (default: packaged MiniLM-L6)")
+    train.add_argument("--out", required=True, help="checkpoint directory to write")
+    train.add_argument("--seed", type=int, default=TrainConfig.seed)
+    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--max-length", type=int, default=TrainConfig.max_length)
+    train.add_argument("--threads", type=int, default=TrainConfig.threads)
+    train.set_defaults(handler=_cmd_train)
+
+    export = model.add_parser("export", help="export a checkpoint to ONNX and a Triton model repository")
+    export.add_argument("--checkpoint", required=True, help="HF *ForSequenceClassification checkpoint directory")
+    export.add_argument("--out", default=repository, help="model repository root (default: ./model_repository)")
+    _add_export_options(export)
+    export.set_defaults(handler=_cmd_export)
+
+    build = model.add_parser("build", help="train the default model if not cached, then export it if stale")
+    build.add_argument("--out", default=repository, help="model repository root (default: ./model_repository)")
+    build.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
+    _add_export_options(build)
+    build.set_defaults(handler=_cmd_build)
+
+    check = model.add_parser("check", help="check a model repository: configs vs the ONNX file vs the bundle")
+    check.add_argument("--repository", default=repository)
+    check.set_defaults(handler=_cmd_check)
