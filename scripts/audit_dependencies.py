@@ -13,8 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-IGNORE_FILE = ROOT / "security" / "pip-audit-ignore.txt"
+from sentiment.paths import REPO_ROOT
+
+IGNORE_FILE = REPO_ROOT / "security" / "pip-audit-ignore.txt"
 
 
 def ignored_ids() -> list[str]:

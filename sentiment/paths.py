@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: the one place that computes it
+MONITORING_DIR = REPO_ROOT / "monitoring"         # alert rules, Grafana dashboard, Prometheus config
+LOADTEST_DIR = REPO_ROOT / "loadtest"             # the k6 script and its Kubernetes Job / TestRun
+LOGS_DIR = REPO_ROOT / ".logs"                    # `sentiment up` logs
 
 
 def cache_home() -> Path:

@@ -24,9 +24,9 @@ import jsonschema
 import pytest
 import yaml
 
+from sentiment.paths import REPO_ROOT
 from tests.deploy.kserve_fields import SCHEMAS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod", "gpu", "prod-jwt")
 VENV_BIN = Path(sys.executable).parent
 DOCKERFILE = REPO_ROOT / "Dockerfile.transformer"

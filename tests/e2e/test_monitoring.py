@@ -20,17 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sentiment.paths import REPO_ROOT, default_model_repository
+from sentiment.paths import MONITORING_DIR, default_model_repository
 from sentiment.stack.processes import free_port, port_is_free
 from sentiment.stack.prometheus import (
-    TRANSFORMER_JOB, TRITON_JOB, PrometheusNotInstalled, PrometheusTargets, alerting_rules, prometheus_binary,
-    start_prometheus,
+    TRANSFORMER_JOB, TRITON_JOB, PrometheusNotInstalled, PrometheusTargets, prometheus_binary, start_prometheus,
 )
 from sentiment.stack.up import Stack, StackConfig
+from tests.support.prometheus import alerting_rules
 
 pytestmark = pytest.mark.slow
 
-DASHBOARD = REPO_ROOT / "loadtest" / "grafana" / "sentiment-dashboard.json"
+DASHBOARD = MONITORING_DIR / "sentiment-dashboard.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 LOAD_SECONDS = 10
 WARM = ["The film is a joy from start to finish.", "The plot is a tedious, muddled mess.",

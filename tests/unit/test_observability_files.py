@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sentiment.paths import REPO_ROOT
+from sentiment.paths import LOADTEST_DIR, MONITORING_DIR, REPO_ROOT
 from sentiment.stack.prometheus import (
-    ALERTS_FILE, TRANSFORMER_JOB, TRITON_JOB, PrometheusNotInstalled, PrometheusTargets, alerting_rules,
-    load_prometheus_rule, promtool_binary, write_prometheus_config, write_rules_file,
+    ALERTS_FILE, TRANSFORMER_JOB, TRITON_JOB, PrometheusNotInstalled, PrometheusTargets, load_prometheus_rule,
+    write_prometheus_config, write_rules_file,
 )
+from tests.support.prometheus import alerting_rules, promtool_binary
 
-DASHBOARD = REPO_ROOT / "loadtest" / "grafana" / "sentiment-dashboard.json"
-HAND_CONFIG = REPO_ROOT / "loadtest" / "prometheus" / "prometheus.yml"
-SCRIPT = REPO_ROOT / "loadtest" / "simulate.js"
+DASHBOARD = MONITORING_DIR / "sentiment-dashboard.json"
+HAND_CONFIG = MONITORING_DIR / "prometheus.yml"
+SCRIPT = LOADTEST_DIR / "simulate.js"
 KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
 DS = "${DS_PROMETHEUS}"
 INFERENCE_ROUTES = {"/project/bulk-predict", "/v1/models/{name}:predict", "/v2/models/{name}/infer"}
@@ -394,6 +395,6 @@ def test_the_testrun_uses_the_generated_configmap():
 
 
 def test_the_prometheusrule_renders_with_kustomize():
-    rule = only(kustomize("loadtest/alerts"), "PrometheusRule")
+    rule = only(kustomize("monitoring"), "PrometheusRule")
     assert rule["metadata"] == {**load_prometheus_rule()["metadata"]}
     assert rule["spec"] == load_prometheus_rule(ALERTS_FILE)["spec"]

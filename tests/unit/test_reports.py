@@ -1,7 +1,7 @@
 """k6 summaries into numbers, and numbers into the comparison report."""
 
-from sentiment.loadtest.k6 import parse_summary
-from sentiment.loadtest.report import comparison_markdown, reduction_table, write_charts
+from sentiment.measure.k6 import parse_summary
+from sentiment.measure.report import comparison_markdown, reduction_table, write_charts
 
 
 def summary(rate: float, p99: float, failed: float = 0.0, health: bool = True) -> dict:

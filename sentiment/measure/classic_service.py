@@ -4,7 +4,7 @@ FastAPI + a Hugging Face `pipeline` on PyTorch, one text at a time, inside an `a
 (so inference blocks the event loop), with a Redis cache keyed by the whole request body. This is
 the design the product replaces; do not use it for anything but `sentiment bench`.
 
-Run: python bench/classic_service.py --checkpoint DIR --port 8100 [--redis-url redis://...]
+Run: python -m sentiment.measure.classic_service --checkpoint DIR --port 8100 [--redis-url redis://...]
 """
 
 from __future__ import annotations
