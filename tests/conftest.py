@@ -3,9 +3,7 @@ started on free ports and stopped by PID."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -13,22 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from sentiment.stack.processes import ManagedProcess, free_port
-from sentiment.stack.redis_server import redis_ping, redis_process, redis_server_binary
-from sentiment.stack.triton import TritonPorts, model_ready, triton_process
+from sentiment.model.export_options import ExportOptions
+from sentiment.paths import REPO_ROOT
+from sentiment.stack.processes import ManagedProcess, free_port, http_ok
+from sentiment.stack.redis_server import redis_process, redis_server_binary, redis_url
+from sentiment.stack.transformer import HEALTH_PATH, LIVE_PATH, TransformerLaunch
+from sentiment.stack.triton import TritonPorts, triton_process
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.status == 200
+__all__ = ["REPO_ROOT", "RedisServer", "TransformerServer", "TritonServer", "http_ok", "wait_until"]
 
 
 # ---- models -----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    from sentiment.model.tiny import build_tiny_checkpoint
+    from tests.support.tiny import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     return {kind: build_tiny_checkpoint(kind, root / kind, seed=1) for kind in ("bert", "distilbert")}
@@ -45,7 +41,7 @@ def tiny_repositories(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
 
 def _export(export, checkpoint: Path, repository: Path) -> Path:
     # A 10 ms batching window makes merges of concurrent test requests certain, not a race.
-    export(checkpoint, repository, variant="fp32", spec_overrides={"max_queue_delay_us": 10_000})
+    export(checkpoint, repository, ExportOptions(variant="fp32", max_queue_delay_us=10_000))
     return repository
 
 
@@ -58,7 +54,7 @@ def default_build():
     return build(default_model_repository())
 
 
-# ---- processes ----------------------------------------------------------------------------------
+# ---- processes: thin wrappers over sentiment.stack, the code `sentiment up` starts them with -------
 @dataclass
 class TritonServer:
     repository: Path
@@ -67,8 +63,7 @@ class TritonServer:
     process: ManagedProcess | None = None
 
     def start(self) -> "TritonServer":
-        self.process = triton_process(self.repository, self.ports, self.logs / "triton.log").start()
-        self.process.wait_ready(lambda: model_ready(self.ports), 90)
+        self.process = triton_process(self.repository, self.ports, self.logs / "triton.log").start().wait_ready()
         return self
 
     def stop(self) -> None:
@@ -112,11 +107,10 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return redis_url(self.port)
 
     def start(self) -> "RedisServer":
-        self.process = redis_process(self.port, self.logs / "redis-data", self.logs / "redis.log").start()
-        self.process.wait_ready(lambda: redis_ping(self.port), 20)
+        self.process = redis_process(self.port, self.logs / "redis-data", self.logs / "redis.log").start().wait_ready()
         return self
 
     def stop(self) -> None:
@@ -135,23 +129,23 @@ class TransformerServer:
     grpc_port: int = field(default_factory=free_port)
     process: ManagedProcess | None = None
 
+    def launch(self) -> TransformerLaunch:
+        """The transformer's command line, built by the stack; the predictor is re-checked every 0.25 s."""
+        return TransformerLaunch.for_repository(
+            self.triton.repository, self.triton.ports, protocol=self.protocol, http_port=self.port,
+            grpc_port=self.grpc_port, extra_args=("--predictor_check_interval", "0.25", *self.extra_args))
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.launch().url
 
     def command(self) -> list[str]:
-        host = self.triton.grpc_address if self.protocol == "grpc-v2" else self.triton.http_address
-        return [sys.executable, "-m", "transformer", "--model_name", "sentiment", "--predictor_host", host,
-                "--predictor_protocol", self.protocol, "--http_port", str(self.port),
-                "--grpc_port", str(self.grpc_port), "--predictor_check_interval", "0.25",
-                "--model_bundle", str(self.triton.repository / "sentiment" / "bundle"), *self.extra_args]
+        return self.launch().command()
 
     def start(self, wait_healthy: bool = True) -> "TransformerServer":
-        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | self.env
-        self.process = ManagedProcess(f"transformer-{self.port}", self.command(), self.logs / f"transformer-{self.port}.log",
-                                      env=env).start()
-        probe = "/project/health" if wait_healthy else "/project/live"
-        self.process.wait_ready(lambda: http_ok(self.url + probe), 60)
+        self.process = self.launch().process(self.logs / f"transformer-{self.port}.log", name=f"transformer-{self.port}",
+                                             env=self.env, ready_path=HEALTH_PATH if wait_healthy else LIVE_PATH)
+        self.process.start().wait_ready(timeout=60)
         return self
 
     def stop(self) -> None:

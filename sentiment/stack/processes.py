@@ -1,4 +1,8 @@
-"""Child processes with a readiness probe, a log file each, and a clean stop by process group."""
+"""Child processes with a readiness probe, a log file each, and a clean stop by process group.
+
+`sentiment up`, the benchmarks and the tests start every server through `ManagedProcess`, and
+every HTTP readiness check is `http_ok`: one way to start a part and one way to ask if it is up.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,6 +39,15 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """The readiness probe: GET `url` answers 200. Refused, timed out or any other status: False."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except OSError:  # URLError, HTTPError, ConnectionError, timeouts
+        return False
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -43,14 +57,21 @@ def tail(path: Path, lines: int = 30) -> str:
 
 @dataclass
 class ManagedProcess:
-    """One server process: started in its own session so that stop() reaches its children too."""
+    """One server process: started in its own session so that stop() reaches its children too.
+
+    `ready` is its readiness probe (e.g. `lambda: http_ok(url)`); `start()` may be called again after
+    the process died, which is how the local stack restarts a crashed part.
+    """
 
     name: str
     command: Sequence[str]
     log_file: Path
     env: dict[str, str] | None = None
     cwd: Path | None = None
+    ready: Callable[[], bool] | None = None
+    ready_timeout_s: float = 60.0
     process: subprocess.Popen | None = field(default=None, init=False)
+    started_at: float = field(default=0.0, init=False)  # time.monotonic() of the last start
 
     def start(self) -> "ManagedProcess":
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +81,7 @@ class ManagedProcess:
             env=self.env, cwd=self.cwd, start_new_session=True,
         )
         log.close()
+        self.started_at = time.monotonic()
         return self
 
     @property
@@ -67,19 +89,34 @@ class ManagedProcess:
         assert self.process is not None, f"{self.name} was not started"
         return self.process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def wait_ready(self, probe: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
-        """Poll `probe` until it returns True; fail fast if the process exits meanwhile."""
+    def is_ready(self) -> bool:
+        """Alive and its probe answers (no probe: alive is ready)."""
+        if not self.alive():
+            return False
+        with contextlib.suppress(Exception):
+            return self.ready is None or bool(self.ready())
+        return False
+
+    def wait_ready(self, probe: Callable[[], bool] | None = None, timeout: float | None = None,
+                   interval: float = 0.1) -> "ManagedProcess":
+        """Poll the probe (`probe`, else `self.ready`) until it returns True; fail fast if the process exits."""
+        probe = probe or self.ready or (lambda: True)
+        timeout = self.ready_timeout_s if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                code = self.process.returncode if self.process else None
-                raise ProcessFailed(f"{self.name} exited with code {code}; log {self.log_file}:\n{tail(self.log_file)}")
+                raise ProcessFailed(f"{self.name} exited with code {self.returncode}; log {self.log_file}:\n"
+                                    f"{tail(self.log_file)}")
             with contextlib.suppress(Exception):
                 if probe():
-                    return
+                    return self
             time.sleep(interval)
         raise ProcessFailed(f"{self.name} was not ready after {timeout:.0f} s; log {self.log_file}:\n{tail(self.log_file)}")
 

@@ -14,6 +14,7 @@ def redis_server_binary() -> str | None:
 
 
 def redis_process(port: int, data_dir: Path, log_file: Path, password: str | None = None) -> ManagedProcess:
+    """A private redis-server on 127.0.0.1:`port`, not yet started; ready once it answers PING."""
     binary = redis_server_binary()
     if binary is None:
         raise FileNotFoundError("redis-server is not installed (apt-get install -y redis-server)")
@@ -22,7 +23,12 @@ def redis_process(port: int, data_dir: Path, log_file: Path, password: str | Non
                "--dir", str(data_dir), "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]
     if password:
         command += ["--requirepass", password]
-    return ManagedProcess("redis", command, log_file)
+    return ManagedProcess("redis", command, log_file, ready=lambda: redis_ping(port, password=password),
+                          ready_timeout_s=20)
+
+
+def redis_url(port: int, host: str = "127.0.0.1") -> str:
+    return f"redis://{host}:{port}/0"
 
 
 def redis_ping(port: int, host: str = "127.0.0.1", password: str | None = None) -> bool:

@@ -11,12 +11,13 @@ import os
 import shutil
 import sys
 import sysconfig
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from sentiment.model.triton_repository import LOCAL_CONFIG_NAME, MODEL_NAME
-from sentiment.stack.processes import ManagedProcess
+from sentiment.stack.processes import ManagedProcess, http_ok
+
+STARTUP_TIMEOUT_S = 120.0  # model load and warm-up included
 
 
 class TritonNotInstalled(RuntimeError):
@@ -79,11 +80,12 @@ def triton_command(repository: Path, ports: TritonPorts, host: str = "127.0.0.1"
     ]
 
 
-def triton_process(repository: Path, ports: TritonPorts, log_file: Path) -> ManagedProcess:
-    return ManagedProcess("triton", triton_command(repository, ports), log_file, env=triton_environment())
-
-
 def model_ready(ports: TritonPorts, host: str = "127.0.0.1") -> bool:
-    url = f"http://{host}:{ports.http}/v2/models/{MODEL_NAME}/ready"
-    with urllib.request.urlopen(url, timeout=1) as response:
-        return response.status == 200
+    """Triton's readiness of the model itself (not only the server)."""
+    return http_ok(f"http://{host}:{ports.http}/v2/models/{MODEL_NAME}/ready", timeout=1)
+
+
+def triton_process(repository: Path, ports: TritonPorts, log_file: Path) -> ManagedProcess:
+    """Triton serving `repository` on loopback, not yet started; ready once the model is."""
+    return ManagedProcess("triton", triton_command(repository, ports), log_file, env=triton_environment(),
+                          ready=lambda: model_ready(ports), ready_timeout_s=STARTUP_TIMEOUT_S)

@@ -1,45 +1,50 @@
 """`sentiment up`: run Redis, Triton and the transformer on this machine until Ctrl-C.
 
-All three start at once (the transformer waits for Triton by itself), each logs to its own file
-in one folder, and any exit (Ctrl-C, SIGTERM, or a child that dies) stops all three and checks
-that their ports are free again.
+All parts start at once (the transformer waits for Triton by itself), each logs to its own file in
+one folder. While it runs, the stack supervises its parts as Kubernetes would (`supervisor.py`): a
+crashed Redis, Triton or Prometheus is restarted with backoff while the transformer keeps serving.
+Ctrl-C, SIGTERM, the transformer's death or a restart loop stops every part and checks that their
+ports are free again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
 import signal
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
-from sentiment.paths import cache_home
-from sentiment.stack.processes import ManagedProcess, ProcessFailed, free_port, port_is_free
-from sentiment.stack.redis_server import redis_ping, redis_process, redis_server_binary
-from sentiment.stack.triton import TritonPorts, model_ready, triton_process
+from sentiment.paths import default_model_repository
+from sentiment.stack.processes import ManagedProcess, ProcessFailed, free_port, http_ok, port_is_free
+from sentiment.stack.redis_server import redis_process, redis_server_binary, redis_url
+from sentiment.stack.supervisor import RestartPolicy, Supervisor
+from sentiment.stack.transformer import TransformerLaunch
+from sentiment.stack.triton import TritonPorts, triton_process
 
-log = logging.getLogger(__name__)
+TRANSFORMER = "transformer"  # the essential part: its death ends the stack
 
 
-@dataclass
+@dataclass(frozen=True)
 class StackConfig:
     model_repository: Path
     logs: Path
     port: int = 8000
     grpc_port: int = 8081
-    triton: TritonPorts = field(default_factory=lambda: TritonPorts(8010, 8011, 8012))
+    triton: TritonPorts = TritonPorts(8010, 8011, 8012)
     redis_port: int = 6390
     redis_url: str | None = None  # an external Redis: start none
     use_redis: bool = True
     protocol: str = "grpc-v2"
-    startup_timeout_s: float = 120.0
-    transformer_args: list[str] = field(default_factory=list)
+    transformer_args: tuple[str, ...] = ()
     prometheus_port: int | None = None  # set: also run Debian's prometheus against the stack
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transformer_args", tuple(self.transformer_args))
 
     @classmethod
     def on_free_ports(cls, model_repository: Path, logs: Path, **settings) -> "StackConfig":
@@ -47,43 +52,42 @@ class StackConfig:
         return cls(model_repository=model_repository, logs=logs, port=free_port(), grpc_port=free_port(),
                    triton=TritonPorts(free_port(), free_port(), free_port()), redis_port=free_port(), **settings)
 
+    @property
+    def starts_redis(self) -> bool:
+        return self.use_redis and not self.redis_url and redis_server_binary() is not None
+
     def ports(self) -> dict[str, int]:
         ports = {"transformer HTTP": self.port, "transformer gRPC": self.grpc_port, "Triton HTTP": self.triton.http,
                  "Triton gRPC": self.triton.grpc, "Triton metrics": self.triton.metrics}
-        if self.use_redis and not self.redis_url and redis_server_binary():
+        if self.starts_redis:
             ports["Redis"] = self.redis_port
         if self.prometheus_port is not None:
             ports["Prometheus"] = self.prometheus_port
         return ports
 
 
-def export_checkpoint_cached(checkpoint: Path) -> Path:
-    """Export a user's checkpoint once into the per-machine cache; returns its model repository."""
-    from sentiment.model.build import build_lock, export_code_version
-    from sentiment.model.export import export
-    from transformer.bundle import BundleError, ModelBundle
-
-    digest = hashlib.sha256(str(checkpoint.resolve()).encode())
-    for path in sorted(p for p in checkpoint.iterdir() if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(export_code_version().encode())
-    repository = cache_home() / "exports" / digest.hexdigest()[:16]
-    with build_lock(cache_home()):
-        try:
-            ModelBundle.load(repository / "sentiment" / "bundle")
-            return repository
-        except BundleError:
-            export(checkpoint, repository)
-    return repository
+def console(message: str) -> None:
+    print(message, flush=True)
 
 
 class Stack:
-    def __init__(self, config: StackConfig):
+    """The parts of the local stack as ManagedProcesses: start, supervise, stop."""
+
+    def __init__(self, config: StackConfig, say: Callable[[str], None] = console):
         self.config = config
+        self.say = say
         self.processes: list[ManagedProcess] = []
         self.redis_url: str | None = config.redis_url
+        self.supervisor: Supervisor | None = None
         self._stop = threading.Event()
+
+    def process(self, name: str) -> ManagedProcess:
+        """The part called `name` ("redis", "triton", "transformer", "prometheus")."""
+        return next(p for p in self.processes if p.name == name)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.port}"
 
     # ---- start ---------------------------------------------------------------------------------
     def _check_ports(self) -> None:
@@ -92,20 +96,20 @@ class Stack:
             raise ProcessFailed(f"port(s) in use: {', '.join(busy)}. Stop what uses them or choose other ports "
                                 "(see `sentiment up --help`).")
 
-    def _transformer_command(self) -> list[str]:
+    def _parts(self) -> tuple[ManagedProcess | None, ManagedProcess, ManagedProcess]:
         c = self.config
-        grpc = c.protocol == "grpc-v2"
-        command = [
-            sys.executable, "-m", "transformer",
-            "--model_name", "sentiment",
-            "--predictor_host", f"127.0.0.1:{c.triton.grpc if grpc else c.triton.http}",
-            "--predictor_protocol", c.protocol,
-            "--http_port", str(c.port), "--grpc_port", str(c.grpc_port),
-            "--model_bundle", str(c.model_repository / "sentiment" / "bundle"),
-        ]
-        if self.redis_url:
-            command += ["--redis_url", self.redis_url]
-        return command + list(c.transformer_args)
+        redis = None
+        if c.starts_redis:
+            redis = redis_process(c.redis_port, c.logs / "redis-data", c.logs / "redis.log")
+            self.redis_url = redis_url(c.redis_port)
+        elif c.use_redis and not c.redis_url:
+            self.say("redis-server is not installed: using the in-process cache "
+                     "(apt-get install -y redis-server to run with Redis)")
+        triton = triton_process(c.model_repository, c.triton, c.logs / "triton.log")
+        launch = TransformerLaunch.for_repository(c.model_repository, c.triton, protocol=c.protocol, http_port=c.port,
+                                                  grpc_port=c.grpc_port, redis_url=self.redis_url,
+                                                  extra_args=c.transformer_args)
+        return redis, triton, launch.process(c.logs / "transformer.log", name=TRANSFORMER)
 
     def start(self) -> None:
         c = self.config
@@ -115,68 +119,65 @@ class Stack:
 
             prometheus_binary()  # fail before starting anything when it is not installed
         self._check_ports()
-        redis = None
-        if c.use_redis and not c.redis_url:
-            if redis_server_binary():
-                redis = redis_process(c.redis_port, c.logs / "redis-data", c.logs / "redis.log")
-                self.redis_url = f"redis://127.0.0.1:{c.redis_port}/0"
-            else:
-                print("redis-server is not installed: using the in-process cache "
-                      "(apt-get install -y redis-server to run with Redis)", flush=True)
-        environment = dict(os.environ)
-        if not self.redis_url:
-            environment.pop("REDIS_URL", None)  # no Redis for this run: the in-process cache
-        triton = triton_process(c.model_repository, c.triton, c.logs / "triton.log")
-        transformer = ManagedProcess("transformer", self._transformer_command(), c.logs / "transformer.log",
-                                     env=environment)
+        redis, triton, transformer = self._parts()
         started = time.monotonic()
-        for process in (redis, triton, transformer):
-            if process is not None:
-                self.processes.append(process.start())
+        self.processes += [process.start() for process in (redis, triton, transformer) if process is not None]
         if redis is not None:
-            redis.wait_ready(lambda: redis_ping(c.redis_port), 20)
-            print(f"  redis        ready on 127.0.0.1:{c.redis_port}", flush=True)
-        triton.wait_ready(lambda: model_ready(c.triton), c.startup_timeout_s)
-        print(f"  triton       ready on 127.0.0.1:{c.triton.http} (HTTP) / {c.triton.grpc} (gRPC) "
-              f"/ {c.triton.metrics} (metrics)", flush=True)
-        transformer.wait_ready(self.healthy, c.startup_timeout_s)
-        print(f"  transformer  ready on http://localhost:{c.port} (gRPC {c.grpc_port}) "
-              f"in {time.monotonic() - started:.1f} s", flush=True)
+            redis.wait_ready()
+            self.say(f"  redis        ready on 127.0.0.1:{c.redis_port}")
+        triton.wait_ready()
+        self.say(f"  triton       ready on 127.0.0.1:{c.triton.http} (HTTP) / {c.triton.grpc} (gRPC) "
+                 f"/ {c.triton.metrics} (metrics)")
+        transformer.wait_ready()
+        self.say(f"  transformer  ready on http://localhost:{c.port} (gRPC {c.grpc_port}) "
+                 f"in {time.monotonic() - started:.1f} s")
         if c.prometheus_port is not None:
             from sentiment.stack.prometheus import PrometheusTargets, start_prometheus
 
-            self.processes.append(start_prometheus(PrometheusTargets.for_stack(c), c.prometheus_port,
+            self.processes.append(start_prometheus(PrometheusTargets(c.port, c.triton.metrics), c.prometheus_port,
                                                    c.logs / "prometheus", c.logs / "prometheus.log"))
-            print(f"  prometheus   ready on http://localhost:{c.prometheus_port} (scrapes the transformer and Triton, "
-                  "evaluates the SLO alerts)", flush=True)
+            self.say(f"  prometheus   ready on http://localhost:{c.prometheus_port} (scrapes the transformer and "
+                     "Triton, evaluates the SLO alerts)")
+        self.supervisor = Supervisor(self.processes, {TRANSFORMER}, c.restart_policy, self._report)
 
     def healthy(self) -> bool:
-        url = f"http://127.0.0.1:{self.config.port}/project/health"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
+        return http_ok(self.url + "/project/health")
 
     # ---- run and stop --------------------------------------------------------------------------
-    def wait(self) -> int:
-        """Block until a signal or a child's death; returns the exit code for `sentiment up`."""
-        def request_stop(signum, _frame):
-            print(f"\nreceived {signal.Signals(signum).name}, stopping ...", flush=True)
-            self._stop.set()
+    def _report(self, process: ManagedProcess, message: str) -> None:
+        """Say a supervision event on the console and in the part's own log."""
+        stamp = datetime.now().strftime("%H:%M:%S")
+        self.say(f"{stamp} {message}")
+        with process.log_file.open("a") as log:
+            log.write(f"--- {datetime.now().isoformat(timespec='seconds')} sentiment up: {message} ---\n")
 
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-        while not self._stop.wait(0.5):
-            dead = [p for p in self.processes if not p.alive()]
-            if dead:
-                for process in dead:
-                    print(f"{process.name} exited unexpectedly (code {process.process.returncode}); "
-                          f"see {process.log_file}", file=sys.stderr, flush=True)
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def supervise(self, interval: float = 0.2) -> int:
+        """Keep the parts running until `request_stop()` (0), or the transformer's death or a restart loop (1)."""
+        assert self.supervisor is not None, "start() the stack first"
+        while not self._stop.wait(interval):
+            ending = self.supervisor.check()
+            if ending:
+                print(f"{ending.reason}; see {ending.process.log_file}", file=sys.stderr, flush=True)
                 return 1
         return 0
 
+    def run_until_signal(self) -> int:
+        """`supervise()` with Ctrl-C and SIGTERM as the way to stop (main thread only)."""
+        def request_stop(signum, _frame):
+            self.say(f"\nreceived {signal.Signals(signum).name}, stopping ...")
+            self.request_stop()
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        return self.supervise()
+
     def stop(self) -> None:
+        self.request_stop()
         for process in reversed(self.processes):
-            process.stop(grace=15 if process.name == "transformer" else 10)
-        self.processes.clear()
+            process.stop(grace=15 if process.name == TRANSFORMER else 10)
         deadline = time.monotonic() + 5
         ports = self.config.ports()
         while time.monotonic() < deadline and not all(port_is_free(p) for p in ports.values()):
@@ -185,7 +186,47 @@ class Stack:
         if busy:
             print(f"warning: still in use after stop: {', '.join(busy)}", file=sys.stderr, flush=True)
         else:
-            print("stopped every process of the stack; all ports free", flush=True)
+            self.say("stopped every process of the stack; all ports free")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What `sentiment up` serves: a user's checkpoint, an exported repository, or the default model."""
+
+    checkpoint: Path | None = None
+    repository: Path | None = None
+
+    def repository_to_serve(self) -> Path:
+        """The model repository, exported or built first when needed (once; later runs reuse it)."""
+        if self.checkpoint is not None:
+            from sentiment.model.build import export_checkpoint_cached
+
+            print(f"exporting {self.checkpoint} (once per checkpoint) ...", flush=True)
+            return export_checkpoint_cached(self.checkpoint)
+        if self.repository is not None:
+            return self.repository
+        from sentiment.model.build import build
+
+        print("checking the default model (trains once per machine, about 6-8 minutes on 2 cores) ...", flush=True)
+        return build(default_model_repository()).repository
+
+
+def run_up(config: StackConfig) -> int:
+    """`sentiment up` once the model repository is known: start, print the banner, supervise, stop."""
+    stack = Stack(config)
+    console("starting redis, triton and the transformer ...")
+    code = 1
+    try:
+        stack.start()
+        console(banner(config))
+        code = stack.run_until_signal()
+    except (ProcessFailed, RuntimeError) as error:
+        console(f"error: {error}")
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        stack.stop()
+    return code
 
 
 def banner(config: StackConfig) -> str:
@@ -194,6 +235,7 @@ def banner(config: StackConfig) -> str:
 The stack is up. Logs: {config.logs}
   POST {base}/project/bulk-predict      GET {base}/project/health      GET {base}/metrics
   KServe V1: POST {base}/v1/models/sentiment:predict    V2: POST {base}/v2/models/sentiment/infer
+  Crashed parts (Redis, Triton) are restarted; the transformer's exit stops the stack.
 
 Try:
   curl -X POST "{base}/project/bulk-predict" -H "Content-Type: application/json" -d '{{"text":["i love this","this is bad"]}}'

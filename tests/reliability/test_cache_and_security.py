@@ -10,7 +10,8 @@ import pytest
 import redis as redis_client
 
 from sentiment.model.export import export
-from sentiment.model.tiny import build_tiny_checkpoint
+from sentiment.model.export_options import ExportOptions
+from tests.support.tiny import build_tiny_checkpoint
 from sentiment.stack.processes import ManagedProcess, free_port
 from sentiment.stack.redis_server import redis_ping, redis_server_binary
 from tests.conftest import RedisServer, TransformerServer, TritonServer, wait_until
@@ -27,7 +28,7 @@ def second_model(tmp_path_factory) -> Path:
     """Another tiny BERT (other weights, so another fingerprint) exported like the first."""
     root = tmp_path_factory.mktemp("second-model")
     checkpoint = build_tiny_checkpoint("bert", root / "checkpoint", seed=2)
-    export(checkpoint, root / "repository", variant="fp32")
+    export(checkpoint, root / "repository", ExportOptions(variant="fp32"))
     return root / "repository"
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from sentiment.loadtest.k6 import run_k6
+from sentiment.measure.k6 import run_k6
 from tests.conftest import RedisServer, TransformerServer, TritonServer, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]

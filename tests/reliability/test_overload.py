@@ -8,7 +8,7 @@ import httpx
 import psutil
 import pytest
 
-from sentiment.loadtest.k6 import run_k6
+from sentiment.measure.k6 import run_k6
 from tests.conftest import RedisServer, TransformerServer, TritonServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]

@@ -1,0 +1,72 @@
+"""The transformer as a child process: the one place that spells its command line.
+
+`sentiment up`, the benchmarks and the test fixtures all start `python -m transformer` through
+`TransformerLaunch`, so a flag added to the transformer is passed the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from sentiment.model.triton_repository import MODEL_NAME
+from sentiment.stack.processes import ManagedProcess, http_ok
+from sentiment.stack.triton import TritonPorts
+
+STARTUP_TIMEOUT_S = 120.0
+HEALTH_PATH = "/project/health"  # readiness: the transformer and Triton serve the same model
+LIVE_PATH = "/project/live"      # liveness: the process answers
+
+
+@dataclass(frozen=True)
+class TransformerLaunch:
+    """Everything the local stack decides about one transformer process."""
+
+    bundle: Path                   # <model repository>/sentiment/bundle
+    triton: TritonPorts
+    protocol: str = "grpc-v2"      # to Triton: grpc-v2 (its gRPC port) or v2 (its HTTP port)
+    http_port: int = 8000
+    grpc_port: int = 8081
+    redis_url: str | None = None   # None: the in-process cache
+    extra_args: tuple[str, ...] = ()
+
+    @classmethod
+    def for_repository(cls, repository: Path, triton: TritonPorts, **settings) -> "TransformerLaunch":
+        return cls(bundle=Path(repository) / MODEL_NAME / "bundle", triton=triton, **settings)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def predictor_host(self) -> str:
+        return f"127.0.0.1:{self.triton.grpc if self.protocol == 'grpc-v2' else self.triton.http}"
+
+    def command(self) -> list[str]:
+        command = [
+            sys.executable, "-m", "transformer",
+            "--model_name", MODEL_NAME,
+            "--predictor_host", self.predictor_host,
+            "--predictor_protocol", self.protocol,
+            "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
+            "--model_bundle", str(self.bundle),
+        ]
+        if self.redis_url:
+            command += ["--redis_url", self.redis_url]
+        return command + list(self.extra_args)
+
+    def environment(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        """This environment (settings like CACHE_TTL_SECONDS pass through) without REDIS_URL: whether
+        there is a Redis is this launch's decision (`redis_url`), then `overrides`."""
+        environment = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+        return environment | dict(overrides or {})
+
+    def process(self, log_file: Path, name: str = "transformer", env: Mapping[str, str] | None = None,
+                ready_path: str = HEALTH_PATH) -> ManagedProcess:
+        """The transformer, not yet started; ready once `ready_path` answers 200."""
+        url = self.url + ready_path
+        return ManagedProcess(name, self.command(), log_file, env=self.environment(env),
+                              ready=lambda: http_ok(url), ready_timeout_s=STARTUP_TIMEOUT_S)
