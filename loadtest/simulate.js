@@ -18,6 +18,10 @@
 //   RUN_ID             makes the "new" texts unique across runs (default: start time)
 //   SUMMARY_FILE       where handleSummary writes the JSON summary (default summary.json)
 //   P99_MS             p(99) threshold in ms (default 2000)
+//
+// k6's own sizing flags work too: `k6 run --vus 10 --duration 30s loadtest/simulate.js` (or
+// --iterations) replaces the scenarios above with k6's default one, which runs the default export
+// (the same request as the load scenario; no health probes alongside).
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { Counter, Rate } from 'k6/metrics';
@@ -131,6 +135,8 @@ export const options = {
   thresholds: {
     'http_req_failed{scenario:load}': ['rate<0.01'],
     'http_req_duration{scenario:load}': [`p(99)<${P99_MS}`],
+    'http_req_failed{scenario:default}': ['rate<0.01'], // the same bounds under --vus / --duration
+    'http_req_duration{scenario:default}': [`p(99)<${P99_MS}`],
     'http_reqs{scenario:load}': ['count>=0'], // reported per scenario in the summary
     'http_req_duration{scenario:load,expected_response:true}': ['p(99)>=0'], // latency of the answered ones
     'http_req_duration{scenario:health}': ['p(99)>=0'],
@@ -160,6 +166,9 @@ export function predict() {
   }
 }
 
+// What k6 runs when --vus / --duration / --iterations replace the scenarios.
+export default predict;
+
 export function health() {
   const response = http.get(`${BASE_URL}/project/health`, { tags: { name: 'health' }, timeout: '10s' });
   check(response, { 'health is 200': (r) => r.status === 200 });
@@ -171,12 +180,14 @@ function metric(data, name, stat) {
 }
 
 export function handleSummary(data) {
-  const d = 'http_req_duration{scenario:load}';
+  // Under --vus/--duration there is no `load` scenario: the plain metrics are the load's.
+  const load = metric(data, 'http_reqs{scenario:load}', 'count') ? '{scenario:load}' : '';
+  const d = `http_req_duration${load}`;
   const lines = [
-    `scenario=${SCENARIO} cache_hit_rate=${HIT_RATE} granularity=${GRANULARITY} texts/request=${TEXTS_PER_REQUEST}`,
-    `requests/s ${(metric(data, 'http_reqs{scenario:load}', 'rate') || metric(data, 'iterations', 'rate') || 0).toFixed(1)}` +
+    `scenario=${load ? SCENARIO : 'default (k6 flags)'} cache_hit_rate=${HIT_RATE} granularity=${GRANULARITY} texts/request=${TEXTS_PER_REQUEST}`,
+    `requests/s ${(metric(data, `http_reqs${load}`, 'rate') || metric(data, 'iterations', 'rate') || 0).toFixed(1)}` +
       `  texts/s ${(metric(data, 'texts_classified', 'rate') || 0).toFixed(1)}` +
-      `  failed ${((metric(data, 'http_req_failed{scenario:load}', 'rate') || 0) * 100).toFixed(2)}%`,
+      `  failed ${((metric(data, `http_req_failed${load}`, 'rate') || 0) * 100).toFixed(2)}%`,
     `latency ms p50 ${metric(data, d, 'med')?.toFixed(1)} p90 ${metric(data, d, 'p(90)')?.toFixed(1)}` +
       ` p95 ${metric(data, d, 'p(95)')?.toFixed(1)} p99 ${metric(data, d, 'p(99)')?.toFixed(1)}`,
   ];
