@@ -18,7 +18,7 @@ from sentiment.stack.redis_server import redis_process, redis_server_binary, red
 from sentiment.stack.transformer import HEALTH_PATH, LIVE_PATH, TransformerLaunch
 from sentiment.stack.triton import TritonPorts, triton_process
 
-__all__ = ["REPO_ROOT", "RedisServer", "TransformerServer", "TritonServer", "http_ok", "wait_until"]
+__all__ = ["REPO_ROOT", "RedisServer", "TransformerServer", "TritonServer", "http_ok", "metric_total", "wait_until"]
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -154,16 +154,21 @@ class TransformerServer:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of `name` (matching the given labels) from /metrics."""
-        from prometheus_client.parser import text_string_to_metric_families
+        return metric_total(self.url, name, **labels)
 
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-        )
+
+def metric_total(base_url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` (matching the given labels) from `base_url`/metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 @pytest.fixture(scope="session")
