@@ -32,6 +32,7 @@ class TransformerLaunch:
     grpc_port: int = 8081
     redis_url: str | None = None   # None: the in-process cache
     extra_args: tuple[str, ...] = ()
+    python: str = sys.executable   # the interpreter (another venv: the serving image's dependency set)
 
     @classmethod
     def for_repository(cls, repository: Path, triton: TritonPorts, **settings) -> "TransformerLaunch":
@@ -47,7 +48,7 @@ class TransformerLaunch:
 
     def command(self) -> list[str]:
         command = [
-            sys.executable, "-m", "transformer",
+            self.python, "-m", "transformer",
             "--model_name", MODEL_NAME,
             "--predictor_host", self.predictor_host,
             "--predictor_protocol", self.protocol,
@@ -65,8 +66,8 @@ class TransformerLaunch:
         return environment | dict(overrides or {})
 
     def process(self, log_file: Path, name: str = "transformer", env: Mapping[str, str] | None = None,
-                ready_path: str = HEALTH_PATH) -> ManagedProcess:
+                ready_path: str = HEALTH_PATH, cwd: Path | None = None) -> ManagedProcess:
         """The transformer, not yet started; ready once `ready_path` answers 200."""
         url = self.url + ready_path
-        return ManagedProcess(name, self.command(), log_file, env=self.environment(env),
+        return ManagedProcess(name, self.command(), log_file, env=self.environment(env), cwd=cwd,
                               ready=lambda: http_ok(url), ready_timeout_s=STARTUP_TIMEOUT_S)
