@@ -72,11 +72,11 @@ class TritonServer:
 
     @property
     def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return self.ports.address("grpc-v2")
 
     @property
     def http_address(self) -> str:
-        return f"127.0.0.1:{self.ports.http}"
+        return self.ports.address("v2")
 
     def inference_count(self) -> int:
         """Texts (batch rows) Triton has run for the model, from its statistics API."""

@@ -45,26 +45,12 @@ def _onnx_signature(onnx_file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return signature
 
 
-def check_repository(repository: Path) -> list[str]:
-    """Return a list of problems (empty when the repository is consistent)."""
-    from sentiment.model.fingerprint import sha256_file
-    from transformer.bundle import BundleError, ModelBundle
-
-    model_dir = repository / MODEL_NAME
-    onnx_file = model_dir / VERSION / "model.onnx"
-    problems: list[str] = []
-    for required in (model_dir / "config.pbtxt", model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt",
-                     model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt", onnx_file, model_dir / VERSION / "model.py"):
-        if not required.is_file():
-            problems.append(f"{required} is missing")
-    if problems:
-        return problems
-
-    cluster = _parse_config(model_dir / "config.pbtxt")
-    local = _parse_config(model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt")
-    gpu = _parse_config(model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt")
-    configs = (("config.pbtxt", cluster), (f"configs/{LOCAL_CONFIG_NAME}.pbtxt", local),
-               (f"configs/{GPU_CONFIG_NAME}.pbtxt", gpu))
+def _config_problems(configs) -> list[str]:
+    """Each configuration on its own: name, backend, batching."""
+    named = dict(configs)
+    cluster, local, gpu = named["config.pbtxt"], named[f"configs/{LOCAL_CONFIG_NAME}.pbtxt"], named[
+        f"configs/{GPU_CONFIG_NAME}.pbtxt"]
+    problems = []
     if any(config.name != MODEL_NAME for _, config in configs):
         problems.append(f"model name must be {MODEL_NAME!r} in every config")
     if cluster.backend != "onnxruntime":
@@ -78,8 +64,12 @@ def check_repository(repository: Path) -> list[str]:
     for name, config in configs:
         if not config.HasField("dynamic_batching"):
             problems.append(f"{name} has no dynamic_batching")
+    return problems
 
-    onnx_signature = _onnx_signature(onnx_file)
+
+def _tensor_problems(configs, onnx_signature) -> list[str]:
+    """Every configuration's tensors against the ONNX graph's."""
+    problems = []
     for name, config in configs:
         triton_signature = _tensor_signature(config)
         if set(triton_signature) != set(onnx_signature):
@@ -92,16 +82,18 @@ def check_repository(repository: Path) -> list[str]:
             # Triton dims exclude the batch dimension when max_batch_size > 0.
             if len(onnx_dims) != len(dims) + 1 or any(d != o for d, o in zip(dims, onnx_dims[1:]) if o != -1):
                 problems.append(f"{name}: {tensor} dims [batch]+{list(dims)} do not fit the ONNX shape {list(onnx_dims)}")
+    return problems
 
-    fingerprint = sha256_file(onnx_file)
-    for name, config in configs:
-        declared = config.parameters["fingerprint"].string_value if "fingerprint" in config.parameters else ""
-        if declared != fingerprint:
-            problems.append(f"{name} fingerprint {declared[:12] or '(none)'} != sha256 of model.onnx {fingerprint[:12]}")
+
+def _bundle_problems(model_dir: Path, fingerprint: str, onnx_signature, max_batch_size: int) -> list[str]:
+    """The transformer's bundle against the model it travels with."""
+    from transformer.bundle import BundleError, ModelBundle
+
     try:
         bundle = ModelBundle.load(model_dir / "bundle")
     except BundleError as error:
-        return problems + [str(error)]
+        return [str(error)]
+    problems = []
     if bundle.fingerprint != fingerprint:
         problems.append(f"bundle fingerprint {bundle.fingerprint[:12]} != sha256 of model.onnx {fingerprint[:12]}")
     if set(bundle.input_names) != {n for n in onnx_signature if n != OUTPUT_NAME}:
@@ -109,6 +101,28 @@ def check_repository(repository: Path) -> list[str]:
     logits_dims = onnx_signature.get(OUTPUT_NAME, ("", ()))[1]
     if len(logits_dims) == 2 and logits_dims[1] not in (-1, len(bundle.labels)):
         problems.append(f"bundle has {len(bundle.labels)} labels, the model outputs {logits_dims[1]}")
-    if bundle.max_batch_size != cluster.max_batch_size:
+    if bundle.max_batch_size != max_batch_size:
         problems.append("bundle max_batch_size differs from config.pbtxt")
     return problems
+
+
+def check_repository(repository: Path) -> list[str]:
+    """Return a list of problems (empty when the repository is consistent)."""
+    from sentiment.model.fingerprint import sha256_file
+
+    model_dir = repository / MODEL_NAME
+    onnx_file = model_dir / VERSION / "model.onnx"
+    names = ("config.pbtxt", f"configs/{LOCAL_CONFIG_NAME}.pbtxt", f"configs/{GPU_CONFIG_NAME}.pbtxt")
+    missing = [f"{required} is missing" for required in (*(model_dir / name for name in names), onnx_file,
+                                                          model_dir / VERSION / "model.py") if not required.is_file()]
+    if missing:
+        return missing
+    configs = [(name, _parse_config(model_dir / name)) for name in names]
+    onnx_signature = _onnx_signature(onnx_file)
+    problems = _config_problems(configs) + _tensor_problems(configs, onnx_signature)
+    fingerprint = sha256_file(onnx_file)
+    for name, config in configs:
+        declared = config.parameters["fingerprint"].string_value if "fingerprint" in config.parameters else ""
+        if declared != fingerprint:
+            problems.append(f"{name} fingerprint {declared[:12] or '(none)'} != sha256 of model.onnx {fingerprint[:12]}")
+    return problems + _bundle_problems(model_dir, fingerprint, onnx_signature, configs[0][1].max_batch_size)

@@ -74,7 +74,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not problems:
-        print(f"{args.repository}: config.pbtxt, configs/local.pbtxt, model.onnx and bundle agree")
+        print(f"{args.repository}: config.pbtxt, configs/local.pbtxt, configs/gpu.pbtxt, model.onnx and bundle agree")
     return 1 if problems else 0
 
 

@@ -85,11 +85,70 @@ def predict_labels(model, tokenizer, examples: Sequence[Example], max_length: in
                                        lambda rows: model(**_collate(tokenizer, rows)).logits, batch_size)
 
 
+def _optimizer(model, config: TrainConfig, total_steps: int):
+    """AdamW without weight decay on biases and norms, and a linear schedule with warm-up."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(total_steps * config.warmup_fraction), total_steps)
+
+
+@dataclass
+class _Fit:
+    history: list[dict] = field(default_factory=list)
+    best_dev: float = -1.0
+    best_epoch: int = 0
+
+
+def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: TrainConfig) -> _Fit:
+    """The epochs; the model ends with the weights of the epoch best on dev."""
+    import torch
+    from tqdm.auto import tqdm
+
+    lengths = [len(row["input_ids"]) for row in encoded]
+    rng = random.Random(config.seed)
+    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
+    optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
+    fit, best_state = _Fit(), None
+    progress = tqdm(total=steps_per_epoch * config.epochs, desc="fine-tune", unit="step", dynamic_ncols=True,
+                    mininterval=0.2 if sys.stderr.isatty() else 15.0)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        running = 0.0
+        for step, batch_index in enumerate(_bucketed_batches(lengths, config.batch_size, rng), start=1):
+            loss = model(**_collate(tokenizer, [encoded[i] for i in batch_index])).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += loss.item()
+            progress.update(1)
+            progress.set_postfix(epoch=epoch, loss=f"{running / step:.3f}", refresh=False)
+        dev_accuracy = accuracy(predict_labels(model, tokenizer, dev, config.max_length), dev)
+        fit.history.append({"epoch": epoch, "train_loss": running / steps_per_epoch, "dev_accuracy": dev_accuracy})
+        progress.write(f"epoch {epoch}: train loss {running / steps_per_epoch:.4f}, dev accuracy {dev_accuracy:.4f}")
+        if dev_accuracy > fit.best_dev:
+            fit.best_dev, fit.best_epoch = dev_accuracy, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    progress.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return fit
+
+
 def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits | None = None) -> TrainResult:
     """Fine-tune `config.base` and write an HF checkpoint, the splits and metrics.json to `out_dir`."""
     import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     started = time.monotonic()
     torch.manual_seed(config.seed)
@@ -114,49 +173,7 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
     encoded = _encode(tokenizer, train_examples, config.max_length)
     for row, example in zip(encoded, train_examples):
         row["labels"] = example.label
-    lengths = [len(row["input_ids"]) for row in encoded]
-
-    rng = random.Random(config.seed)
-    steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * config.warmup_fraction), total_steps)
-
-    best_dev, best_epoch, best_state = -1.0, 0, None
-    history = []
-    progress = tqdm(total=total_steps, desc="fine-tune", unit="step", dynamic_ncols=True,
-                    mininterval=0.2 if sys.stderr.isatty() else 15.0)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        running = 0.0
-        for step, batch_index in enumerate(_bucketed_batches(lengths, config.batch_size, rng), start=1):
-            batch = _collate(tokenizer, [encoded[i] for i in batch_index])
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            running += loss.item()
-            progress.update(1)
-            progress.set_postfix(epoch=epoch, loss=f"{running / step:.3f}", refresh=False)
-        dev_accuracy = accuracy(predict_labels(model, tokenizer, splits.dev, config.max_length), splits.dev)
-        history.append({"epoch": epoch, "train_loss": running / steps_per_epoch, "dev_accuracy": dev_accuracy})
-        progress.write(f"epoch {epoch}: train loss {running / steps_per_epoch:.4f}, dev accuracy {dev_accuracy:.4f}")
-        if dev_accuracy > best_dev:
-            best_dev, best_epoch = dev_accuracy, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    progress.close()
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    fit = _fit(model, tokenizer, encoded, splits.dev, config)
     test_accuracy = accuracy(predict_labels(model, tokenizer, splits.test, config.max_length), splits.test)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,13 +185,13 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
         "base": config.base,
         "config": config.as_dict(),
         "data": {**splits.sizes(), "train_used": len(train_examples)},
-        "history": history,
-        "best_epoch": best_epoch,
-        "dev_accuracy": best_dev,
+        "history": fit.history,
+        "best_epoch": fit.best_epoch,
+        "dev_accuracy": fit.best_dev,
         "test_accuracy": test_accuracy,
         "duration_s": round(time.monotonic() - started, 1),
         "torch_version": torch.__version__,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("trained in %.0f s: dev %.4f, test %.4f", metrics["duration_s"], best_dev, test_accuracy)
+    log.info("trained in %.0f s: dev %.4f, test %.4f", metrics["duration_s"], fit.best_dev, test_accuracy)
     return TrainResult(checkpoint=out_dir, metrics=metrics)

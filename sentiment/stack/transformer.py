@@ -42,15 +42,11 @@ class TransformerLaunch:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    @property
-    def predictor_host(self) -> str:
-        return f"127.0.0.1:{self.triton.grpc if self.protocol == 'grpc-v2' else self.triton.http}"
-
     def command(self) -> list[str]:
         command = [
             self.python, "-m", "transformer",
             "--model_name", MODEL_NAME,
-            "--predictor_host", self.predictor_host,
+            "--predictor_host", self.triton.address(self.protocol),
             "--predictor_protocol", self.protocol,
             "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
             "--model_bundle", str(self.bundle),

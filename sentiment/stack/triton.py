@@ -47,9 +47,15 @@ def ensure_python_backend_stub(home: Path) -> Path:
 
 @dataclass(frozen=True)
 class TritonPorts:
+    """Triton's three ports on loopback."""
+
     http: int
     grpc: int
     metrics: int
+
+    def address(self, protocol: str = "grpc-v2") -> str:
+        """host:port of the predictor for a KServe protocol: gRPC for `grpc-v2`, HTTP for `v2`."""
+        return f"127.0.0.1:{self.grpc if protocol == 'grpc-v2' else self.http}"
 
 
 def triton_environment() -> dict[str, str]:
