@@ -138,6 +138,58 @@ def panel_queries() -> list[tuple[str, str, str]]:
     return queries
 
 
+def wait_for_targets_and_rules(api: PrometheusAPI) -> None:
+    """Both targets scraped and healthy; every alert of the PrometheusRule loaded and evaluated without error."""
+    def targets_up():
+        active = api.get("/api/v1/targets")["data"]["activeTargets"]
+        return {t["labels"]["job"]: t["health"] for t in active} == {TRANSFORMER_JOB: "up", TRITON_JOB: "up"}
+    poll(targets_up, 20, "Prometheus did not report both targets up")
+
+    expected_alerts = {rule["alert"] for rule in alerting_rules()}
+
+    def rules_evaluated():
+        groups = api.get("/api/v1/rules", type="alert")["data"]["groups"]
+        loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
+        assert set(loaded) == expected_alerts, f"loaded alerts {sorted(loaded)}"
+        return all(rule["health"] == "ok" for rule in loaded.values())
+    poll(rules_evaluated, 20, "the alerting rules were not all loaded and evaluated without error")
+
+
+def wait_for_final_scrape(api: PrometheusAPI, base: str, triton_metrics_port: int) -> None:
+    """Until Prometheus has scraped the final counts of both processes."""
+    texts = scraped_total(f"{base}/metrics", "sentiment_texts_total")
+    triton_requests = scraped_total(f"http://127.0.0.1:{triton_metrics_port}/metrics", "nv_inference_request_success")
+    poll(lambda: api.value("sum(sentiment_texts_total)") == texts
+         and api.value("sum(nv_inference_request_success)") == triton_requests,
+         20, "Prometheus did not scrape the final counters")
+
+
+def failed_panel_queries(api: PrometheusAPI) -> list[str]:
+    """Every dashboard query must be valid, with data, and at least one finite number."""
+    failures = []
+    for title, legend, expr in panel_queries():
+        answer = api.query(expr)
+        if answer.get("status") != "success":
+            failures.append(f"{title} [{legend}]: {answer.get('errorType')}: {answer.get('error')}\n    {expr}")
+            continue
+        values = [float(sample["value"][1]) for sample in answer["data"]["result"]]
+        if not values or not any(math.isfinite(v) for v in values):
+            failures.append(f"{title} [{legend}]: no data ({values})\n    {expr}")
+    return failures
+
+
+def assert_the_numbers_mean_what_the_panels_say(api: PrometheusAPI) -> None:
+    by_status = api.query('sum by (status) (rate(sentiment_requests_total{route="/project/bulk-predict"}[1m]))')
+    assert {"200", "413", "415", "422"} <= {s["metric"]["status"] for s in by_status["data"]["result"]}
+    hit_ratio = api.value('sum(rate(sentiment_texts_total{source="cache"}[1m])) / sum(rate(sentiment_texts_total[1m]))')
+    assert 0 < hit_ratio < 1, hit_ratio
+    replicas = api.query('sum by (job) (up{job=~".*sentiment.*"})')["data"]["result"]
+    assert {s["metric"]["job"]: float(s["value"][1]) for s in replicas} == {TRANSFORMER_JOB: 1, TRITON_JOB: 1}
+    assert api.value("sum(rate(nv_inference_count[1m])) / sum(rate(nv_inference_exec_count[1m]))") >= 1
+    firing = [a for a in api.get("/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"]
+    assert not firing, f"alerts fire on a healthy stack: {firing}"
+
+
 def test_dashboard_queries_and_alert_rules_run_against_a_real_prometheus(default_build, tmp_path):
     try:
         prometheus_binary()
@@ -152,64 +204,21 @@ def test_dashboard_queries_and_alert_rules_run_against_a_real_prometheus(default
         prometheus = start_prometheus(PrometheusTargets.for_stack(config), prometheus_port, tmp_path / "prometheus",
                                       tmp_path / "logs" / "prometheus.log", scrape_interval="1s")
         api = PrometheusAPI(prometheus_port)
-
-        # Both targets scraped and healthy.
-        def targets_up():
-            active = api.get("/api/v1/targets")["data"]["activeTargets"]
-            return {t["labels"]["job"]: t["health"] for t in active} == {TRANSFORMER_JOB: "up", TRITON_JOB: "up"}
-        poll(targets_up, 20, "Prometheus did not report both targets up")
-
-        # The rules file was loaded: every alert of the PrometheusRule, evaluated without error.
-        expected_alerts = {rule["alert"] for rule in alerting_rules()}
-
-        def rules_evaluated():
-            groups = api.get("/api/v1/rules", type="alert")["data"]["groups"]
-            loaded = {rule["name"]: rule for group in groups for rule in group["rules"]}
-            assert set(loaded) == expected_alerts, f"loaded alerts {sorted(loaded)}"
-            return all(rule["health"] == "ok" for rule in loaded.values())
-        poll(rules_evaluated, 20, "the alerting rules were not all loaded and evaluated without error")
+        wait_for_targets_and_rules(api)
 
         base = f"http://127.0.0.1:{config.port}"
         statuses = drive_load(base, LOAD_SECONDS)
         assert statuses[200] > 20, statuses
         assert {413, 415, 422} <= set(statuses), statuses
         assert not any(code >= 500 for code in statuses), statuses
+        wait_for_final_scrape(api, base, config.triton.metrics)
 
-        # Wait until Prometheus has scraped the final counts of both processes.
-        texts = scraped_total(f"{base}/metrics", "sentiment_texts_total")
-        triton_requests = scraped_total(f"http://127.0.0.1:{config.triton.metrics}/metrics",
-                                        "nv_inference_request_success")
-        poll(lambda: api.value("sum(sentiment_texts_total)") == texts
-             and api.value("sum(nv_inference_request_success)") == triton_requests,
-             20, "Prometheus did not scrape the final counters")
-
-        # Every dashboard query: valid, with data, and at least one finite number.
-        failures = []
-        for title, legend, expr in panel_queries():
-            answer = api.query(expr)
-            if answer.get("status") != "success":
-                failures.append(f"{title} [{legend}]: {answer.get('errorType')}: {answer.get('error')}\n    {expr}")
-                continue
-            values = [float(sample["value"][1]) for sample in answer["data"]["result"]]
-            if not values or not any(math.isfinite(v) for v in values):
-                failures.append(f"{title} [{legend}]: no data ({values})\n    {expr}")
+        failures = failed_panel_queries(api)
         assert not failures, "dashboard queries failed:\n" + "\n".join(failures)
-
-        # Every alert expression parses and runs.
-        for rule in alerting_rules():
+        for rule in alerting_rules():  # every alert expression parses and runs
             answer = api.query(rule["expr"])
             assert answer.get("status") == "success", f"{rule['alert']}: {answer.get('error')}\n{rule['expr']}"
-
-        # The numbers mean what the panels say.
-        by_status = api.query('sum by (status) (rate(sentiment_requests_total{route="/project/bulk-predict"}[1m]))')
-        assert {"200", "413", "415", "422"} <= {s["metric"]["status"] for s in by_status["data"]["result"]}
-        hit_ratio = api.value('sum(rate(sentiment_texts_total{source="cache"}[1m])) / sum(rate(sentiment_texts_total[1m]))')
-        assert 0 < hit_ratio < 1, hit_ratio
-        replicas = api.query('sum by (job) (up{job=~".*sentiment.*"})')["data"]["result"]
-        assert {s["metric"]["job"]: float(s["value"][1]) for s in replicas} == {TRANSFORMER_JOB: 1, TRITON_JOB: 1}
-        assert api.value("sum(rate(nv_inference_count[1m])) / sum(rate(nv_inference_exec_count[1m]))") >= 1
-        firing = [a for a in api.get("/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"]
-        assert not firing, f"alerts fire on a healthy stack: {firing}"
+        assert_the_numbers_mean_what_the_panels_say(api)
     finally:
         if prometheus is not None:
             prometheus.stop()
