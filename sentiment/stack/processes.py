@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -22,11 +23,23 @@ class ProcessFailed(RuntimeError):
     """A child exited or never became ready; the message ends with the tail of its log."""
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host` (tests bind their servers to these)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port free right now on `host` (tests bind their servers to these), and never one this
+    process handed out before: the kernel may offer a port it just offered again, and two parts of one
+    stack on the same port fail in confusing ways (a probe reaching the wrong server)."""
+    with _handed_out_lock:
+        for _ in range(1000):
+            with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise ProcessFailed("no free TCP port left that this process has not handed out already")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -61,7 +61,7 @@ def test_redis_killed_under_k6_is_restarted_by_the_stack(tiny_repositories, tmp_
                           transformer_args=("--hot_cache_size", "0", "--breaker_reset", "0.5")) as (stack, said):
         redis = stack.process("redis")
         hits = lambda: metric_total(stack.url, "sentiment_cache_lookups_total", tier="redis", result="hit")  # noqa: E731
-        load = k6_in_background(tmp_path / "k6", stack.url, VUS=4, HOLD="20s", CACHE_HIT_RATE=0.7,
+        load = k6_in_background(tmp_path / "k6", stack.url, VUS=4, HOLD="12s", CACHE_HIT_RATE=0.7,
                                 HIT_GRANULARITY="text", WARM_POOL_SIZE=20)
         wait_until(lambda: hits() > 50, 15, message="Redis hits before the kill")
         errors_before, killed_pid = metric_total(stack.url, "sentiment_cache_errors_total"), redis.pid
@@ -117,7 +117,7 @@ def test_triton_killed_under_k6_is_restarted_by_the_stack(tiny_repositories, tmp
         transformer_pid, killed_pid = transformer.pid, triton.pid
         with httpx.Client(base_url=stack.url, timeout=10) as http:
             assert http.post("/project/bulk-predict", json={"text": [warm]}).status_code == 200
-            load = k6_in_background(tmp_path / "k6", stack.url, VUS=2, HOLD="25s", CACHE_HIT_RATE=0)
+            load = k6_in_background(tmp_path / "k6", stack.url, VUS=2, HOLD="15s", CACHE_HIT_RATE=0)
             stop, records = threading.Event(), []
             probe = _probe_loop(stack.url, warm, stop, records)
             time.sleep(4)

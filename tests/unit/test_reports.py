@@ -42,3 +42,36 @@ def test_comparison_report_and_charts(tmp_path):
     assert "| hit rate 1 | 2700.0 | 27000 |" in text and "latency.png" in text
     charts = write_charts(results, tmp_path, "test")
     assert all(path.stat().st_size > 5000 for path in charts)
+
+
+def test_the_comparison_title_names_the_runs_it_compares():
+    runs = [parse_summary(summary(85.0, 170.0), "hit rate 0.8"), parse_summary(summary(90.0, 150.0), "hit rate 0.9")]
+    text = comparison_markdown(runs, "sentiment loadtest --rates 0.8,0.9", "k6 closed")
+    assert text.startswith("# Load test: hit rate 0.8 vs hit rate 0.9\n")
+    assert "cache disabled vs enabled" not in text
+    assert "- machine: " in text and "- command: `sentiment loadtest --rates 0.8,0.9`" in text
+    assert "- workload: k6 closed" in text
+
+
+def test_one_header_for_every_report_and_sections_replaced_in_place(tmp_path):
+    from sentiment.measure.bench import ServiceRun, bench_report
+    from sentiment.measure.levers import LEVERS, levers_report
+    from sentiment.measure.report import MarkdownReport
+
+    result = parse_summary(summary(85.0, 170.0), "x")
+    stack, classic = ServiceRun("stack", {"new": result}), ServiceRun("classic", {"new": result})
+    bench = bench_report("sentiment bench", {1: 300.0, 8: 400.0}, classic, stack, 2, "int8")
+    levers = levers_report([(LEVERS[0], result, [850.0]), (LEVERS[1], result, [850.0])], "sentiment bench --levers", 1)
+    for report in (bench, levers):
+        text = report.render()
+        assert text.startswith("## ") and "- date: " in text and "- machine: " in text and "- command: `sentiment bench" in text
+    assert "| every text new (CACHE_HIT_RATE 0) | stack | 85.0 | 850 |" in bench.render()
+    assert "| fp32 ONNX instead of int8 | 850 | ×1.00 |" in levers.render()
+
+    document = tmp_path / "BENCHMARKS.md"
+    document.write_text("# Benchmarks\n\nintro\n\n<!-- bench-results -->\nold results\n\n<!-- lever-results -->\nold levers\n")
+    bench.replace_section(document, "bench-results")
+    text = document.read_text()
+    assert "old results" not in text and "old levers" in text and text.index("intro") < text.index("Results of the last")
+    MarkdownReport("Levers", "cmd", level=2).add("new levers").replace_section(document, "lever-results")
+    assert "old levers" not in document.read_text() and "new levers" in document.read_text()
