@@ -35,7 +35,7 @@ _EXPORT_SOURCES = (
     "sentiment/model/triton_repository.py",
     "sentiment/model/triton_python_model.py",
     "transformer/bundle.py",
-    "transformer/tokenization.py",
+    "transformer/core/tokenization.py",
 )
 
 

@@ -23,7 +23,7 @@ from sentiment.model.data import Example, read_split
 from sentiment.model.fingerprint import sha256_file
 from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
 from transformer.bundle import ModelBundle
-from transformer.tokenization import TextEncoder
+from transformer.core.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
 
