@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 
 from transformer.settings import build_parser, settings_from
@@ -36,13 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
-    import kserve
     from kserve import PredictorConfig
-    from kserve.model_server import app
 
     from transformer.bundle import BundleError
-    from transformer.model import SentimentModel
-    from transformer.routes import register_routes
+    from transformer.server import SentimentModelServer
+    from transformer.transport.kserve_model import SentimentModel
 
     if args.workers != 1:
         # kserve 0.21 loses the PredictorConfig in spawned workers (HTTP 501); scale with replicas instead.
@@ -54,18 +53,22 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("transformer").error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         return 2
-    register_routes(app, model)
+    # KServe's own predictor client is unused (our transports call Triton through the core), but its
+    # config must exist; the timeout is whole seconds there, at least one.
     predictor_config = PredictorConfig(
         predictor_host=settings.predictor_host,
         predictor_protocol=settings.predictor_protocol,
         predictor_use_ssl=settings.predictor_use_ssl,
-        predictor_request_timeout_seconds=int(settings.predictor_timeout_s),
+        predictor_request_timeout_seconds=max(1, math.ceil(settings.predictor_timeout_s)),
         predictor_request_retries=0,
         predictor_health_check=args.enable_predictor_health_check,
     )
-    server = kserve.ModelServer(
+    server = SentimentModelServer(
+        settings,
         http_port=args.http_port, grpc_port=args.grpc_port, workers=1,
+        enable_grpc=args.enable_grpc,
         enable_latency_logging=args.enable_latency_logging,
+        timeout_keep_alive=args.timeout_keep_alive,
         predictor_config=predictor_config,
     )
     # Per-request log lines (KServe's timing trace, uvicorn's access log) cost about 15 % of the CPU of

@@ -24,6 +24,7 @@ class ModelBundle(BaseModel):
 
     format_version: int = BUNDLE_FORMAT_VERSION
     model_name: str = "sentiment"
+    version: str = Field("1", pattern=r"^[1-9][0-9]*$", description="the model repository version this bundle belongs to")
     labels: list[str] = Field(min_length=2, description="label names in id2label order")
     max_length: int = Field(gt=2, description="tokens per text, special tokens included")
     uses_token_type_ids: bool

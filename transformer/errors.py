@@ -1,12 +1,64 @@
-"""Errors a client can act on. Each maps to one HTTP status and a JSON body {"error", "code"}."""
+"""Errors a client can act on, and the one table that gives each its HTTP and gRPC status.
+
+Every transport answers an error the same way: REST with the HTTP status and a JSON body
+`{"error": "<what to fix>", "code": "<code>"}`, gRPC with the status of the same row, the message
+as details and the code in the trailing metadata `sentiment-error-code`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+ERROR_CODE_METADATA = "sentiment-error-code"
+MAX_ECHO = 64  # characters of a client-supplied name quoted back in a message
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    http_status: int
+    grpc_status: grpc.StatusCode
+
+
+# code -> statuses; README's errors table is this table (a test holds them together).
+ERROR_TABLE: dict[str, ErrorKind] = {
+    "invalid_request": ErrorKind(422, grpc.StatusCode.INVALID_ARGUMENT),
+    "request_too_large": ErrorKind(413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "unsupported_media_type": ErrorKind(415, grpc.StatusCode.INVALID_ARGUMENT),
+    "request_timeout": ErrorKind(408, grpc.StatusCode.DEADLINE_EXCEEDED),
+    "model_not_found": ErrorKind(404, grpc.StatusCode.NOT_FOUND),
+    "not_found": ErrorKind(404, grpc.StatusCode.NOT_FOUND),
+    "not_served": ErrorKind(404, grpc.StatusCode.UNIMPLEMENTED),
+    "method_not_allowed": ErrorKind(405, grpc.StatusCode.UNIMPLEMENTED),
+    "overloaded": ErrorKind(503, grpc.StatusCode.UNAVAILABLE),
+    "predictor_unavailable": ErrorKind(503, grpc.StatusCode.UNAVAILABLE),
+    "timeout": ErrorKind(504, grpc.StatusCode.DEADLINE_EXCEEDED),
+    "internal_error": ErrorKind(500, grpc.StatusCode.INTERNAL),
+}
+# What a client that went away is counted as (never answered): nginx's 499, gRPC's CANCELLED.
+CLIENT_CLOSED_STATUS = 499
+_GRPC_TO_HTTP = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 422, grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.UNIMPLEMENTED: 404, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.CANCELLED: CLIENT_CLOSED_STATUS,
+}
+
+
+def http_status_of(grpc_status: grpc.StatusCode) -> int:
+    """The HTTP status a gRPC status is counted as in `sentiment_requests_total` (one set of
+    status labels for both transports, so one alert covers both)."""
+    return _GRPC_TO_HTTP.get(grpc_status, 500)
+
+
+def echo(value: str) -> str:
+    """A client-supplied name, cut so that an error message never echoes a huge input back."""
+    return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + f"... ({len(value)} characters)"
 
 
 class ServiceError(Exception):
     """Base of every error the transformer reports to a client on purpose."""
 
-    status_code = 500
     code = "internal_error"
 
     def __init__(self, message: str, **details: object):
@@ -14,45 +66,74 @@ class ServiceError(Exception):
         self.message = message
         self.details = details
 
+    @property
+    def kind(self) -> ErrorKind:
+        return ERROR_TABLE[self.code]
+
+    @property
+    def status_code(self) -> int:
+        return self.kind.http_status
+
     def body(self) -> dict:
         return {"error": self.message, "code": self.code, **self.details}
 
 
 class InvalidRequest(ServiceError):
-    """The body is not what the endpoint takes (422)."""
+    """The body is not what the endpoint takes."""
 
-    status_code = 422
     code = "invalid_request"
 
 
 class RequestTooLarge(ServiceError):
-    """Over a configured limit: texts per request, characters per text, body bytes (413)."""
+    """Over a configured limit: texts per request, characters per text, tokens, body bytes."""
 
-    status_code = 413
     code = "request_too_large"
 
 
-class NotSupported(ServiceError):
-    """The route exists in KServe's protocol but this model does not offer it (404)."""
-
-    status_code = 404
-    code = "not_supported"
-
-
 class UnsupportedMediaType(ServiceError):
-    status_code = 415
     code = "unsupported_media_type"
 
 
-class PredictorUnavailable(ServiceError):
-    """Triton cannot be reached, is not ready, or did not answer in time (503)."""
+class RequestTimeout(ServiceError):
+    """The client did not send its whole body within the body timeout."""
 
-    status_code = 503
-    code = "predictor_unavailable"
+    code = "request_timeout"
+
+
+class ModelNotFound(ServiceError):
+    """Another model name or version than the one this transformer serves."""
+
+    code = "model_not_found"
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class NotServed(ServiceError):
+    """A route or RPC of KServe's protocols this service deliberately does not offer
+    (model repository load/unload/index, explain)."""
+
+    code = "not_served"
+
+
+class MethodNotAllowed(ServiceError):
+    code = "method_not_allowed"
 
 
 class Overloaded(ServiceError):
-    """An in-flight or queued-texts limit is reached; the client should retry later (503 + Retry-After)."""
+    """In-flight or expected-wait limit reached; retry later (503 + Retry-After)."""
 
-    status_code = 503
     code = "overloaded"
+
+
+class PredictorUnavailable(ServiceError):
+    """Triton cannot be reached, is not ready, does not serve our version, or did not answer in time."""
+
+    code = "predictor_unavailable"
+
+
+class ProcessingTimeout(ServiceError):
+    """The request was admitted but not finished within the request timeout."""
+
+    code = "timeout"

@@ -1,4 +1,8 @@
-"""Prometheus metrics of the transformer, in the default registry that KServe serves on /metrics."""
+"""Prometheus metrics of the transformer, in the default registry that KServe serves on /metrics.
+
+Every label has a bounded set of values: protocol (rest, grpc), route (a fixed list), status (HTTP
+status codes; gRPC calls are counted with the HTTP status of their row in `errors.ERROR_TABLE`).
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,39 @@ from typing import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
-REQUESTS = Counter("sentiment_requests_total", "HTTP requests by route and status code", ["route", "method", "status"])
-REQUEST_LATENCY = Histogram("sentiment_request_duration_seconds", "HTTP request latency by route", ["route"],
-                            buckets=_LATENCY_BUCKETS)
-REQUEST_BYTES = Histogram("sentiment_request_size_bytes", "HTTP request body size of inference routes", ["route"],
+REQUESTS = Counter("sentiment_requests_total", "Requests by protocol, route and status (499: the client went away)",
+                   ["protocol", "route", "status"])
+REQUEST_LATENCY = Histogram("sentiment_request_duration_seconds", "Request latency by protocol and route",
+                            ["protocol", "route"], buckets=_LATENCY_BUCKETS)
+REQUEST_BYTES = Histogram("sentiment_request_size_bytes", "Body size of inference requests", ["protocol", "route"],
                           buckets=(100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 1_000_000, 4_000_000))
-INFLIGHT = Gauge("sentiment_inflight_requests", "Inference requests being processed")
-SHED = Counter("sentiment_shed_requests_total", "Requests rejected by the in-flight or queued-texts limit (503)")
-QUEUED_TEXTS = Gauge("sentiment_queued_texts", "Texts handed to the model and not answered yet")
+INFLIGHT = Gauge("sentiment_inflight_requests", "Inference requests being served (bodies complete, not yet answered)")
+SHED = Counter("sentiment_shed_requests_total", "Requests refused with 503 to bound latency", ["reason"])
+QUEUED_TOKENS = Gauge("sentiment_queued_tokens", "Tokens of windows waiting for or in a predictor call")
+THROUGHPUT = Gauge("sentiment_model_throughput_tokens_per_second", "Measured model throughput (EWMA) used for shedding")
 TEXTS_PER_REQUEST = Histogram("sentiment_texts_per_request", "Texts in one classification request",
                               buckets=(1, 2, 5, 10, 20, 50, 100, 256))
-TEXTS = Counter("sentiment_texts_total", "Texts classified, by where the result came from", ["source"])
+TEXTS_RECEIVED = Counter("sentiment_texts_received_total", "Texts sent by clients in admitted requests (repeats included)")
+TEXTS = Counter("sentiment_texts_total", "Distinct texts of each request by where the answer came from: cache, model "
+                "(computed for this request) or shared (an identical text another request was computing)", ["source"])
+TEXT_TOKENS = Histogram("sentiment_text_tokens", "Tokens of each text the model computed",
+                        buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384))
+WINDOWS = Counter("sentiment_windows_total", "Windows the model computed (a text longer than the model's window has several)")
+LONG_TEXTS = Counter("sentiment_long_texts_total", "Computed texts longer than the model's window, by truncation mode",
+                     ["mode"])
 CACHE_LOOKUPS = Counter("sentiment_cache_lookups_total", "Cache lookups per text by tier and result", ["tier", "result"])
 CACHE_ERRORS = Counter("sentiment_cache_errors_total", "Cache operations that failed (served without cache)",
                        ["operation", "reason"])
 CACHE_CORRUPT = Counter("sentiment_cache_corrupt_values_total", "Cache values that could not be decoded (treated as misses)")
 SINGLE_FLIGHT_JOINS = Counter("sentiment_singleflight_joins_total", "Texts that waited for an identical in-flight miss")
 TOKENIZE_SECONDS = Histogram("sentiment_tokenize_seconds", "Tokenization time per batch of misses",
-                             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
-PREDICTOR_BATCH_SIZE = Histogram("sentiment_predictor_batch_size", "Texts per call to the predictor",
+                             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0))
+PREDICTOR_BATCH_SIZE = Histogram("sentiment_predictor_batch_size", "Windows per call to the predictor",
                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+PREDICTOR_BATCH_TOKENS = Histogram("sentiment_predictor_batch_tokens", "Padded tokens (rows x length) per predictor call",
+                                   buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384))
 PREDICTOR_LATENCY = Histogram("sentiment_predictor_latency_seconds", "Predictor call latency", buckets=_LATENCY_BUCKETS)
 PREDICTOR_ERRORS = Counter("sentiment_predictor_errors_total", "Failed predictor calls", ["reason"])
 PREDICTOR_READY = Gauge("sentiment_predictor_ready", "1 when the predictor is ready and serves our model fingerprint")

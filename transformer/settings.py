@@ -38,13 +38,31 @@ class Settings(BaseModel):
     breaker_failures: int = Field(3, gt=0, description="consecutive Redis errors that open the circuit")
     breaker_reset_s: float = Field(2.0, gt=0, description="seconds the circuit stays open before a retry")
     max_texts: int = Field(256, gt=0, description="texts per request (413 above)")
-    max_text_chars: int = Field(10_000, gt=0, description="characters per text (413 above)")
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body bytes (413 above)")
-    max_inflight: int = Field(256, gt=0, description="concurrent inference requests before shedding with 503")
-    max_queued_texts: int = Field(1024, gt=0, description="texts waiting for the model before new misses are shed with 503")
+    max_text_chars: int = Field(50_000, gt=0, description="characters per text (413 above); a whole review or article")
+    max_request_tokens: int = Field(65_536, gt=0, description="tokens the model runs for one request's new texts (413 above)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body bytes, HTTP and gRPC (413 above)")
+    max_inflight: int = Field(256, gt=0, description="requests being served at once before shedding with 503")
+    max_queue_wait_ms: int = Field(1000, gt=0, description="shed new work (503) when its expected wait for the model is longer")
+    request_timeout_s: float = Field(30.0, gt=0, description="an admitted request is answered within this (504 after)")
+    body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive within this (408 after)")
+    header_timeout_s: float = Field(10.0, gt=0, description="request headers must arrive within this (connection closed)")
+    truncation: Literal["chunk", "head", "error"] = Field("chunk", description="default for texts over the model's window")
+    window_stride: int = Field(0, ge=0, description="tokens shared by consecutive windows of a long text (measured: 0)")
+    aggregation: str = Field("mean_logits", description="how a long text's windows are combined (measured: mean_logits)")
+    max_batch_tokens: int = Field(4096, gt=0, description="padded tokens per predictor call (rows x length)")
+    max_concurrent_batches: int = Field(3, gt=0, description="predictor calls in flight at once")
     pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
     tokenizer_threads: int = Field(1, ge=0, description="threads that tokenize off the event loop; 0 = on the loop")
     access_log: bool = Field(False, description="one log line per request (uvicorn's access log)")
+
+    @field_validator("aggregation")
+    @classmethod
+    def _known_aggregation(cls, value: str) -> str:
+        from transformer.core.windows import AGGREGATIONS
+
+        if value not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -81,8 +99,17 @@ _SOURCES: list[tuple[str, str, str, type]] = [
     ("max_texts", "--max_texts", "MAX_TEXTS_PER_REQUEST", int),
     ("max_text_chars", "--max_text_chars", "MAX_TEXT_CHARS", int),
     ("max_body_bytes", "--max_body_bytes", "MAX_BODY_BYTES", int),
+    ("max_request_tokens", "--max_request_tokens", "MAX_REQUEST_TOKENS", int),
     ("max_inflight", "--max_inflight", "MAX_INFLIGHT_REQUESTS", int),
-    ("max_queued_texts", "--max_queued_texts", "MAX_QUEUED_TEXTS", int),
+    ("max_queue_wait_ms", "--max_queue_wait_ms", "MAX_QUEUE_WAIT_MS", int),
+    ("request_timeout_s", "--request_timeout", "REQUEST_TIMEOUT_SECONDS", float),
+    ("body_timeout_s", "--body_timeout", "BODY_TIMEOUT_SECONDS", float),
+    ("header_timeout_s", "--header_timeout", "HEADER_TIMEOUT_SECONDS", float),
+    ("truncation", "--truncation", "TRUNCATION", str),
+    ("window_stride", "--window_stride", "WINDOW_STRIDE", int),
+    ("aggregation", "--aggregation", "AGGREGATION", str),
+    ("max_batch_tokens", "--max_batch_tokens", "MAX_BATCH_TOKENS", int),
+    ("max_concurrent_batches", "--max_concurrent_batches", "MAX_CONCURRENT_BATCHES", int),
     ("pad_to_multiple", "--pad_to_multiple", "PAD_TO_MULTIPLE", int),
     ("tokenizer_threads", "--tokenizer_threads", "TOKENIZER_THREADS", int),
     ("access_log", "--access_log", "ACCESS_LOG", _boolean),

@@ -77,7 +77,7 @@ def bench_texts(count: int, seed: int = 1764300000) -> list[str]:
 def model_alone(onnx_file: Path, bundle_dir: Path, threads: int, batches=(1, 8, 32, 64), seconds: float = 3.0) -> dict[int, float]:
     from sentiment.model.export import OnnxClassifier
     from transformer.bundle import ModelBundle
-    from transformer.tokenization import TextEncoder
+    from transformer.core.tokenization import TextEncoder
 
     bundle = ModelBundle.load(bundle_dir)
     encoder = TextEncoder(bundle_dir / bundle.tokenizer_file, bundle.max_length, bundle.uses_token_type_ids)

@@ -26,7 +26,7 @@ from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
 from sentiment.model.triton_repository import MODEL_NAME, OUTPUT_NAME, TritonModelSpec, write_repository
 from transformer.bundle import ModelBundle
-from transformer.tokenization import TextEncoder
+from transformer.core.tokenization import TextEncoder
 
 log = logging.getLogger(__name__)
 

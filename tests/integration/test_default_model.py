@@ -8,7 +8,7 @@ import pytest
 from sentiment.model.data import read_split
 from sentiment.model.export import OnnxClassifier
 from transformer.bundle import ModelBundle
-from transformer.tokenization import TextEncoder
+from transformer.core.tokenization import TextEncoder
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from transformer.bundle import ModelBundle
-from transformer.tokenization import TextEncoder
+from transformer.core.tokenization import TextEncoder
 
 TEXTS = ["good", "this film was a complete and utter waste of two hours of my life", "meh", "",
          "an okay story, with wonderful acting and a soundtrack i still remember", "bad!", "fine"]

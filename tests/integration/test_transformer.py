@@ -132,8 +132,10 @@ def test_v2_grpc_rejects_bad_input_with_invalid_argument(transformer):
 def test_model_metadata_describes_the_tensors(client):
     metadata = client.get("/v2/models/sentiment").json()
     assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-    assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {"label": "BYTES", "score": "FP32",
-                                                                      "probabilities": "FP32"}
+    assert {o["name"]: o["datatype"] for o in metadata["outputs"]} == {
+        "label": "BYTES", "score": "FP32", "probabilities": "FP32", "tokens": "INT32", "windows": "INT32",
+        "truncated": "BOOL"}
+    assert metadata["versions"] == ["1"]
     assert [o for o in metadata["outputs"] if o["name"] == "probabilities"][0]["shape"] == [-1, 2]
 
 
@@ -176,13 +178,13 @@ def test_cache_entries_are_written_to_redis_with_a_ttl(client, redis):
     keys = connection.keys("sentiment:*")
     ttl = connection.ttl(keys[0])
     assert 0 < ttl <= 86400
-    assert len(connection.get(keys[0])) == 9  # format byte + two float32
+    assert len(connection.get(keys[0])) == 17  # format byte, token and window counts, two float32
 
 
 # ---- limits and validation -----------------------------------------------------------------------
 @pytest.mark.parametrize("body, status, fragment", [
     ({"text": ["x"] * 257}, 413, "limit is 256"),
-    ({"text": ["x" * 10_001]}, 413, "10001 characters"),
+    ({"text": ["x" * 50_001]}, 413, "50001 characters"),
     ({"text": []}, 422, "empty"),
     ({"texts": ["x"]}, 422, '"text"'),
     ({"text": "just a string"}, 422, "list of strings"),

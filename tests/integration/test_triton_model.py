@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import TritonServer
 from transformer.bundle import ModelBundle
-from transformer.tokenization import TextEncoder
+from transformer.core.tokenization import TextEncoder
 
 TEXTS = ["good", "a long sentence about a film that was far too long for its own good", "ok", "",
          "the acting was superb", "bad", "not bad at all, really"]

@@ -3,41 +3,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from transformer.cache import (CircuitBreaker, Prediction, PredictionMemo, RedisTextCache, cache_key, decode_value,
-                               encode_value)
-
-
-def test_key_depends_on_model_fingerprint_and_text():
-    a = cache_key("sentiment", "a" * 64, "good movie")
-    assert a == cache_key("sentiment", "a" * 64, "good movie")
-    assert a != cache_key("sentiment", "b" * 64, "good movie")  # a new model never reads old entries
-    assert a != cache_key("sentiment", "a" * 64, "good movie!")
-    assert a.startswith("sentiment:aaaaaaaaaaaaaaaa:")
-
-
-def test_value_round_trip_is_compact():
-    probabilities = np.array([0.25, 0.75], dtype=np.float32)
-    raw = encode_value(probabilities)
-    assert len(raw) == 9
-    np.testing.assert_array_equal(decode_value(raw, 2), probabilities)
-
-
-@pytest.mark.parametrize("raw", [b"", b"garbage", b"\x01" + b"\x00" * 7, b"\x02" + np.float32([0.5, 0.5]).tobytes(),
-                                 b"\x01" + np.float32([np.nan, 0.5]).tobytes(), b"\x01" + np.float32([0.9, 0.9]).tobytes()])
-def test_corrupt_or_foreign_values_are_misses(raw):
-    assert decode_value(raw, 2) is None
+from transformer.backends.cache import CircuitBreaker, PredictionMemo, RedisTextCache
+from transformer.core.prediction import Prediction
 
 
 def _prediction(positive: float) -> Prediction:
     return Prediction.of((1 - positive, positive), ["NEGATIVE", "POSITIVE"])
-
-
-def test_prediction_ranks_labels_and_serializes_once():
-    import orjson
-
-    prediction = _prediction(0.75)
-    ranked = [{"label": "POSITIVE", "score": 0.75}, {"label": "NEGATIVE", "score": 0.25}]
-    assert orjson.loads(orjson.dumps({"p": [prediction.ranked_json]})) == {"p": [ranked]}
 
 
 def test_memo_evicts_least_recently_used():

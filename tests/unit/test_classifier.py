@@ -1,5 +1,5 @@
-"""Pipeline logic with an in-memory predictor: dedupe, single-flight, batching, cache use.
-(The real predictor path is covered by tests/integration against Triton.)"""
+"""Pipeline logic with an in-memory predictor: dedupe, single-flight, batching, windows, admission,
+cache use. (The real predictor path is covered by tests/integration against Triton.)"""
 
 import asyncio
 
@@ -7,33 +7,44 @@ import numpy as np
 import pytest
 
 from sentiment.model.build import default_base
+from transformer.backends.cache import PredictionMemo
 from transformer.bundle import ModelBundle
-from transformer.cache import PredictionMemo, cache_key, encode_value
-from transformer.classifier import TextClassifier, softmax
-from transformer.errors import PredictorUnavailable
+from transformer.core.classifier import TextClassifier
+from transformer.core.prediction import encode_value
+from transformer.core.readiness import PredictorMonitor
+from transformer.core.requests import ClassifyOptions
+from transformer.core.windows import Truncation
+from transformer.errors import InvalidRequest, Overloaded, PredictorUnavailable, RequestTooLarge
+from transformer.settings import Settings
+
+CHUNK = ClassifyOptions(Truncation.CHUNK)
+HEAD = ClassifyOptions(Truncation.HEAD)
+ERROR = ClassifyOptions(Truncation.ERROR)
 
 
 class RecordingPredictor:
-    """Logits from the number of tokens; records every batch; can be slowed down or broken."""
+    """Logits from the number of real tokens; records every call's shape; can be slowed or broken."""
 
     def __init__(self, delay: float = 0.0, fail: bool = False):
         self.batches: list[tuple[int, int]] = []
         self.delay = delay
         self.fail = fail
+        self.served_fingerprint = "f" * 64
+        self.ready = True
 
-    async def infer(self, batch):
-        self.batches.append(batch.shape)
+    async def infer(self, inputs):
+        self.batches.append(inputs["input_ids"].shape)
         await asyncio.sleep(self.delay)
         if self.fail:
             raise PredictorUnavailable("down")
-        lengths = batch.arrays["attention_mask"].sum(axis=1).astype(np.float32)
+        lengths = inputs["attention_mask"].sum(axis=1).astype(np.float32)
         return np.stack([-lengths / 10, lengths / 10], axis=1)
 
     async def model_ready(self):
-        return True
+        return self.ready
 
     async def fingerprint(self):
-        return "f" * 64
+        return self.served_fingerprint
 
     async def close(self):
         pass
@@ -60,41 +71,52 @@ class DictRemote:
         pass
 
 
-def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100) -> TextClassifier:
+def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100, **settings) -> TextClassifier:
     bundle = ModelBundle(labels=["NEGATIVE", "POSITIVE"], max_length=32, uses_token_type_ids=True, lowercase=True,
                          fingerprint="f" * 64, max_batch_size=max_batch_size)
-    classifier = TextClassifier(bundle, default_base(), predictor, PredictionMemo(memo_size), remote, pad_to_multiple=1)
-    classifier.status.fingerprint = "match"
-    return classifier
+    settings = Settings(**{"pad_to_multiple": 1, "window_stride": 4, "max_concurrent_batches": 1, **settings})
+    monitor = PredictorMonitor(predictor, "sentiment", bundle.fingerprint)
+    monitor.status.fingerprint = "match"
+    return TextClassifier(bundle, default_base(), predictor, PredictionMemo(memo_size), remote, monitor, settings)
 
 
-def test_softmax_rows_sum_to_one():
-    probabilities = softmax(np.array([[1000.0, 0.0], [0.0, 0.0]], dtype=np.float32))
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
-    assert probabilities[0, 0] == pytest.approx(1.0)
+def classify(classifier, texts, options=CHUNK):
+    return asyncio.run(classifier.classify(texts, options))
+
+
+def rows(predictor) -> int:
+    return sum(count for count, _ in predictor.batches)
 
 
 def test_duplicates_in_a_request_are_computed_once_and_order_is_kept():
     predictor = RecordingPredictor()
     classifier = make_classifier(predictor)
     texts = ["a b c", "x", "A  B C", "x", "longer text with many tokens"]
-    predictions = asyncio.run(classifier.classify(texts))
+    predictions = classify(classifier, texts)
     probabilities = np.array([p.probabilities for p in predictions])
     assert probabilities.shape == (5, 2)
-    assert sum(rows for rows, _ in predictor.batches) == 3  # "a b c" == "A  B C" after normalization
+    assert rows(predictor) == 3  # "a b c" == "A  B C" after normalization
     np.testing.assert_array_equal(probabilities[0], probabilities[2])
     np.testing.assert_array_equal(probabilities[1], probabilities[3])
     assert probabilities[4, 1] > probabilities[0, 1] > probabilities[1, 1]  # more tokens -> more positive
 
 
-def test_misses_are_sorted_by_length_and_split_into_max_batch_size():
+def test_calls_are_capped_by_rows_and_the_widest_window_leads():
     predictor = RecordingPredictor()
     classifier = make_classifier(predictor, max_batch_size=4)
     texts = [("word " * n).strip() for n in (9, 1, 5, 2, 8, 3, 7, 4, 6, 10)]
-    asyncio.run(classifier.classify(texts))
-    assert [rows for rows, _ in predictor.batches] == [4, 4, 2]
+    classify(classifier, texts)
+    assert [count for count, _ in predictor.batches] == [4, 4, 2]
     widths = [width for _, width in predictor.batches]
-    assert widths == sorted(widths) and widths[0] < widths[-1]  # short texts padded together
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]  # similar lengths padded together
+
+
+def test_calls_are_capped_by_the_token_budget():
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor, max_batch_size=64, max_batch_tokens=40)
+    classify(classifier, [f"word{i} " * 6 for i in range(6)])  # 6 windows of about 14-20 tokens
+    assert all(count * width <= 40 for count, width in predictor.batches)
+    assert rows(predictor) == 6 and len(predictor.batches) >= 3
 
 
 def test_second_request_is_served_from_cache():
@@ -102,9 +124,9 @@ def test_second_request_is_served_from_cache():
     classifier = make_classifier(predictor)
 
     async def scenario():
-        first = await classifier.classify(["good", "bad"])
+        first = await classifier.classify(["good", "bad"], CHUNK)
         calls = len(predictor.batches)
-        second = await classifier.classify(["bad", "good"])
+        second = await classifier.classify(["bad", "good"], CHUNK)
         return first, second, calls
 
     first, second, calls = asyncio.run(scenario())
@@ -117,10 +139,10 @@ def test_concurrent_identical_misses_are_coalesced():
     classifier = make_classifier(predictor)
 
     async def scenario():
-        return await asyncio.gather(*(classifier.classify(["same text", f"own {i}"]) for i in range(5)))
+        return await asyncio.gather(*(classifier.classify(["same text", f"own {i}"], CHUNK) for i in range(5)))
 
     results = asyncio.run(scenario())
-    assert sum(rows for rows, _ in predictor.batches) == 6  # "same text" once + 5 own texts
+    assert rows(predictor) == 6  # "same text" once + 5 own texts
     for result in results[1:]:
         assert result[0] == results[0][0]
 
@@ -129,23 +151,23 @@ def test_corrupt_remote_value_is_recomputed_and_repaired():
     remote = DictRemote()
     predictor = RecordingPredictor()
     classifier = make_classifier(predictor, remote)
-    key = cache_key("sentiment", "f" * 64, "good")
-    remote.values[key] = b"\x01garbage"
-    predictions = asyncio.run(classifier.classify(["good"]))
+    key, _ = classifier._key("good", classifier._how[Truncation.CHUNK])
+    remote.values[key] = b"\x02garbage"
+    predictions = classify(classifier, ["good"])
     assert len(predictor.batches) == 1
-    assert remote.values[key] == encode_value(np.array(predictions[0].probabilities))
+    assert remote.values[key] == encode_value(predictions[0])
 
 
 def test_remote_hits_fill_the_hot_tier():
     remote = DictRemote()
     first = make_classifier(RecordingPredictor(), remote)
-    asyncio.run(first.classify(["shared"]))
+    classify(first, ["shared"])
     predictor = RecordingPredictor()
     second = make_classifier(predictor, remote)  # another replica: empty memo, same Redis
-    answer = asyncio.run(second.classify(["shared"]))
+    answer = classify(second, ["shared"])
     assert predictor.batches == []
     remote.values.clear()  # Redis gone: the hot tier answers alone
-    assert asyncio.run(second.classify(["shared"])) == answer and predictor.batches == []
+    assert classify(second, ["shared"]) == answer and predictor.batches == []
 
 
 def test_predictor_failure_reaches_every_waiter_and_nothing_is_cached():
@@ -153,68 +175,96 @@ def test_predictor_failure_reaches_every_waiter_and_nothing_is_cached():
     classifier = make_classifier(predictor)
 
     async def scenario():
-        return await asyncio.gather(*(classifier.classify(["t"]) for _ in range(3)), return_exceptions=True)
+        return await asyncio.gather(*(classifier.classify(["t"], CHUNK) for _ in range(3)), return_exceptions=True)
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, PredictorUnavailable) for r in results)
     assert len(classifier.memo) == 0 and not classifier._inflight
     predictor.fail = False
-    assert len(asyncio.run(classifier.classify(["t"]))) == 1  # recovers
+    assert len(classify(classifier, ["t"])) == 1  # recovers
 
 
 def test_misses_are_refused_until_the_predictor_fingerprint_is_verified():
     predictor = RecordingPredictor()
     classifier = make_classifier(predictor)
-    classifier.status.fingerprint = "mismatch"
+    classifier.monitor.status.fingerprint = "mismatch"
     with pytest.raises(PredictorUnavailable):
-        asyncio.run(classifier.classify(["new text"]))
+        classify(classifier, ["new text"])
     assert predictor.batches == []
 
 
 def test_fingerprint_is_verified_on_every_probe():
     """A rolling update can put another model behind the same address: the next probe notices."""
     predictor = RecordingPredictor()
-    classifier = make_classifier(predictor)
-    classifier.status.fingerprint = "unverified"
-    served = ["f" * 64]
-    ready = [True]
-    predictor.fingerprint = lambda: _value(served[0])
-    predictor.model_ready = lambda: _value(ready[0])
+    monitor = PredictorMonitor(predictor, "sentiment", "f" * 64)
 
     async def probe():
-        return await classifier.check_predictor()
+        return await monitor.check()
 
-    assert asyncio.run(probe()).fingerprint == "match" and classifier.serving
-    served[0] = "0" * 64
+    assert asyncio.run(probe()).fingerprint == "match" and monitor.status.serving
+    predictor.served_fingerprint = "0" * 64
     status = asyncio.run(probe())
-    assert status.fingerprint == "mismatch" and not classifier.serving and "fingerprint mismatch" in status.reason
-    ready[0] = False
+    assert status.fingerprint == "mismatch" and not status.serving and "fingerprint mismatch" in status.reason
+    predictor.ready = False
     assert not asyncio.run(probe()).ready
-    ready[0], served[0] = True, "f" * 64
-    assert asyncio.run(probe()).fingerprint == "match" and classifier.serving
+    predictor.ready, predictor.served_fingerprint = True, "f" * 64
+    assert asyncio.run(probe()).fingerprint == "match" and monitor.status.serving
 
 
-async def _value(value):
-    return value
+# ---- long texts ----------------------------------------------------------------------------------
+LONG = " ".join(f"word{i}" for i in range(40))  # 80 tokens: several windows of 32
 
 
-def test_model_backlog_is_bounded_but_hits_and_an_idle_model_are_always_served():
-    predictor = RecordingPredictor(delay=0.05)
+def test_a_long_text_is_judged_whole_in_chunk_mode_and_cut_in_head_mode():
+    predictor = RecordingPredictor()
     classifier = make_classifier(predictor)
-    classifier.max_queued_texts = 4
-    from transformer.errors import Overloaded
+    chunk = classify(classifier, [LONG])[0]
+    assert chunk.windows > 1 and chunk.tokens == 80
+    assert classifier.details(chunk) == {"tokens": 80, "windows": chunk.windows, "truncated": False}
+    computed = rows(predictor)
+    head = classify(classifier, [LONG], HEAD)[0]
+    assert rows(predictor) == computed + 1  # only the first window, and another cache entry
+    assert head.windows == 1 and head.tokens == 80
+    assert classifier.details(head)["truncated"] is True
+    assert head.probabilities != chunk.probabilities
+
+
+def test_error_mode_names_the_long_text_and_its_token_count_even_when_cached():
+    classifier = make_classifier(RecordingPredictor())
+    with pytest.raises(InvalidRequest) as raised:
+        classify(classifier, ["short", LONG], ERROR)
+    assert "text[1] has 80 tokens" in raised.value.message and raised.value.status_code == 422
+    classify(classifier, [LONG], HEAD)  # now cached under the key error mode shares with head
+    with pytest.raises(InvalidRequest, match="80 tokens"):
+        classify(classifier, [LONG], ERROR)
+    assert len(classify(classifier, ["short"], ERROR)) == 1
+
+
+def test_request_token_limit_counts_every_window():
+    classifier = make_classifier(RecordingPredictor(), max_request_tokens=100)
+    with pytest.raises(RequestTooLarge) as raised:
+        classify(classifier, [LONG, LONG + " more"])
+    assert "limit is 100 tokens" in raised.value.message and raised.value.status_code == 413
+    assert len(classify(classifier, ["fits"])) == 1
+
+
+# ---- admission -----------------------------------------------------------------------------------
+def test_expected_wait_sheds_new_work_but_hits_and_an_idle_model_are_always_served():
+    predictor = RecordingPredictor(delay=0.1)
+    classifier = make_classifier(predictor, max_queue_wait_ms=50)
+    classifier.scheduler.meter.rate = 100.0  # tokens per second: a slow model
 
     async def scenario():
-        await classifier.classify(["warm"])
-        big = asyncio.ensure_future(classifier.classify([f"big {i}" for i in range(6)]))  # idle: admitted
+        await classifier.classify(["warm"], CHUNK)
+        big = asyncio.ensure_future(classifier.classify([f"big {i}" for i in range(12)], CHUNK))  # idle: admitted
         await asyncio.sleep(0.01)
-        shed = await asyncio.gather(classifier.classify(["new one"]), return_exceptions=True)
-        hit = await classifier.classify(["warm"])  # the cache still answers under overload
+        shed = await asyncio.gather(classifier.classify(["new one"], CHUNK), return_exceptions=True)
+        hit = await classifier.classify(["warm"], CHUNK)  # the cache still answers under overload
         await big
-        after = await classifier.classify(["new two"])  # backlog drained: admitted again
+        after = await classifier.classify(["new two"], CHUNK)  # backlog drained: admitted again
         return shed[0], hit, after
 
     shed, hit, after = asyncio.run(scenario())
-    assert isinstance(shed, Overloaded) and shed.status_code == 503
+    assert isinstance(shed, Overloaded) and shed.status_code == 503 and "would wait" in shed.message
     assert len(hit) == len(after) == 1
-    assert classifier.queued_texts == 0
+    assert classifier.scheduler.queued_tokens == 0

@@ -67,11 +67,12 @@ def declared_metrics() -> set[str]:
 
 
 def route_labels() -> dict[str, bool]:
-    """The route labels of transformer/routes.py and whether each runs inference."""
-    text = (REPO_ROOT / "transformer" / "routes.py").read_text()
-    found = re.findall(r'\(re\.compile\(r"[^"]*"\),\s*"([^"]+)",\s*(True|False)\)', text)
-    assert found, "could not parse _ROUTES in transformer/routes.py"
-    return {label: inference == "True" for label, inference in found}
+    """The route labels of the REST transport and whether each runs inference."""
+    from transformer.transport.rest import _ROUTES
+
+    labels = {label: kind in ("bulk", "v1", "v2") for _pattern, label, kind in _ROUTES}
+    assert labels, "no _ROUTES in transformer/transport/rest.py"
+    return labels
 
 
 _KEYWORDS = {"and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left",

@@ -13,7 +13,7 @@ def test_defaults_work_for_the_local_stack():
     assert settings.predictor_protocol == "grpc-v2"
     assert settings.redis_url is None
     assert settings.cache_ttl_s == 86400
-    assert (settings.max_texts, settings.max_text_chars) == (256, 10_000)
+    assert (settings.max_texts, settings.max_text_chars, settings.max_request_tokens) == (256, 50_000, 65_536)
 
 
 def test_flag_beats_environment_beats_default():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sentiment.model.build import default_base
-from transformer.tokenization import TextEncoder, normalize_text
+from transformer.core.tokenization import TextEncoder, normalize_text
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from sentiment.model.triton_repository import PYTHON_BACKEND_SOURCE
 from transformer.bundle import ModelBundle
-from transformer.tokenization import TextEncoder
+from transformer.core.tokenization import TextEncoder
 
 
 class FakeTensor:

@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Mapping, Protocol
 
 import numpy as np
 
 from transformer import metrics
 from transformer.errors import PredictorUnavailable
-from transformer.tokenization import EncodedBatch
+
+Tensors = Mapping[str, np.ndarray]  # input name -> int64 [rows, length]
+LOGITS = "logits"
 
 log = logging.getLogger(__name__)
 
 
 class Predictor(Protocol):
-    async def infer(self, batch: EncodedBatch) -> np.ndarray: ...
+    async def infer(self, inputs: Tensors) -> np.ndarray: ...
 
     async def model_ready(self) -> bool: ...
 
@@ -63,21 +65,25 @@ def _model_config_messages():
         pool.FindMessageTypeByName("sentiment_probe.ModelConfigResponse"))
 
 
-def _infer_request(model_name: str, batch: EncodedBatch):
+def _infer_request(model_name: str, inputs: Tensors, version: str = ""):
     from kserve import InferInput, InferRequest
 
-    inputs = []
-    for name, array in batch.arrays.items():
+    tensors = []
+    for name, array in inputs.items():
         tensor = InferInput(name=name, shape=list(array.shape), datatype="INT64")
         tensor.set_data_from_numpy(array, binary_data=True)
-        inputs.append(tensor)
-    return InferRequest(model_name=model_name, infer_inputs=inputs)
+        tensors.append(tensor)
+    return InferRequest(model_name=model_name, infer_inputs=tensors, model_version=version or None)
+
+
+def _rows(inputs: Tensors) -> int:
+    return next(iter(inputs.values())).shape[0]
 
 
 def _logits(response, rows: int) -> np.ndarray:
-    output = response.get_output_by_name("logits")
+    output = response.get_output_by_name(LOGITS)
     if output is None:
-        raise PredictorUnavailable("the predictor answered without a 'logits' output")
+        raise PredictorUnavailable(f"the predictor answered without a '{LOGITS}' output")
     logits = output.as_numpy().astype(np.float32, copy=False)
     if logits.ndim != 2 or logits.shape[0] != rows:
         raise PredictorUnavailable(f"the predictor returned logits of shape {list(logits.shape)} for {rows} texts")
@@ -131,10 +137,10 @@ class GrpcPredictor:
         )
         return self._client
 
-    async def infer(self, batch: EncodedBatch) -> np.ndarray:
+    async def infer(self, inputs: Tensors) -> np.ndarray:
         started = time.perf_counter()
         try:
-            response = await self._connect().infer(_infer_request(self.model_name, batch), timeout=self.timeout_s)
+            response = await self._connect().infer(_infer_request(self.model_name, inputs), timeout=self.timeout_s)
         except self._rpc_error as error:
             code = error.code().name if hasattr(error, "code") else "UNKNOWN"
             metrics.PREDICTOR_ERRORS.labels(reason=code.lower()).inc()
@@ -147,7 +153,7 @@ class GrpcPredictor:
             metrics.PREDICTOR_ERRORS.labels(reason="client_error").inc()
             raise PredictorUnavailable("the predictor call failed; retry shortly") from None
         metrics.PREDICTOR_LATENCY.observe(time.perf_counter() - started)
-        return _logits(response, batch.shape[0])
+        return _logits(response, _rows(inputs))
 
     async def model_ready(self) -> bool:
         try:
@@ -184,15 +190,15 @@ class RestPredictor:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=min(timeout_s, 2.0))
         self._errors = (httpx.HTTPError, OSError, asyncio.TimeoutError)
 
-    async def infer(self, batch: EncodedBatch) -> np.ndarray:
+    async def infer(self, inputs: Tensors) -> np.ndarray:
         started = time.perf_counter()
         try:
-            response = await self._client.infer(self.base_url, _infer_request(self.model_name, batch), model_name=self.model_name)
+            response = await self._client.infer(self.base_url, _infer_request(self.model_name, inputs), model_name=self.model_name)
         except self._errors as error:
             metrics.PREDICTOR_ERRORS.labels(reason=type(error).__name__.lower()).inc()
             raise PredictorUnavailable(f"the predictor failed ({type(error).__name__}); retry shortly") from None
         metrics.PREDICTOR_LATENCY.observe(time.perf_counter() - started)
-        return _logits(response, batch.shape[0])
+        return _logits(response, _rows(inputs))
 
     async def model_ready(self) -> bool:
         try:
@@ -211,6 +217,7 @@ class RestPredictor:
         return parameters.get("fingerprint", {}).get("string_value", "")
 
     async def close(self) -> None:
+        await self._client.close()
         await self._http.aclose()
 
 

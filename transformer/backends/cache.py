@@ -1,52 +1,21 @@
 """Per-text result cache: an in-process LRU of decoded predictions, and Redis behind it.
 
-Redis values are the model's probabilities as little-endian float32 behind a one-byte format tag:
-9 bytes for two labels. Anything else read back (a foreign or corrupt value) is a miss.
-Redis failures never fail a request: every call has a short timeout, errors open a circuit
-breaker for a while, and the cache is retried after it.
+Redis stores bytes (the value format is `core.prediction`'s). Redis failures never fail a
+request: every call has a short timeout, errors open a circuit breaker for a while, and the cache
+is retried after it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Protocol, Sequence
-
-import numpy as np
-import orjson
 
 from transformer import metrics
 
 log = logging.getLogger(__name__)
-
-VALUE_FORMAT = 1
-
-
-def cache_key(prefix: str, fingerprint: str, normalized_text: str) -> str:
-    """prefix : model fingerprint : sha256(normalized text). A new model never reads old entries."""
-    digest = hashlib.sha256(normalized_text.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{prefix}:{fingerprint[:16]}:{digest}"
-
-
-def encode_value(probabilities: np.ndarray) -> bytes:
-    return bytes([VALUE_FORMAT]) + np.asarray(probabilities, dtype="<f4").tobytes()
-
-
-def decode_value(raw: bytes | None, num_labels: int) -> np.ndarray | None:
-    """Probabilities, or None when the value is absent, foreign or corrupt."""
-    if raw is None:
-        return None
-    if len(raw) != 1 + 4 * num_labels or raw[0] != VALUE_FORMAT:
-        return None
-    values = np.frombuffer(raw, dtype="<f4", offset=1)
-    if not np.all(np.isfinite(values)) or np.any(values < 0) or abs(float(values.sum()) - 1.0) > 1e-3:
-        return None
-    return values
-
 
 class RemoteCache(Protocol):
     """A shared byte cache (Redis); never raises for a backend failure."""
@@ -62,38 +31,22 @@ class RemoteCache(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One text's result, decoded once: probabilities in id2label order, and the ranked answer
-    already serialized (an orjson Fragment: responses embed it without re-encoding)."""
-
-    probabilities: tuple[float, ...]
-    ranked_json: orjson.Fragment
-
-    @classmethod
-    def of(cls, probabilities: Sequence[float], labels: Sequence[str]) -> "Prediction":
-        values = tuple(float(p) for p in probabilities)
-        order = sorted(range(len(labels)), key=lambda i: -values[i])
-        ranked = [{"label": labels[i], "score": values[i]} for i in order]
-        # Copied: orjson's own result keeps a ~4 KB allocation alive per object (measured).
-        return cls(values, orjson.Fragment(bytes(memoryview(orjson.dumps(ranked)))))
-
-
 class PredictionMemo:
     """Size-bounded in-process LRU of decoded predictions: the whole cache when there is no Redis,
-    the hot tier in front of it otherwise (a hit costs one dict lookup: no network, no decoding)."""
+    the hot tier in front of it otherwise (a hit costs one dict lookup: no network, no decoding).
+    It stores whatever it is given; the classifier gives it `core.prediction.Prediction`s."""
 
     def __init__(self, max_entries: int, name: str = "local"):
         self.name = name
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, Prediction] = OrderedDict()
+        self._entries: OrderedDict[str, object] = OrderedDict()
         self._hits = metrics.CACHE_LOOKUPS.labels(tier=name, result="hit")
         self._misses = metrics.CACHE_LOOKUPS.labels(tier=name, result="miss")
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, Prediction]:
+    def get_many(self, keys: Sequence[str]) -> dict[str, object]:
         found = {}
         entries = self._entries
         for key in keys:
@@ -107,7 +60,7 @@ class PredictionMemo:
             self._misses.inc(len(keys) - len(found))
         return found
 
-    def put_many(self, predictions: dict[str, Prediction]) -> None:
+    def put_many(self, predictions: dict[str, object]) -> None:
         if self.max_entries <= 0:
             return
         entries = self._entries

@@ -1,0 +1,253 @@
+"""The classification pipeline: cache -> single-flight -> windows -> admission -> scheduler -> aggregate -> cache.
+
+Per request: one cache lookup for all distinct texts; texts repeated in the request are computed
+once; misses another request is already computing are awaited, not recomputed (single-flight);
+new misses are tokenized off the event loop into windows, their cost in tokens is checked against
+the request limit and the expected wait, and their windows go through the scheduler's batched
+predictor calls; each text's windows are aggregated into one prediction and written back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from transformer import metrics
+from transformer.backends.cache import PredictionMemo, RemoteCache
+from transformer.backends.predictor import Predictor
+from transformer.bundle import ModelBundle
+from transformer.core.prediction import Prediction, cache_key, decode_value, encode_value
+from transformer.core.readiness import PredictorMonitor
+from transformer.core.requests import ClassifyOptions
+from transformer.core.scheduler import BatchScheduler
+from transformer.core.tokenization import TextEncoder, TextWindows, normalize_text
+from transformer.core.windows import Truncation, aggregate
+from transformer.errors import InvalidRequest, Overloaded, PredictorUnavailable, RequestTooLarge
+from transformer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class TextClassifier:
+    def __init__(self, bundle: ModelBundle, bundle_dir: Path, predictor: Predictor, memo: PredictionMemo,
+                 remote: RemoteCache | None, monitor: PredictorMonitor, settings: Settings):
+        self.bundle = bundle
+        self.labels = list(bundle.labels)
+        self.settings = settings
+        self.encoder = TextEncoder(Path(bundle_dir) / bundle.tokenizer_file, bundle.max_length,
+                                   bundle.uses_token_type_ids, settings.pad_to_multiple, stride=settings.window_stride)
+        self.memo = memo
+        self.remote = remote
+        self.monitor = monitor
+        self.scheduler = BatchScheduler(predictor, self.encoder, max_rows=bundle.max_batch_size,
+                                        max_batch_tokens=settings.max_batch_tokens,
+                                        max_concurrent=settings.max_concurrent_batches)
+        self.window_tokens = bundle.max_length - self.encoder.special_tokens
+        # What besides the model changes an answer, as a cache-key segment per truncation mode.
+        chunk = f"c{bundle.max_length}.{settings.window_stride}.{settings.aggregation}"
+        self._how = {Truncation.CHUNK: chunk, Truncation.HEAD: f"h{bundle.max_length}",
+                     Truncation.ERROR: f"h{bundle.max_length}"}  # error answers exactly what head answers
+        self._inflight: dict[str, asyncio.Future] = {}
+        threads = settings.tokenizer_threads
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tokenize") if threads else None
+        self._background: set[asyncio.Task] = set()
+        # raw text -> (key, normalized) per mode: a repeated short text skips normalization and hashing
+        # (C-level LRU, bounded in entries and, through the length cut, in bytes).
+        self._short_key = functools.lru_cache(maxsize=8192)(self._key)
+        self._from = {source: metrics.TEXTS.labels(source=source) for source in ("cache", "model", "shared")}
+
+    @property
+    def cache_description(self) -> str:
+        return f"{self.memo.name} LRU ({self.memo.max_entries} entries)" + (f" + {self.remote.name}" if self.remote else "")
+
+    def _key_of(self, text: str, how: str) -> tuple[str, str]:
+        return self._short_key(text, how) if len(text) <= 256 else self._key(text, how)
+
+    def _key(self, text: str, how: str) -> tuple[str, str]:
+        normalized = normalize_text(text, self.bundle.lowercase)
+        return cache_key(self.settings.cache_prefix, self.bundle.fingerprint, how, normalized), normalized
+
+    # ---- classification --------------------------------------------------------------------
+    async def classify(self, texts: Sequence[str], options: ClassifyOptions, field: str = "text") -> list[Prediction]:
+        """One prediction per text, in input order."""
+        metrics.TEXTS_PER_REQUEST.observe(len(texts))
+        metrics.TEXTS_RECEIVED.inc(len(texts))
+        how = self._how[options.truncation]
+        keyed = [self._key_of(text, how) for text in texts]
+        keys = [key for key, _ in keyed]
+        unique = dict(keyed)  # key -> normalized text, first occurrence order
+        results = await self._lookup(list(unique))
+        if options.truncation is Truncation.ERROR:
+            self._refuse_long(field, keys, {key: p.tokens for key, p in results.items()})
+        self._from["cache"].inc(len(results))
+        if len(results) == len(unique):
+            return [results[key] for key in keys]
+
+        waiting: dict[str, asyncio.Future] = {}
+        mine: dict[str, str] = {}
+        for key, normalized in unique.items():
+            if key in results:
+                continue
+            if key in self._inflight:
+                waiting[key] = self._inflight[key]
+            else:
+                mine[key] = normalized
+        if waiting:
+            metrics.SINGLE_FLIGHT_JOINS.inc(len(waiting))
+            self._from["shared"].inc(len(waiting))
+        if mine:
+            waiting.update(await self._start(mine, options, field, keys))
+        done = await asyncio.gather(*waiting.values())
+        results.update(zip(waiting.keys(), done))
+        return [results[key] for key in keys]
+
+    async def _lookup(self, keys: list[str]) -> dict[str, Prediction]:
+        results = self.memo.get_many(keys)
+        if len(results) < len(keys) and self.remote is not None:
+            remaining = [key for key in keys if key not in results]
+            fetched: dict[str, Prediction] = {}
+            for key, raw in zip(remaining, await self.remote.get_many(remaining)):
+                value = decode_value(raw, self.labels)
+                if value is not None:
+                    fetched[key] = value
+                elif raw is not None:
+                    metrics.CACHE_CORRUPT.inc()
+            self.memo.put_many(fetched)
+            results.update(fetched)
+        return results
+
+    def _refuse_long(self, field: str, keys: list[str], tokens: dict[str, int]) -> None:
+        """`truncation=error`: a 422 naming the first text longer than the model's window."""
+        for index, key in enumerate(keys):
+            count = tokens.get(key, 0)
+            if count > self.window_tokens:
+                raise InvalidRequest(
+                    f"{field}[{index}] has {count} tokens; the model reads {self.window_tokens} at a time. Send "
+                    "truncation 'chunk' to judge it whole or 'head' to read only its start", index=index, tokens=count)
+
+    def details(self, prediction: Prediction) -> dict:
+        """Per text, with `details: true`: its size and whether the answer read all of it."""
+        cut = prediction.windows == 1 and prediction.tokens > self.window_tokens
+        return {"tokens": prediction.tokens, "windows": prediction.windows, "truncated": cut}
+
+    async def _start(self, mine: dict[str, str], options: ClassifyOptions, field: str,
+                     keys: list[str]) -> dict[str, asyncio.Future]:
+        """Tokenize this request's own misses, admit their cost, and start computing them."""
+        if self.monitor.status.fingerprint != "match":
+            # Never compute with a predictor whose model is not the one our tokenizer and labels belong to.
+            raise PredictorUnavailable(f"the predictor's model is not verified: {self.monitor.status.reason}")
+        # Shed before tokenizing when even a cheap estimate (a token per 4 characters) is over the
+        # bound: refusing work must cost less than doing it. The real count is checked after.
+        self._admit(sum(len(text) // 4 + self.encoder.special_tokens for text in mine.values()))
+        windows = await self._tokenize(list(mine.values()))
+        by_key = dict(zip(mine, windows))
+        # Another request may have started on some of these texts while we tokenized: join it.
+        joined = {key: self._inflight[key] for key in by_key if key in self._inflight}
+        for key in joined:
+            del by_key[key]
+        if not by_key:
+            return joined
+        if options.truncation is Truncation.ERROR:
+            self._refuse_long(field, keys, {key: text.token_count for key, text in by_key.items()})
+        elif options.truncation is Truncation.HEAD:
+            by_key = {key: _head(text) for key, text in by_key.items()}
+        cost = sum(text.cost for text in by_key.values())
+        limit = self.settings.max_request_tokens
+        if cost > limit:
+            raise RequestTooLarge(
+                f"the new texts of this request are {cost} tokens for the model; the limit is {limit} tokens per "
+                f"request (and {self.settings.max_text_chars} characters per text): split the request",
+                limit=limit, tokens=cost)
+        self._admit(cost)
+        loop = asyncio.get_running_loop()
+        futures = {key: loop.create_future() for key in by_key}
+        self._inflight.update(futures)
+        # A task of its own: if this request is cancelled, the texts others wait for still complete.
+        task = loop.create_task(self._compute(by_key, futures, options.truncation))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        self._from["model"].inc(len(by_key))
+        if joined:
+            metrics.SINGLE_FLIGHT_JOINS.inc(len(joined))
+            self._from["shared"].inc(len(joined))
+        return futures | joined
+
+    def _admit(self, cost: int) -> None:
+        """Shed by expected wait: an idle model takes any request; otherwise the new work must be
+        done within the bound, at the throughput measured on this machine."""
+        scheduler = self.scheduler
+        if not scheduler.backlogged:
+            return
+        wait = scheduler.expected_wait_s(cost)
+        bound = self.settings.max_queue_wait_ms / 1000
+        if wait > bound:
+            metrics.SHED.labels(reason="expected_wait").inc()
+            raise Overloaded(f"the model is busy: this request would wait about {wait:.1f} s (limit {bound:g} s); "
+                             "retry after a second")
+
+    async def _tokenize(self, texts: list[str]) -> list[TextWindows]:
+        started = time.perf_counter()
+        if self._executor is None:
+            windows = self.encoder.windows(texts)
+        else:
+            windows = await asyncio.get_running_loop().run_in_executor(self._executor, self.encoder.windows, texts)
+        metrics.TOKENIZE_SECONDS.observe(time.perf_counter() - started)
+        return windows
+
+    async def _compute(self, texts: dict[str, TextWindows], futures: dict[str, asyncio.Future],
+                       truncation: Truncation) -> None:
+        try:
+            computed = await self._run_model(texts, truncation)
+        except BaseException as error:  # noqa: BLE001 - every waiter must hear of it
+            for key, future in futures.items():
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else PredictorUnavailable("cancelled"))
+                    future.exception()  # mark retrieved: joiners may be gone
+                self._inflight.pop(key, None)
+            return
+        self.memo.put_many(computed)
+        for key, future in futures.items():
+            if not future.done():
+                future.set_result(computed[key])
+            self._inflight.pop(key, None)
+        if self.remote is not None:
+            self.remote.schedule_set({key: encode_value(p) for key, p in computed.items()})
+
+    async def _run_model(self, texts: dict[str, TextWindows], truncation: Truncation) -> dict[str, Prediction]:
+        encodings = [window for text in texts.values() for window in text.windows]
+        rows = await asyncio.gather(*self.scheduler.submit(encodings))
+        metrics.WINDOWS.inc(len(encodings))
+        computed: dict[str, Prediction] = {}
+        start = 0
+        for key, text in texts.items():
+            count = len(text.windows)
+            logits = np.stack(rows[start:start + count])
+            start += count
+            probabilities = aggregate(self.settings.aggregation, logits, np.asarray(text.new_tokens))
+            computed[key] = Prediction.of(probabilities, self.labels, text.token_count, count)
+            metrics.TEXT_TOKENS.observe(text.token_count)
+            if text.token_count > self.window_tokens:
+                metrics.LONG_TEXTS.labels(mode=truncation.value).inc()
+        return computed
+
+    async def close(self) -> None:
+        self.memo.clear()
+        await self.scheduler.close()
+        if self.remote is not None:
+            await self.remote.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _head(text: TextWindows) -> TextWindows:
+    """Only the first window: what `truncation=head` computes (the count of the whole text is kept)."""
+    if len(text.windows) == 1:
+        return text
+    return TextWindows(text.windows[:1], text.token_count, text.new_tokens[:1])
