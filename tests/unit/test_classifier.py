@@ -252,7 +252,8 @@ def test_request_token_limit_counts_every_window():
 def test_expected_wait_sheds_new_work_but_hits_and_an_idle_model_are_always_served():
     predictor = RecordingPredictor(delay=0.1)
     classifier = make_classifier(predictor, max_queue_wait_ms=50)
-    classifier.scheduler.meter.rate = 100.0  # tokens per second: a slow model
+    classifier.scheduler.meter.rate = 100.0  # tokens per second: a slow model, as measured
+    classifier.scheduler.meter.prior = False
 
     async def scenario():
         await classifier.classify(["warm"], CHUNK)

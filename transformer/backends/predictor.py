@@ -1,8 +1,12 @@
-"""Client of the predictor (Triton) over KServe V2: gRPC (default) or REST.
+"""Client of the predictor (Triton) over KServe V2: gRPC (default) or REST, pinned to one version.
 
-Inference goes through KServe's own clients (`InferenceGRPCClient` / `InferenceRESTClient`);
-the model fingerprint comes from Triton's model configuration parameters (gRPC `ModelConfig`,
-or `GET /v2/models/<name>/config` over REST). Every failure becomes `PredictorUnavailable`.
+Every call names the model version the transformer's bundle belongs to, so an answer can only come
+from that version; a predictor that does not serve it answers "not found", which becomes
+`PredictorUnavailable` (retry / not ready), never a result. Inference goes through KServe's own
+clients (`InferenceGRPCClient` / `InferenceRESTClient`); readiness is asked for the version; the
+version's fingerprint comes from Triton's model configuration parameters (`fingerprint_v<N>`, or
+`fingerprint` in a repository exported before versions; gRPC `ModelConfig` or REST
+`GET /v2/models/<name>/config`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,12 @@ def _infer_request(model_name: str, inputs: Tensors, version: str = ""):
     return InferRequest(model_name=model_name, infer_inputs=tensors, model_version=version or None)
 
 
+def fingerprint_of(parameters: Mapping[str, str], version: str) -> str:
+    """The fingerprint a model configuration declares for `version` ("" when it declares none)."""
+    return parameters.get(f"fingerprint_v{version}", parameters.get("fingerprint", "")) if version else parameters.get(
+        "fingerprint", "")
+
+
 def _rows(inputs: Tensors) -> int:
     return next(iter(inputs.values())).shape[0]
 
@@ -93,11 +103,12 @@ def _logits(response, rows: int) -> np.ndarray:
 class GrpcPredictor:
     """Triton over KServe V2 gRPC. Reconnects fast after a Triton restart (short reconnect backoff)."""
 
-    def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False):
+    def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False, version: str = ""):
         import grpc
 
         self.host = host if ":" in host else f"{host}:{443 if use_ssl else 80}"
         self.model_name = model_name
+        self.version = version
         self.timeout_s = timeout_s
         self.use_ssl = use_ssl
         self._rpc_error = grpc.RpcError
@@ -128,6 +139,11 @@ class GrpcPredictor:
         else:
             channel = grpc.aio.insecure_channel(self.host, options=options)
         self._config_channel = channel
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+        self._ready_request = pb.ModelReadyRequest
+        self._stub = pb_grpc.GRPCInferenceServiceStub(channel)
         request_type, response_type = _model_config_messages()
         self._config_request = request_type
         self._model_config = channel.unary_unary(
@@ -140,7 +156,8 @@ class GrpcPredictor:
     async def infer(self, inputs: Tensors) -> np.ndarray:
         started = time.perf_counter()
         try:
-            response = await self._connect().infer(_infer_request(self.model_name, inputs), timeout=self.timeout_s)
+            response = await self._connect().infer(_infer_request(self.model_name, inputs, self.version),
+                                                   timeout=self.timeout_s)
         except self._rpc_error as error:
             code = error.code().name if hasattr(error, "code") else "UNKNOWN"
             metrics.PREDICTOR_ERRORS.labels(reason=code.lower()).inc()
@@ -156,10 +173,15 @@ class GrpcPredictor:
         return _logits(response, _rows(inputs))
 
     async def model_ready(self) -> bool:
+        """Is our version loaded and ready? (Our own stub: KServe's client logs a traceback per
+        failed probe, once a second while Triton is away.)"""
+        self._connect()
         try:
-            return await self._connect().is_model_ready(self.model_name, timeout=min(self.timeout_s, 2.0))
+            response = await self._stub.ModelReady(self._ready_request(name=self.model_name, version=self.version),
+                                                   timeout=min(self.timeout_s, 2.0))
         except Exception:  # any transport failure means "not ready"
             return False
+        return response.ready
 
     async def fingerprint(self) -> str | None:
         self._connect()
@@ -167,8 +189,8 @@ class GrpcPredictor:
             response = await self._model_config(self._config_request(name=self.model_name), timeout=min(self.timeout_s, 2.0))
         except self._rpc_error:
             return None
-        parameter = response.config.parameters.get("fingerprint")
-        return parameter.string_value if parameter is not None else ""
+        parameters = {key: value.string_value for key, value in response.config.parameters.items()}
+        return fingerprint_of(parameters, self.version)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -179,11 +201,12 @@ class GrpcPredictor:
 class RestPredictor:
     """Triton over KServe V2 REST (binary tensor extension)."""
 
-    def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False):
+    def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False, version: str = ""):
         import httpx
         from kserve import InferenceRESTClient, RESTConfig
 
         self.model_name = model_name
+        self.version = version
         self.timeout_s = timeout_s
         self.base_url = f"{'https' if use_ssl else 'http'}://{host}"
         self._client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=timeout_s, retries=0))
@@ -193,7 +216,10 @@ class RestPredictor:
     async def infer(self, inputs: Tensors) -> np.ndarray:
         started = time.perf_counter()
         try:
-            response = await self._client.infer(self.base_url, _infer_request(self.model_name, inputs), model_name=self.model_name)
+            # KServe's REST client builds /v2/models/<name>/infer: the version goes into the name's place.
+            route = f"{self.model_name}/versions/{self.version}" if self.version else self.model_name
+            response = await self._client.infer(self.base_url, _infer_request(self.model_name, inputs, self.version),
+                                                model_name=route)
         except self._errors as error:
             metrics.PREDICTOR_ERRORS.labels(reason=type(error).__name__.lower()).inc()
             raise PredictorUnavailable(f"the predictor failed ({type(error).__name__}); retry shortly") from None
@@ -202,7 +228,8 @@ class RestPredictor:
 
     async def model_ready(self) -> bool:
         try:
-            return (await self._http.get(f"/v2/models/{self.model_name}/ready")).status_code == 200
+            path = f"/v2/models/{self.model_name}" + (f"/versions/{self.version}" if self.version else "")
+            return (await self._http.get(f"{path}/ready")).status_code == 200
         except self._errors:
             return False
 
@@ -214,13 +241,14 @@ class RestPredictor:
         if response.status_code != 200:
             return None
         parameters = response.json().get("parameters", {})
-        return parameters.get("fingerprint", {}).get("string_value", "")
+        return fingerprint_of({key: value.get("string_value", "") for key, value in parameters.items()}, self.version)
 
     async def close(self) -> None:
         await self._client.close()
         await self._http.aclose()
 
 
-def build_predictor(settings) -> Predictor:
+def build_predictor(settings, version: str = "") -> Predictor:
     cls = GrpcPredictor if settings.predictor_protocol == "grpc-v2" else RestPredictor
-    return cls(settings.predictor_host, settings.model_name, settings.predictor_timeout_s, settings.predictor_use_ssl)
+    return cls(settings.predictor_host, settings.model_name, settings.predictor_timeout_s, settings.predictor_use_ssl,
+               version)

@@ -43,6 +43,7 @@ class ThroughputMeter:
     def __init__(self, prior_tokens_per_s: float = 1000.0, alpha: float = 0.3, min_sample_s: float = 0.2,
                  clock=time.monotonic):
         self.rate = prior_tokens_per_s
+        self.prior = True  # until the first sample replaces it
         self.alpha = alpha
         self.min_sample_s = min_sample_s
         self._clock = clock
@@ -65,7 +66,9 @@ class ThroughputMeter:
         now = self._clock()
         busy_s = self._busy_s + (now - self._busy_since if self._busy_since is not None else 0.0)
         if busy_s >= self.min_sample_s:
-            self.rate += self.alpha * (self._tokens / busy_s - self.rate)
+            sample = self._tokens / busy_s
+            self.rate = sample if self.prior else self.rate + self.alpha * (sample - self.rate)
+            self.prior = False
             metrics.THROUGHPUT.set(self.rate)
             self._tokens, self._busy_s = 0, 0.0
             if self._busy_since is not None:
@@ -114,7 +117,7 @@ class BatchScheduler:
 
     def expected_wait_s(self, tokens: int) -> float:
         """Seconds until `tokens` of new work would be done: under fair sharing every queued request
-        runs ahead of it by at most as much as the new work itself, plus the calls in flight."""
+        runs ahead of it by at most as much as the new work itself, and so do the calls in flight."""
         ahead = sum(min(owner.queued_tokens, tokens) for owner in self._owners.values())
         return (ahead + self._running_tokens + tokens) / max(self.meter.rate, 1.0)
 

@@ -77,7 +77,7 @@ class ServingCore:
         bundle = ModelBundle.load(bundle_dir)
         if bundle.model_name != settings.model_name:
             log.warning("bundle was exported for model '%s', serving it as '%s'", bundle.model_name, settings.model_name)
-        predictor = build_predictor(settings)
+        predictor = build_predictor(settings, bundle.version)
         monitor = PredictorMonitor(predictor, settings.model_name, bundle.fingerprint, settings.predictor_check_interval_s)
         memo, remote = build_caches(settings)
         classifier = TextClassifier(bundle, bundle_dir, predictor, memo, remote, monitor, settings)

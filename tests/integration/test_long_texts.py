@@ -1,0 +1,180 @@
+"""Long texts against the real stack and the default model: judged whole (`chunk`) rather than by
+their first window (`head`), on documents built from the TEST split only (the aggregation and the
+stride were chosen on training-side documents: `python -m sentiment.model.long_eval`), every mode on
+every protocol, and short texts answered exactly as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+
+from sentiment.model.data import LABELS, read_split
+from sentiment.model.long_documents import build_documents
+from tests.conftest import TransformerServer, TritonServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+
+@pytest.fixture(scope="module")
+def stack(default_build, logs_dir):
+    triton = TritonServer(default_build.repository, logs_dir / "long-triton").start()
+    server = TransformerServer(triton, logs_dir, extra_args=["--request_timeout", "120"]).start()
+    yield server
+    server.stop()
+    triton.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    with httpx.Client(base_url=stack.url, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def splits_dir(default_build):
+    return default_build.checkpoint / "splits"
+
+
+def labels_of(client, texts, **options) -> list[str]:
+    answers = []
+    for start in range(0, len(texts), 32):
+        response = client.post("/project/bulk-predict", json={"text": texts[start:start + 32], **options})
+        assert response.status_code == 200, response.text
+        answers += [ranked[0]["label"] for ranked in response.json()["predictions"]]
+    return answers
+
+
+def accuracy(client, documents, **options) -> float:
+    predicted = labels_of(client, [d.text for d in documents], **options)
+    return float(np.mean([p == LABELS[d.label] for p, d in zip(predicted, documents)]))
+
+
+def test_chunk_judges_long_test_documents_whole_where_head_cannot(client, splits_dir):
+    """Thresholds from the training-side choice (README table): head guesses on verdict-last
+    documents and follows the start of long mixed ones; chunk reads to the end."""
+    measured = {}
+    for kind, count in (("verdict_last", 100), ("long_majority", 100), ("homogeneous", 40)):
+        documents = build_documents(splits_dir, side="test", kinds=(kind,), count=count, seed=0)
+        assert all(len(d.text.split()) >= 120 for d in documents)
+        measured[kind] = (accuracy(client, documents), accuracy(client, documents, truncation="head"))
+    print(f"\n[long texts, test side] chunk vs head: {measured}")
+    chunk, head = measured["verdict_last"]
+    assert chunk >= 0.65 and head <= 0.60
+    chunk, head = measured["long_majority"]
+    assert chunk >= 0.90 and head <= 0.80
+    assert measured["homogeneous"][0] >= 0.95
+
+
+def test_short_texts_are_answered_as_the_model_alone_answers_them(client, default_build, splits_dir):
+    """Texts within one window: one window each, the served accuracy unchanged by the long-text path."""
+    from sentiment.model.export import OnnxClassifier
+    from transformer.bundle import ModelBundle
+    from transformer.core.tokenization import TextEncoder
+
+    examples = read_split(splits_dir / "test.tsv")[:400]
+    model_dir = default_build.repository / "sentiment"
+    bundle = ModelBundle.load(model_dir / "bundle")
+    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
+    alone = OnnxClassifier(model_dir / "1" / "model.onnx", encoder).predict([e.text for e in examples])
+    served = labels_of(client, [e.text for e in examples], details=False)
+    agreement = np.mean([LABELS[a] == s for a, s in zip(alone, served)])
+    # Dynamic int8 quantizes activations per call, so a borderline text can flip with its batch-mates.
+    assert agreement >= 0.97
+    served_accuracy = np.mean([s == LABELS[e.label] for s, e in zip(served, examples)])
+    alone_accuracy = np.mean([a == e.label for a, e in zip(alone, examples)])
+    assert abs(served_accuracy - alone_accuracy) <= 0.01
+
+
+LONG = ("The story follows a family moving to a quiet town, and most of the film simply watches them settle "
+        "in, meet neighbours, fix the house and go to work. " * 8 + "In the end it is a dull, lifeless bore.")
+
+
+def modes_over_rest(client, text):
+    answers = {}
+    for mode in ("chunk", "head"):
+        bulk = client.post("/project/bulk-predict", json={"text": [text], "truncation": mode, "details": True}).json()
+        v1 = client.post("/v1/models/sentiment:predict",
+                         json={"instances": [text], "parameters": {"truncation": mode, "details": True}}).json()
+        v2 = client.post("/v2/models/sentiment/infer", json={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}],
+            "parameters": {"truncation": mode, "details": True}}).json()
+        outputs = {o["name"]: o["data"] for o in v2["outputs"]}
+        answers[mode] = {"bulk": (bulk["predictions"][0][0]["label"], bulk["details"][0]),
+                         "v1": (v1["predictions"][0][0]["label"], v1["details"][0]),
+                         "v2": (outputs["label"][0], {"tokens": outputs["tokens"][0], "windows": outputs["windows"][0],
+                                                      "truncated": outputs["truncated"][0]}),
+                         "scores": (bulk["predictions"][0][0]["score"], v1["predictions"][0][0]["score"],
+                                    outputs["score"][0])}
+    return answers
+
+
+def modes_over_grpc(port, text):
+    async def call(mode):
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+        import grpc
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.ModelInferRequest(model_name="sentiment", inputs=[pb.ModelInferRequest.InferInputTensor(
+                name="text", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[text.encode()]))])
+            request.parameters["truncation"].string_param = mode
+            request.parameters["details"].bool_param = True
+            try:
+                response = await stub.ModelInfer(request)
+            except grpc.aio.AioRpcError as error:
+                return error.code().name, dict(error.trailing_metadata() or ())
+            outputs = {o.name: o.contents for o in response.outputs}
+            return (outputs["label"].bytes_contents[0].decode(), outputs["tokens"].int_contents[0],
+                    outputs["windows"].int_contents[0], outputs["truncated"].bool_contents[0],
+                    outputs["score"].fp32_contents[0])
+
+    return {mode: asyncio.run(call(mode)) for mode in ("chunk", "head", "error")}
+
+
+def test_every_mode_on_every_protocol(stack, client):
+    rest = modes_over_rest(client, LONG)
+    grpc_answers = modes_over_grpc(stack.grpc_port, LONG)
+    for mode in ("chunk", "head"):
+        labels = {answer[0] for key, answer in rest[mode].items() if key != "scores"} | {grpc_answers[mode][0]}
+        assert len(labels) == 1, (mode, rest[mode], grpc_answers[mode])
+        details = [rest[mode][key][1] for key in ("bulk", "v1", "v2")]
+        assert all(d == details[0] for d in details)
+        assert grpc_answers[mode][1:4] == (details[0]["tokens"], details[0]["windows"], details[0]["truncated"])
+        scores = rest[mode]["scores"] + (grpc_answers[mode][4],)
+        assert max(scores) - min(scores) < 1e-5
+    assert rest["chunk"]["bulk"][1]["windows"] > 1 and rest["chunk"]["bulk"][1]["truncated"] is False
+    assert rest["head"]["bulk"][1]["windows"] == 1 and rest["head"]["bulk"][1]["truncated"] is True
+    tokens = rest["chunk"]["bulk"][1]["tokens"]
+    assert grpc_answers["error"] == ("INVALID_ARGUMENT", {"sentiment-error-code": "invalid_request"})
+    for response in (client.post("/project/bulk-predict", json={"text": ["short", LONG], "truncation": "error"}),
+                     client.post("/v1/models/sentiment:predict",
+                                 json={"instances": ["short", LONG], "parameters": {"truncation": "error"}})):
+        assert response.status_code == 422
+        body = response.json()
+        assert body["code"] == "invalid_request" and body["index"] == 1 and body["tokens"] == tokens
+        assert f"has {tokens} tokens" in body["error"]
+
+
+def test_the_default_response_is_unchanged_by_long_text_support(client):
+    response = client.post("/project/bulk-predict", json={"text": [LONG, "great"]}).json()
+    assert set(response) == {"predictions"}
+    assert [len(ranked) for ranked in response["predictions"]] == [2, 2]
+
+
+def test_a_whole_article_is_one_text_and_the_limits_are_in_tokens(client):
+    article = " ".join(f"The committee met on day {i} and discussed the budget at length." for i in range(700))
+    assert 40_000 < len(article) < 50_000
+    response = client.post("/project/bulk-predict", json={"text": [article], "details": True})
+    assert response.status_code == 200
+    details = response.json()["details"][0]
+    assert details["windows"] > 50 and not details["truncated"]
+    too_many = client.post("/project/bulk-predict", json={"text": [article + f" {i}" for i in range(8)]})
+    assert too_many.status_code == 413
+    body = too_many.json()
+    assert body["code"] == "request_too_large" and "65536 tokens per request" in body["error"]
+    too_long = client.post("/project/bulk-predict", json={"text": ["x" * 50_001]})
+    assert too_long.status_code == 413 and "50000 characters" in too_long.json()["error"]
