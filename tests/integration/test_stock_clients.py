@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import RedisServer, TransformerServer, TritonServer, wait_until
+from tests.conftest import RedisServer, TransformerServer, TritonServer
 
 pytestmark = pytest.mark.usefixtures("require_redis_server")
 
@@ -118,7 +118,8 @@ def request_counts(server: TransformerServer) -> Counter:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "sentiment_requests_total" and sample.labels.get("route") != "/metrics":
-                counts[(sample.labels["protocol"], sample.labels["route"], sample.labels["status"])] += int(sample.value)
+                labels = sample.labels
+                counts[(labels["protocol"], labels["route"], labels["status"])] += int(sample.value)
     return counts
 
 
@@ -174,7 +175,7 @@ def v2_outputs(document: dict) -> dict:
 
 
 # ---- curl -----------------------------------------------------------------------------------------
-def test_curl_with_and_without_content_type(transformer, http, tmp_path):
+def test_curl_with_and_without_content_type(transformer, http):
     texts = fresh("curl")
     bulk_body = json.dumps({"text": texts})
     with counted(transformer, ("rest", "/project/bulk-predict", "200", 4)):  # 2 by curl, 2 references
@@ -188,9 +189,11 @@ def test_curl_with_and_without_content_type(transformer, http, tmp_path):
             assert_same(http, texts, [p[0]["label"] for p in predictions], [p[0]["score"] for p in predictions])
 
     texts = fresh("curl-v1")
-    with counted(transformer, ("rest", "/v1/models/{name}:predict", "200", 1), ("rest", "/project/bulk-predict", "200", 1)):
-        status, body, trace = curl("-X", "POST", transformer.url + "/v1/models/sentiment:predict", "-H", "Content-Type:",
-                                   "--data-binary", json.dumps({"instances": [texts[0], {"text": texts[1]}, *texts[2:]]}))
+    instances = [texts[0], {"text": texts[1]}, *texts[2:]]
+    with counted(transformer, ("rest", "/v1/models/{name}:predict", "200", 1),
+                 ("rest", "/project/bulk-predict", "200", 1)):
+        status, body, trace = curl("-X", "POST", transformer.url + "/v1/models/sentiment:predict",
+                                   "-H", "Content-Type:", "--data-binary", json.dumps({"instances": instances}))
         assert status == 200, body
         assert "content-type" not in sent_headers(trace)
         predictions = json.loads(body)["predictions"]
@@ -243,7 +246,8 @@ def test_tritonclient_http_binary_default(transformer, http, address):
         with counted(transformer, ("rest", INFER, "200", 1), ("rest", "/project/bulk-predict", "200", 1)):
             result = client.infer("sentiment", [_http_input(texts)])
             assert result.get_response()["model_version"] == "1"
-            assert_same(http, texts, result.as_numpy("label"), result.as_numpy("score"), result.as_numpy("probabilities"))
+            assert_same(http, texts, result.as_numpy("label"), result.as_numpy("score"),
+                        result.as_numpy("probabilities"))
     client.close()
 
 
@@ -437,7 +441,8 @@ def test_kserve_rest_client_v1_and_v2(transformer, http):
         predictions = first["predictions"]
         assert_same(http, texts_v1, [p[0]["label"] for p in predictions], [p[0]["score"] for p in predictions])
         assert_same(http, texts_v2, second.get_output_by_name("label").as_numpy(),
-                    second.get_output_by_name("score").as_numpy(), second.get_output_by_name("probabilities").as_numpy())
+                    second.get_output_by_name("score").as_numpy(),
+                    second.get_output_by_name("probabilities").as_numpy())
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "typed-contents"])
@@ -485,7 +490,8 @@ def test_grpc_refusals_carry_the_code_in_trailing_metadata(transformer, grpc_add
         ("ModelInfer", infer(version="2"), grpc.StatusCode.NOT_FOUND, "model_not_found"),
         ("ModelInfer", infer(outputs=("nope",)), grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
         ("ModelMetadata", pb.ModelMetadataRequest(name="x" * 10_000), grpc.StatusCode.NOT_FOUND, "model_not_found"),
-        ("ModelReady", pb.ModelReadyRequest(name="sentiment", version="2"), grpc.StatusCode.NOT_FOUND, "model_not_found"),
+        ("ModelReady", pb.ModelReadyRequest(name="sentiment", version="2"), grpc.StatusCode.NOT_FOUND,
+         "model_not_found"),
     ]
     with grpc.insecure_channel(grpc_address) as channel:
         stub = GRPCInferenceServiceStub(channel)

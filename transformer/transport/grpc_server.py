@@ -5,7 +5,8 @@ timeouts and metrics as REST); metadata and health RPCs are KServe's, after the 
 version are checked; the model-repository RPCs (load, unload) answer UNIMPLEMENTED, so no client
 can unload the model through the public port. Errors carry the status of their row in
 `errors.ERROR_TABLE`, the message as details and the code in the trailing metadata. Requests over
-`max_body_bytes` are refused like REST's; the server's own hard cap sits 1 MiB above that.
+`max_body_bytes` are refused like REST's (counted, with the code); gRPC's own hard cap sits at
+four times that, and a message past it gets gRPC's own RESOURCE_EXHAUSTED before any handler runs.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class GrpcTransport:
 
     async def start(self) -> None:
         self._server = aio.server(options=[
-            ("grpc.max_receive_message_length", self.max_body_bytes + (1 << 20)),
+            ("grpc.max_receive_message_length", 4 * self.max_body_bytes),
             ("grpc.max_send_message_length", 64 << 20),
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -120,6 +121,22 @@ async def read_body(receive, limit: int, timeout_s: float) -> bytes:
         raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s ({size} bytes came)") from None
 
 
+_CHECK_GONE_AFTER_S = 0.01  # an answer that waited for the model first checks that its client still waits
+
+
+async def _client_gone(receive) -> bool:
+    """Whether the client disconnected while its request was served. uvicorn stops reading a
+    connection once its body is complete; `receive` resumes reading, and a closed socket turns into
+    `http.disconnect` within a few loop iterations. Otherwise `receive` would wait: cancelled."""
+    waiting = asyncio.ensure_future(receive())
+    for _ in range(5):
+        await asyncio.sleep(0)
+        if waiting.done():
+            return waiting.result()["type"] == "http.disconnect"
+    waiting.cancel()
+    return False
+
+
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """gzip and deflate request bodies (tritonclient's `request_compression_algorithm`), bounded."""
     encoding = encoding.strip().lower()
@@ -207,7 +224,10 @@ class RestTransport:
             body = await read_body(receive, self.max_body_bytes, self.body_timeout_s)
             body = decompress(body, headers.get("content-encoding", ""), self.max_body_bytes)
             metrics.REQUEST_BYTES.labels(protocol="rest", route=route.label).observe(len(body))
+            started = time.perf_counter()
             payload, response_headers = await self._handlers[route.kind](body, headers, route)
+            if time.perf_counter() - started > _CHECK_GONE_AFTER_S and await _client_gone(receive):
+                raise ClientDisconnected()
         except ClientDisconnected:
             record.status = CLIENT_CLOSED_STATUS
             return

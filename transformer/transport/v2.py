@@ -127,10 +127,11 @@ def decode_rest(body: bytes, header_length: str | None, default: ClassifyOptions
     binary tensor data."""
     json_length = len(body)
     if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
+        value = header_length.strip()
+        if not (value.isascii() and value.isdigit()) or int(value) > len(body):
             raise InvalidRequest(f"Inference-Header-Content-Length must be the byte length of the JSON header "
                                  f"(0..{len(body)}), not {header_length[:20]!r}")
-        json_length = int(header_length)
+        json_length = int(value)
     try:
         document = orjson.loads(body[:json_length])
     except orjson.JSONDecodeError as error:
