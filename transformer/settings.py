@@ -49,7 +49,7 @@ class Settings(BaseModel):
     truncation: Literal["chunk", "head", "error"] = Field("chunk", description="default for texts over the model's window")
     window_stride: int = Field(0, ge=0, description="tokens shared by consecutive windows of a long text (measured: 0)")
     aggregation: str = Field("mean_logits", description="how a long text's windows are combined (measured: mean_logits)")
-    max_batch_tokens: int = Field(1024, gt=0, description="padded tokens per predictor call (rows x length)")
+    max_batch_tokens: int = Field(512, gt=0, description="padded tokens per predictor call (rows x length)")
     max_concurrent_batches: int = Field(3, gt=0, description="predictor calls in flight at once")
     pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
     tokenizer_threads: int = Field(1, ge=0, description="threads that tokenize off the event loop; 0 = on the loop")

@@ -117,9 +117,11 @@ class BatchScheduler:
 
     def expected_wait_s(self, tokens: int) -> float:
         """Seconds until `tokens` of new work would be done: under fair sharing every queued request
-        runs ahead of it by at most as much as the new work itself, and so do the calls in flight."""
+        runs ahead of it by at most as much as the new work itself; before that, a call slot must
+        free up, about one call's worth of work."""
         ahead = sum(min(owner.queued_tokens, tokens) for owner in self._owners.values())
-        return (ahead + self._running_tokens + tokens) / max(self.meter.rate, 1.0)
+        slot = self._running_tokens / self.max_concurrent
+        return (ahead + slot + tokens) / max(self.meter.rate, 1.0)
 
     # ---- work ----------------------------------------------------------------------------------
     def submit(self, encodings: Sequence[Encoding]) -> list[asyncio.Future]:
