@@ -204,3 +204,30 @@ def copy_tree(tmp_path_factory):
         return target
 
     return copy
+
+
+# ---- the stack most tests share: the tiny BERT on a real Triton, a real Redis, the transformer ----
+def started(server):
+    """Start a process and stop it when the fixture ends: `yield from started(Server(...))`."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_triton(tiny_repositories, logs_dir, request) -> TritonServer:
+    yield from started(TritonServer(tiny_repositories["bert"], logs_dir / f"{request.module.__name__}-triton"))
+
+
+@pytest.fixture(scope="module")
+def module_redis(logs_dir, require_redis_server, request) -> RedisServer:
+    yield from started(RedisServer(logs_dir / f"{request.module.__name__}-redis"))
+
+
+@pytest.fixture(scope="module")
+def tiny_service(tiny_triton, module_redis, logs_dir, request) -> TransformerServer:
+    """The transformer as deployed (default limits, the Redis cache) in front of the tiny BERT."""
+    yield from started(TransformerServer(tiny_triton, logs_dir / request.module.__name__,
+                                         extra_args=["--redis_url", module_redis.url]))

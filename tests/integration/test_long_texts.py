@@ -13,18 +13,19 @@ import pytest
 
 from sentiment.model.data import LABELS, read_split
 from sentiment.model.long_documents import build_documents
-from tests.conftest import TransformerServer, TritonServer
+from tests.conftest import TransformerServer, TritonServer, started
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 
 @pytest.fixture(scope="module")
-def stack(default_build, logs_dir):
-    triton = TritonServer(default_build.repository, logs_dir / "long-triton").start()
-    server = TransformerServer(triton, logs_dir, extra_args=["--request_timeout", "120"]).start()
-    yield server
-    server.stop()
-    triton.stop()
+def default_triton(default_build, logs_dir):
+    yield from started(TritonServer(default_build.repository, logs_dir / "long-triton"))
+
+
+@pytest.fixture(scope="module")
+def stack(default_triton, logs_dir):
+    yield from started(TransformerServer(default_triton, logs_dir, extra_args=["--request_timeout", "120"]))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import RedisServer, TransformerServer, TritonServer
+from tests.conftest import TransformerServer
 
 pytestmark = pytest.mark.usefixtures("require_redis_server")
 
@@ -33,24 +33,8 @@ INFER = "/v2/models/{name}/infer"
 
 # ---- the stack ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def triton(tiny_repositories, logs_dir):
-    server = TritonServer(tiny_repositories["bert"], logs_dir / "stock-clients").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis(logs_dir, require_redis_server):
-    server = RedisServer(logs_dir / "stock-clients").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def transformer(triton, redis, logs_dir):
-    server = TransformerServer(triton, logs_dir / "stock-clients", extra_args=["--redis_url", redis.url]).start()
-    yield server
-    server.stop()
+def transformer(tiny_service):
+    return tiny_service
 
 
 @pytest.fixture(scope="module")

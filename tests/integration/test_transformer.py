@@ -16,24 +16,18 @@ pytestmark = pytest.mark.usefixtures("require_redis_server")
 
 
 @pytest.fixture(scope="module")
-def triton(tiny_repositories, logs_dir):
-    server = TritonServer(tiny_repositories["bert"], logs_dir / "transformer-triton").start()
-    yield server
-    server.stop()
+def triton(tiny_triton):
+    return tiny_triton
 
 
 @pytest.fixture(scope="module")
-def redis(logs_dir, require_redis_server):
-    server = RedisServer(logs_dir / "transformer-redis").start()
-    yield server
-    server.stop()
+def redis(module_redis):
+    return module_redis
 
 
 @pytest.fixture(scope="module")
-def transformer(triton, redis, logs_dir):
-    server = TransformerServer(triton, logs_dir, extra_args=["--redis_url", redis.url, "--max_texts", "256"]).start()
-    yield server
-    server.stop()
+def transformer(tiny_service):
+    return tiny_service
 
 
 @pytest.fixture(scope="module")

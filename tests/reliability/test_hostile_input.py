@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import TransformerServer, TritonServer
+from tests.conftest import TransformerServer, started
 
 ALLOWED = {200, 400, 404, 405, 413, 415, 422}
 JSON_VALUES = st.recursive(
@@ -26,12 +26,8 @@ NASTY_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("
 
 
 @pytest.fixture(scope="module")
-def service(tiny_repositories, logs_dir):
-    triton = TritonServer(tiny_repositories["bert"], logs_dir / "hostile-triton").start()
-    server = TransformerServer(triton, logs_dir, extra_args=["--max_text_chars", "10000"]).start()
-    yield server
-    server.stop()
-    triton.stop()
+def service(tiny_triton, logs_dir):
+    yield from started(TransformerServer(tiny_triton, logs_dir, extra_args=["--max_text_chars", "10000"]))
 
 
 @pytest.fixture(scope="module")

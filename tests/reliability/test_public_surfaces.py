@@ -38,7 +38,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 from sentiment.stack.processes import free_port
-from tests.conftest import REPO_ROOT, RedisServer, TransformerServer, TritonServer, wait_until
+from tests.conftest import REPO_ROOT, TransformerServer, TritonServer, wait_until
 from transformer.errors import ERROR_CODE_METADATA, ERROR_TABLE
 
 pytestmark = pytest.mark.usefixtures("require_redis_server")
@@ -51,25 +51,14 @@ MIB = 1 << 20
 
 # ---- processes ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def triton(tiny_repositories, logs_dir):
-    server = TritonServer(tiny_repositories["bert"], logs_dir / "surfaces").start()
-    yield server
-    server.stop()
+def triton(tiny_triton):
+    return tiny_triton
 
 
 @pytest.fixture(scope="module")
-def redis(logs_dir, require_redis_server):
-    server = RedisServer(logs_dir / "surfaces").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def service(triton, redis, logs_dir):
+def service(tiny_service):
     """The stack as deployed: default limits, Redis cache."""
-    server = TransformerServer(triton, logs_dir / "surfaces", extra_args=["--redis_url", redis.url]).start()
-    yield server
-    server.stop()
+    return tiny_service
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
 import asyncio
 
-import numpy as np
-import pytest
 
 from transformer.backends.cache import CircuitBreaker, PredictionMemo, RedisTextCache
 from transformer.core.prediction import Prediction

@@ -2,8 +2,8 @@
 
 Every call names the model version the transformer's bundle belongs to, so an answer can only come
 from that version; a predictor that does not serve it answers "not found", which becomes
-`PredictorUnavailable` (retry / not ready), never a result. Inference goes through KServe's own
-clients (`InferenceGRPCClient` / `InferenceRESTClient`); readiness is asked for the version; the
+`PredictorUnavailable` (retry / not ready), never a result. gRPC uses KServe's protobufs on one
+channel of our own; REST uses KServe's `InferenceRESTClient`. Readiness is asked for the version; the
 version's fingerprint comes from Triton's model configuration parameters (`fingerprint_v<N>`, or
 `fingerprint` in a repository exported before versions; gRPC `ModelConfig` or REST
 `GET /v2/models/<name>/config`).
@@ -101,7 +101,10 @@ def _logits(response, rows: int) -> np.ndarray:
 
 
 class GrpcPredictor:
-    """Triton over KServe V2 gRPC. Reconnects fast after a Triton restart (short reconnect backoff)."""
+    """Triton over KServe V2 gRPC, with KServe's protobufs, on ONE channel: inference, readiness and
+    the model configuration share it, so "ready" also means "this channel is connected" (with two
+    channels, the probe reconnected first after a Triton restart and the first call still failed).
+    Reconnects fast after a Triton restart (short reconnect backoff)."""
 
     def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False, version: str = ""):
         import grpc
@@ -112,16 +115,15 @@ class GrpcPredictor:
         self.timeout_s = timeout_s
         self.use_ssl = use_ssl
         self._rpc_error = grpc.RpcError
-        self._client = None
-        self._config_channel = None
-        self._model_config = None
+        self._channel = None
 
-    def _connect(self):
-        """Channels are made inside the running event loop (grpc.aio binds them to it)."""
-        if self._client is not None:
-            return self._client
+    def _connect(self) -> None:
+        """The channel is made inside the running event loop (grpc.aio binds it to it)."""
+        if self._channel is not None:
+            return
         import grpc
-        from kserve import InferenceGRPCClient
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
         options = [
             ("grpc.max_send_message_length", -1),
@@ -132,32 +134,34 @@ class GrpcPredictor:
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 2_000),
         ]
-        self._client = InferenceGRPCClient(url=self.host, use_ssl=self.use_ssl, timeout=self.timeout_s, retries=0,
-                                           channel_args=list(options))
         if self.use_ssl:
-            channel = grpc.aio.secure_channel(self.host, grpc.ssl_channel_credentials(), options=options)
+            self._channel = grpc.aio.secure_channel(self.host, grpc.ssl_channel_credentials(), options=options)
         else:
-            channel = grpc.aio.insecure_channel(self.host, options=options)
-        self._config_channel = channel
-        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
-        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
-
-        self._ready_request = pb.ModelReadyRequest
-        self._stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            self._channel = grpc.aio.insecure_channel(self.host, options=options)
+        self._pb = pb
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         request_type, response_type = _model_config_messages()
         self._config_request = request_type
-        self._model_config = channel.unary_unary(
+        self._model_config = self._channel.unary_unary(
             "/inference.GRPCInferenceService/ModelConfig",
             request_serializer=request_type.SerializeToString,
             response_deserializer=response_type.FromString,
         )
-        return self._client
+
+    def _request(self, inputs: Tensors):
+        pb = self._pb
+        request = pb.ModelInferRequest(model_name=self.model_name, model_version=self.version)
+        for name, array in inputs.items():
+            request.inputs.add(name=name, datatype="INT64", shape=list(array.shape))
+            request.raw_input_contents.append(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        request.outputs.add(name=LOGITS)
+        return request
 
     async def infer(self, inputs: Tensors) -> np.ndarray:
+        self._connect()
         started = time.perf_counter()
         try:
-            response = await self._connect().infer(_infer_request(self.model_name, inputs, self.version),
-                                                   timeout=self.timeout_s)
+            response = await self._stub.ModelInfer(self._request(inputs), timeout=self.timeout_s)
         except self._rpc_error as error:
             code = error.code().name if hasattr(error, "code") else "UNKNOWN"
             metrics.PREDICTOR_ERRORS.labels(reason=code.lower()).inc()
@@ -165,19 +169,14 @@ class GrpcPredictor:
         except asyncio.TimeoutError:
             metrics.PREDICTOR_ERRORS.labels(reason="timeout").inc()
             raise PredictorUnavailable(f"the predictor did not answer within {self.timeout_s:g} s") from None
-        except Exception:
-            log.exception("unexpected predictor client failure")
-            metrics.PREDICTOR_ERRORS.labels(reason="client_error").inc()
-            raise PredictorUnavailable("the predictor call failed; retry shortly") from None
         metrics.PREDICTOR_LATENCY.observe(time.perf_counter() - started)
-        return _logits(response, _rows(inputs))
+        return _grpc_logits(response, _rows(inputs))
 
     async def model_ready(self) -> bool:
-        """Is our version loaded and ready? (Our own stub: KServe's client logs a traceback per
-        failed probe, once a second while Triton is away.)"""
+        """Is our version loaded and ready?"""
         self._connect()
         try:
-            response = await self._stub.ModelReady(self._ready_request(name=self.model_name, version=self.version),
+            response = await self._stub.ModelReady(self._pb.ModelReadyRequest(name=self.model_name, version=self.version),
                                                    timeout=min(self.timeout_s, 2.0))
         except Exception:  # any transport failure means "not ready"
             return False
@@ -193,9 +192,25 @@ class GrpcPredictor:
         return fingerprint_of(parameters, self.version)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            await self._config_channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+
+
+def _grpc_logits(response, rows: int) -> np.ndarray:
+    """FP32 `logits` [rows, labels] from a ModelInferResponse (raw output contents or typed)."""
+    names = [output.name for output in response.outputs]
+    if LOGITS not in names:
+        raise PredictorUnavailable(f"the predictor answered without a '{LOGITS}' output")
+    index = names.index(LOGITS)
+    output = response.outputs[index]
+    if response.raw_output_contents:
+        values = np.frombuffer(response.raw_output_contents[index], dtype="<f4")
+    else:
+        values = np.asarray(output.contents.fp32_contents, dtype=np.float32)
+    shape = list(output.shape)
+    if output.datatype != "FP32" or len(shape) != 2 or shape[0] != rows or values.size != rows * shape[1]:
+        raise PredictorUnavailable(f"the predictor returned logits {output.datatype} {shape} for {rows} texts")
+    return values.reshape(shape)
 
 
 class RestPredictor:
