@@ -109,3 +109,10 @@ def add_model_commands(commands) -> None:
     check = model.add_parser("check", help="check a model repository: configs vs the ONNX file vs the bundle")
     check.add_argument("--repository", default=repository)
     check.set_defaults(handler=_cmd_check)
+
+    from sentiment.model import long_eval
+
+    evaluate = model.add_parser("eval-long", help="measure how long texts' windows are best aggregated (README table)",
+                                description=long_eval.__doc__.split("\n\n")[0])
+    long_eval.add_arguments(evaluate)
+    evaluate.set_defaults(handler=long_eval.run)

@@ -255,8 +255,7 @@ def report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sentiment.model.long_eval", description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--splits", type=Path, default=None, help="splits dir (default: <bundle source.checkpoint>/splits)")
     parser.add_argument("--count", type=int, default=300, help="documents per kind and side")
@@ -268,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-test", action="store_true", help="skip the test-side report")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown here and the JSON next to it (.json)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command's boundary: arguments in, `evaluate` and `report` below."""
     check_on = tuple(s for s in args.check_on.split(",") if s and s != args.choose_on)
     result = evaluate(
         args.repository, count=args.count, seed=args.seed, strides=[int(s) for s in args.strides.split(",")],
@@ -282,6 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(text)
         args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sentiment model eval-long", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
