@@ -18,13 +18,25 @@
 //   RUN_ID             makes the "new" texts unique across runs (default: start time)
 //   SUMMARY_FILE       where handleSummary writes the JSON summary (default summary.json)
 //   P99_MS             p(99) threshold in ms (default 2000)
+//   TEXT_POOL_FILE     a JSON text pool (`sentiment bench`'s mixed workload writes one: {"texts": [{"text",
+//                      "tokens", "size"}, ...]}): each request takes the next TEXTS_PER_REQUEST texts of the
+//                      pool, in order across all VUs (every text sent once; after the last one the pool
+//                      starts again with a round mark appended, counted in pool_wrapped_texts), instead
+//                      of CACHE_HIT_RATE / HIT_GRANULARITY. Requests are tagged size:short (every text
+//                      short), size:medium or size:long (the longest size among their texts), and
+//                      tokens_classified counts the pool's token counts of the texts answered. A request
+//                      shed with 503/429 is sent again after Retry-After (up to POOL_RETRIES times,
+//                      default 10), so the texts answered are the pool's mix; pool_request_duration is
+//                      each request's time from its first attempt to its answer, waits included.
 //
 // k6's own sizing flags work too: `k6 run --vus 10 --duration 30s loadtest/simulate.js` (or
 // --iterations) replaces the scenarios above with k6's default one, which runs the default export
 // (the same request as the load scenario; no health probes alongside).
 import http from 'k6/http';
 import { check, sleep } from 'k6';
-import { Counter, Rate } from 'k6/metrics';
+import { SharedArray } from 'k6/data';
+import exec from 'k6/execution';
+import { Counter, Rate, Trend } from 'k6/metrics';
 
 const BASE_URL = __ENV.BASE_URL || 'http://localhost:8000';
 const HIT_RATE = parseFloat(__ENV.CACHE_HIT_RATE || '0');
@@ -36,6 +48,11 @@ const HEALTH_RATE = parseFloat(__ENV.HEALTH_RATE || '5');
 const RUN_ID = __ENV.RUN_ID || `${Date.now()}`;
 const SUMMARY_FILE = __ENV.SUMMARY_FILE || 'summary.json';
 const P99_MS = __ENV.P99_MS || '2000';
+const TEXT_POOL_FILE = __ENV.TEXT_POOL_FILE || '';
+// Read once in the init context and shared by every VU (open() only works here).
+const POOL = TEXT_POOL_FILE ? new SharedArray('text pool', () => JSON.parse(open(TEXT_POOL_FILE)).texts) : null;
+const SIZE_ORDER = { short: 0, medium: 1, long: 2 };
+const POOL_RETRIES = parseInt(__ENV.POOL_RETRIES || '10', 10);
 
 const SUBJECTS = ['The film', 'This movie', 'The plot', 'The acting', 'The soundtrack', 'The script', 'The ending',
   'The director\'s new work', 'The sequel', 'The cast', 'The dialogue', 'The pacing', 'This documentary',
@@ -54,15 +71,39 @@ function sentence(n) {
 
 const WARM_POOL = Array.from({ length: WARM_POOL_SIZE }, (_, i) => sentence(i * 7 + 3));
 const WARM_REQUEST = JSON.stringify({ text: WARM_POOL.slice(0, TEXTS_PER_REQUEST) });
-const PARAMS = { headers: { 'Content-Type': 'application/json' }, tags: { name: 'bulk-predict' }, timeout: '30s' };
+const HEADERS = { 'Content-Type': 'application/json' };
+const PARAMS = { headers: HEADERS, tags: { name: 'bulk-predict' }, timeout: '30s' };
 
 export const texts = new Counter('texts_classified');
 export const warmTexts = new Rate('warm_text_rate');
 export const shed = new Counter('shed_requests');
+export const tokens = new Counter('tokens_classified');
+export const wrapped = new Counter('pool_wrapped_texts');
+// With a pool: from a request's first attempt to its last, waits after 503 included (the client's view).
+export const requestTime = new Trend('pool_request_duration', true);
 
 function newText(i) {
   // A unique tail makes the text (and its tokens) new: it must miss every cache.
   return `${sentence(__VU * 131 + __ITER * 17 + i)} (${RUN_ID}-${__VU}-${__ITER}-${i})`;
+}
+
+function poolRequest() {
+  // The next TEXTS_PER_REQUEST texts of the pool: iterationInTest numbers this scenario's iterations
+  // across all VUs, so no two requests share a text.
+  const first = exec.scenario.iterationInTest * TEXTS_PER_REQUEST;
+  const list = [];
+  let size = 'short';
+  let count = 0;
+  for (let i = 0; i < TEXTS_PER_REQUEST; i++) {
+    const position = first + i;
+    const entry = POOL[position % POOL.length];
+    const round = Math.floor(position / POOL.length);
+    if (round > 0) wrapped.add(1);
+    list.push(round > 0 ? `${entry.text} [round ${round}]` : entry.text);
+    count += entry.tokens;
+    if (SIZE_ORDER[entry.size] > SIZE_ORDER[size]) size = entry.size;
+  }
+  return { payload: JSON.stringify({ text: list }), size, tokens: count };
 }
 
 function body() {
@@ -130,25 +171,36 @@ if (HEALTH_RATE > 0 && SCENARIO !== 'smoke') {
   };
 }
 
+const thresholds = {
+  'http_req_failed{scenario:load}': ['rate<0.01'],
+  'http_req_duration{scenario:load}': [`p(99)<${P99_MS}`],
+  'http_req_failed{scenario:default}': ['rate<0.01'], // the same bounds under --vus / --duration
+  'http_req_duration{scenario:default}': [`p(99)<${P99_MS}`],
+  'http_reqs{scenario:load}': ['count>=0'], // reported per scenario in the summary
+  'http_req_duration{scenario:load,expected_response:true}': ['p(99)>=0'], // latency of the answered ones
+  'http_req_duration{scenario:health}': ['p(99)>=0'],
+  'http_reqs{scenario:health}': ['count>=0'],
+};
+if (POOL) {
+  // Latency and count by request size (size:short = every text of the request short).
+  for (const size of Object.keys(SIZE_ORDER)) {
+    thresholds[`http_req_duration{scenario:load,size:${size}}`] = ['p(99)>=0'];
+    thresholds[`http_reqs{scenario:load,size:${size}}`] = ['count>=0'];
+    thresholds[`pool_request_duration{size:${size}}`] = ['p(99)>=0'];
+    thresholds[`shed_requests{size:${size}}`] = ['count>=0'];
+  }
+}
+
 export const options = {
   scenarios,
-  thresholds: {
-    'http_req_failed{scenario:load}': ['rate<0.01'],
-    'http_req_duration{scenario:load}': [`p(99)<${P99_MS}`],
-    'http_req_failed{scenario:default}': ['rate<0.01'], // the same bounds under --vus / --duration
-    'http_req_duration{scenario:default}': [`p(99)<${P99_MS}`],
-    'http_reqs{scenario:load}': ['count>=0'], // reported per scenario in the summary
-    'http_req_duration{scenario:load,expected_response:true}': ['p(99)>=0'], // latency of the answered ones
-    'http_req_duration{scenario:health}': ['p(99)>=0'],
-    'http_reqs{scenario:health}': ['count>=0'],
-  },
-  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  thresholds,
+  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(95)', 'p(99)', 'max', 'count'],
   discardResponseBodies: false,
 };
 
-export function predict() {
-  const payload = body();
-  const response = http.post(`${BASE_URL}/project/bulk-predict`, payload, PARAMS);
+function post(request) {
+  const params = request.size ? Object.assign({}, PARAMS, { tags: { name: 'bulk-predict', size: request.size } }) : PARAMS;
+  const response = http.post(`${BASE_URL}/project/bulk-predict`, request.payload, params);
   const ok = check(response, {
     'status is 200': (r) => r.status === 200,
     'one ranked list per text': (r) => {
@@ -158,12 +210,32 @@ export function predict() {
         predictions.every((ranked) => ranked.length >= 2 && ranked[0].score >= ranked[1].score);
     },
   });
-  if (ok) texts.add(TEXTS_PER_REQUEST);
-  if (response.status === 503 || response.status === 429) {
+  if (ok) {
+    texts.add(TEXTS_PER_REQUEST);
+    if (request.size) tokens.add(request.tokens);
+  }
+  const refused = response.status === 503 || response.status === 429;
+  if (refused) {
     // A well-behaved client: a shed request is retried after Retry-After, not in a tight loop.
-    shed.add(1);
+    shed.add(1, request.size ? { size: request.size } : {});
     sleep(Math.min(parseFloat(response.headers['Retry-After'] || '1') || 1, 5));
   }
+  return refused;
+}
+
+export function predict() {
+  if (!POOL) {
+    post({ payload: body(), size: null, tokens: 0 });
+    return;
+  }
+  // The pool's texts are the mix being measured: a shed request is sent again (up to POOL_RETRIES
+  // times), so the texts answered are the pool's, long ones included, not what shedding lets through.
+  const request = poolRequest();
+  const started = Date.now();
+  for (let attempt = 0; attempt <= POOL_RETRIES; attempt++) {
+    if (!post(request)) break;
+  }
+  requestTime.add(Date.now() - started, { size: request.size });
 }
 
 // What k6 runs when --vus / --duration / --iterations replace the scenarios.
@@ -184,13 +256,20 @@ export function handleSummary(data) {
   const load = metric(data, 'http_reqs{scenario:load}', 'count') ? '{scenario:load}' : '';
   const d = `http_req_duration${load}`;
   const lines = [
-    `scenario=${load ? SCENARIO : 'default (k6 flags)'} cache_hit_rate=${HIT_RATE} granularity=${GRANULARITY} texts/request=${TEXTS_PER_REQUEST}`,
+    `scenario=${load ? SCENARIO : 'default (k6 flags)'} ` +
+      (POOL ? 'text pool' : `cache_hit_rate=${HIT_RATE} granularity=${GRANULARITY}`) + ` texts/request=${TEXTS_PER_REQUEST}`,
     `requests/s ${(metric(data, `http_reqs${load}`, 'rate') || metric(data, 'iterations', 'rate') || 0).toFixed(1)}` +
       `  texts/s ${(metric(data, 'texts_classified', 'rate') || 0).toFixed(1)}` +
       `  failed ${((metric(data, `http_req_failed${load}`, 'rate') || 0) * 100).toFixed(2)}%`,
     `latency ms p50 ${metric(data, d, 'med')?.toFixed(1)} p90 ${metric(data, d, 'p(90)')?.toFixed(1)}` +
       ` p95 ${metric(data, d, 'p(95)')?.toFixed(1)} p99 ${metric(data, d, 'p(99)')?.toFixed(1)}`,
   ];
+  if (POOL) {
+    const short = metric(data, 'pool_request_duration{size:short}', 'p(99)');
+    lines.push(`text pool ${TEXT_POOL_FILE} (${POOL.length} texts): tokens/s ${(metric(data, 'tokens_classified', 'rate') || 0).toFixed(0)}` +
+      `  short-request p99 ${short === null ? '-' : short.toFixed(1)} ms` +
+      `  wrapped texts ${metric(data, 'pool_wrapped_texts', 'count') || 0}`);
+  }
   if (metric(data, 'http_reqs{scenario:health}', 'count')) {
     lines.push(`health p99 ${metric(data, 'http_req_duration{scenario:health}', 'p(99)').toFixed(1)} ms`);
   }

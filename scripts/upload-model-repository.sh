@@ -1,14 +1,17 @@
 #!/bin/sh
-# Upload the Triton model repository (model + transformer bundle) for KServe's storageUri.
+# Upload the Triton model repository (numbered versions, each with its transformer bundle) for
+# KServe's storageUri.
 #
 #   scripts/upload-model-repository.sh s3://BUCKET/PREFIX [REPOSITORY]
 #   scripts/upload-model-repository.sh gs://BUCKET/PREFIX [REPOSITORY]
 #
-# REPOSITORY defaults to model_repository/. It is checked first (`sentiment model check`: both
-# Triton configs against the ONNX graph and the bundle), then copied with `aws s3 sync` or
-# `gsutil rsync`. A model version is immutable: give each upload a new PREFIX (e.g. .../v2);
-# an existing non-empty PREFIX is refused unless FORCE=1. Prints the storageUri to set in the
-# overlay (both spec.predictor.model.storageUri and the transformer's STORAGE_URI).
+# REPOSITORY defaults to model_repository/. It is checked first (`sentiment model check`: the three
+# Triton configurations against each served version's ONNX graph and bundle). One PREFIX holds the
+# repository for good: each version folder (sentiment/<N>/) is uploaded once and never changed
+# (a version already at PREFIX is left as it is, unless FORCE=1); the configurations (which
+# versions Triton serves) are uploaded every time. A rollout adds a version this way, then rolls
+# the pods (README, "Roll out a new model version"). Prints the storageUri to set in the overlay
+# (both spec.predictor.model.storageUri and the transformer's STORAGE_URI).
 #
 # Environment: SENTIMENT (the sentiment CLI; default .venv/bin/sentiment, else `sentiment` on
 # PATH), AWS_* / gcloud credentials as the aws and gsutil tools expect them.
@@ -41,27 +44,46 @@ fi
 
 force=${FORCE:-0}
 case $destination in
-    s3://*)
-        command -v aws > /dev/null 2>&1 || { echo "error: the aws CLI is not installed" >&2; exit 1; }
-        if [ "$force" != 1 ] && [ -n "$(aws s3 ls "$destination/" 2> /dev/null | head -n 1)" ]; then
-            echo "error: $destination/ is not empty; upload a new version to a new prefix (or FORCE=1)" >&2
-            exit 1
-        fi
-        aws s3 sync "$repository/" "$destination/" \
-            --exclude README.md --exclude '*__pycache__/*' --exclude '*.pyc'
-        ;;
-    gs://*)
-        command -v gsutil > /dev/null 2>&1 || { echo "error: gsutil is not installed" >&2; exit 1; }
-        if [ "$force" != 1 ] && [ -n "$(gsutil ls "$destination/" 2> /dev/null | head -n 1)" ]; then
-            echo "error: $destination/ is not empty; upload a new version to a new prefix (or FORCE=1)" >&2
-            exit 1
-        fi
-        gsutil -m rsync -r -x '^README\.md$|.*__pycache__/.*|.*\.pyc$' "$repository" "$destination"
-        ;;
+    s3://*) command -v aws > /dev/null 2>&1 || { echo "error: the aws CLI is not installed" >&2; exit 1; } ;;
+    gs://*) command -v gsutil > /dev/null 2>&1 || { echo "error: gsutil is not installed" >&2; exit 1; } ;;
 esac
+
+remote_has() {  # remote_has PATH: something is stored under PATH/
+    case $destination in
+        s3://*) [ -n "$(aws s3 ls "$1/" 2> /dev/null | head -n 1)" ] ;;
+        gs://*) [ -n "$(gsutil ls "$1/" 2> /dev/null | head -n 1)" ] ;;
+    esac
+}
+
+copy_tree() {  # copy_tree LOCAL REMOTE
+    case $destination in
+        s3://*) aws s3 sync "$1/" "$2/" --exclude '*__pycache__/*' --exclude '*.pyc' ;;
+        gs://*) gsutil -m rsync -r -x '.*__pycache__/.*|.*\.pyc$' "$1" "$2" ;;
+    esac
+}
+
+copy_file() {  # copy_file LOCAL REMOTE
+    case $destination in
+        s3://*) aws s3 cp "$1" "$2" ;;
+        gs://*) gsutil cp "$1" "$2" ;;
+    esac
+}
+
+for version_dir in "$repository"/sentiment/[0-9]*; do
+    [ -d "$version_dir" ] || continue
+    version=$(basename "$version_dir")
+    if [ "$force" != 1 ] && remote_has "$destination/sentiment/$version"; then
+        echo "version $version is already at $destination: left as it is (a version never changes; FORCE=1 overrides)"
+        continue
+    fi
+    copy_tree "$version_dir" "$destination/sentiment/$version"
+done
+for file in config.pbtxt repository.json configs/local.pbtxt configs/gpu.pbtxt; do
+    [ -f "$repository/sentiment/$file" ] && copy_file "$repository/sentiment/$file" "$destination/sentiment/$file"
+done
 
 echo
 echo "uploaded $repository to $destination"
 echo "storageUri: $destination"
 echo "set it in your overlay's model.yaml (spec.predictor.model.storageUri and STORAGE_URI), e.g."
-echo "inferenceservice/overlays/prod/model.yaml, then: kubectl apply -k inferenceservice/overlays/prod"
+echo "inferenceservice/overlays/prod/model.yaml; after a new version, roll the pods as the README's rollout says"

@@ -1,6 +1,6 @@
 """The transformer-side model bundle: what the transformer needs to speak for one exported model.
 
-The export step writes it next to the Triton model (`<repository>/sentiment/bundle/`), so one
+The export step writes it next to the Triton model (`<repository>/sentiment/<version>/bundle/`), so one
 upload carries both halves, and both carry the same fingerprint (sha256 of the ONNX file).
 """
 
@@ -54,7 +54,7 @@ class ModelBundle(BaseModel):
         except FileNotFoundError as error:
             raise BundleError(
                 f"no {BUNDLE_FILE} in {directory}: build the model first (`sentiment model build`) "
-                "or point --model_bundle at <model repository>/sentiment/bundle"
+                "or point --model_bundle at <model repository>/sentiment/<version>/bundle"
             ) from error
         except ValueError as error:
             raise BundleError(f"{path} is not a valid bundle: {error}") from error

@@ -44,10 +44,10 @@ class SentimentModelServer(kserve.ModelServer):
         core = model.core
         assert core is not None, "load() the model before starting the server"
         register_routes(app, model)
-        app.add_middleware(RestTransport, core=core, model_name=model.name, model_version=model.version)
+        app.add_middleware(RestTransport, core=core, model_name=model.name)
         http_guard.install(self.settings.header_timeout_s)
         if self._serve_grpc:
-            servicer = GuardedServicer(self.dataplane, self.model_repository_extension, core, model.name, model.version)
+            servicer = GuardedServicer(self.dataplane, self.model_repository_extension, core, model.name)
             self._grpc_server = GrpcTransport(self.grpc_port, servicer, self.settings.max_body_bytes, self.grace_period)
             self.servers.append(self._grpc_server.start())
         super().start(models)

@@ -13,7 +13,7 @@ from typing import Literal, Mapping
 
 from pydantic import BaseModel, Field, field_validator
 
-DEFAULT_BUNDLE = "model_repository/sentiment/bundle"
+DEFAULT_BUNDLE = "model_repository/sentiment/1/bundle"
 
 
 class Settings(BaseModel):
@@ -54,6 +54,9 @@ class Settings(BaseModel):
     pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
     tokenizer_threads: int = Field(1, ge=0, description="threads that tokenize off the event loop; 0 = on the loop")
     access_log: bool = Field(False, description="one log line per request (uvicorn's access log)")
+    control_file: str | None = Field(None, description="on SIGHUP, switch to the bundle this JSON file names (rollout)")
+    replay_sample_size: int = Field(1000, ge=0, description="recent texts kept in memory to warm and compare a new version")
+    switch_timeout_s: float = Field(60.0, gt=0, description="how long a switch waits for the predictor to serve the version")
 
     @field_validator("aggregation")
     @classmethod
@@ -113,6 +116,9 @@ _SOURCES: list[tuple[str, str, str, type]] = [
     ("pad_to_multiple", "--pad_to_multiple", "PAD_TO_MULTIPLE", int),
     ("tokenizer_threads", "--tokenizer_threads", "TOKENIZER_THREADS", int),
     ("access_log", "--access_log", "ACCESS_LOG", _boolean),
+    ("control_file", "--control_file", "CONTROL_FILE", str),
+    ("replay_sample_size", "--replay_sample_size", "REPLAY_SAMPLE_SIZE", int),
+    ("switch_timeout_s", "--switch_timeout", "SWITCH_TIMEOUT_SECONDS", float),
 ]
 # KServe's flags we also read, with the environment variable that may stand in for them.
 _KSERVE_SOURCES: list[tuple[str, str, str]] = [

@@ -74,6 +74,17 @@ class LoadResult:
     thresholds_ok: bool = True
     served_p99_ms: float | None = None  # p99 of the 2xx answers only (differs from p99_ms when requests are shed)
     shed: int = 0
+    # With a text pool (TEXT_POOL_FILE): tokens of the texts answered per second (the pool's counts);
+    # request latency from the first attempt to the answer (a shed request is retried), overall and
+    # for the requests whose texts are all short (tag size:short); shed attempts by request size
+    tokens_per_s: float | None = None
+    request_p50_ms: float | None = None
+    request_p99_ms: float | None = None
+    short_p99_ms: float | None = None
+    short_requests: int = 0
+    shed_by_size: dict[str, int] | None = None
+    wrapped_texts: int = 0           # texts sent again after the pool ran out (should be 0)
+    duration_s: float | None = None  # the whole k6 run, which every rate above is over
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +92,10 @@ class LoadResult:
 
 def _values(metrics: dict, name: str) -> dict:
     return metrics.get(name, {}).get("values", {})
+
+
+def _float(value) -> float | None:
+    return float(value) if value is not None else None
 
 
 def parse_summary(summary: dict, label: str) -> LoadResult:
@@ -93,6 +108,12 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
     )
     health = _values(metrics, "http_req_duration{scenario:health}") if _values(
         metrics, "http_reqs{scenario:health}").get("count") else {}
+    tokens = _values(metrics, "tokens_classified")
+    whole = _values(metrics, "pool_request_duration")
+    short = _values(metrics, "pool_request_duration{size:short}")
+    shed_by_size = {key[len("shed_requests{size:"):-1]: int(value.get("values", {}).get("count", 0))
+                    for key, value in metrics.items() if key.startswith("shed_requests{size:")}
+    run_ms = summary.get("state", {}).get("testRunDurationMs")
     return LoadResult(
         label=label,
         requests_per_s=float(requests.get("rate", 0.0)),
@@ -106,6 +127,13 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
         thresholds_ok=thresholds_ok,
         served_p99_ms=_values(metrics, "http_req_duration{scenario:load,expected_response:true}").get("p(99)"),
         shed=int(_values(metrics, "shed_requests").get("count", 0)),
+        tokens_per_s=float(tokens["rate"]) if "rate" in tokens else None,
+        request_p50_ms=_float(whole.get("med")), request_p99_ms=_float(whole.get("p(99)")),
+        short_p99_ms=_float(short.get("p(99)")) if short.get("count") else None,
+        short_requests=int(short.get("count", 0)),
+        shed_by_size=shed_by_size or None,
+        wrapped_texts=int(_values(metrics, "pool_wrapped_texts").get("count", 0)),
+        duration_s=float(run_ms) / 1000 if run_ms else None,
     )
 
 

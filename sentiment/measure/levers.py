@@ -15,7 +15,7 @@ from pathlib import Path
 from sentiment.measure.k6 import LoadResult, LoadShape, run_k6
 from sentiment.measure.report import MarkdownReport, markdown_table
 from sentiment.model.export_options import ExportOptions
-from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, write_repository
+from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, bundle_dir, serving_version, write_repository
 from sentiment.paths import default_model_repository
 
 
@@ -80,14 +80,15 @@ def lever_repository(lever: Lever, work: Path, checkpoint: Path) -> Path:
         return source
     from transformer.bundle import ModelBundle
 
-    bundle = ModelBundle.load(source / MODEL_NAME / "bundle")
+    version = serving_version(source)
+    bundle = ModelBundle.load(bundle_dir(source, version))
     spec_fields = {"input_names": tuple(bundle.input_names), "num_labels": len(bundle.labels),
-                   "fingerprint": bundle.fingerprint, "max_sequence_length": bundle.max_length} | lever.spec
+                   "fingerprints": {version: bundle.fingerprint}, "max_sequence_length": bundle.max_length} | lever.spec
     target = work / f"repo-{lever.name}"
-    model_dir = write_repository(target, source / MODEL_NAME / "1" / "model.onnx", TritonModelSpec(**spec_fields))
-    shutil.copytree(source / MODEL_NAME / "bundle", model_dir / "bundle", dirs_exist_ok=True)
+    write_repository(target, source / MODEL_NAME / version / "model.onnx", TritonModelSpec(**spec_fields), version)
+    shutil.copytree(bundle_dir(source, version), bundle_dir(target, version), dirs_exist_ok=True)
     if "max_batch_size" in lever.spec:  # the transformer splits misses by the bundle's max batch size
-        (model_dir / "bundle" / "bundle.json").write_text(
+        (bundle_dir(target, version) / "bundle.json").write_text(
             bundle.model_copy(update={"max_batch_size": lever.spec["max_batch_size"]}).model_dump_json(indent=2))
     return target
 

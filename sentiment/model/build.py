@@ -26,6 +26,7 @@ from sentiment.model import data
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
 from sentiment.model.train import TrainConfig
+from sentiment.model.triton_repository import FIRST_VERSION, bundle_dir
 from sentiment.paths import cache_home
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class BuildStamp:
         from transformer.bundle import BundleError, ModelBundle
 
         try:
-            stamp = ModelBundle.load(repository / "sentiment" / "bundle").source.get("build")
+            stamp = ModelBundle.load(bundle_dir(repository, FIRST_VERSION)).source.get("build")
             return cls(stamp["checkpoint_key"], stamp["export_code"], ExportOptions.from_dict(stamp["options"]))
         except (BundleError, KeyError, TypeError):
             return None
@@ -204,7 +205,7 @@ def export_checkpoint_cached(checkpoint: Path, options: ExportOptions = ExportOp
     repository = cache_home() / "exports" / digest.hexdigest()[:16]
     with build_lock(cache_home()):
         try:
-            ModelBundle.load(repository / "sentiment" / "bundle")
+            ModelBundle.load(bundle_dir(repository, FIRST_VERSION))
         except BundleError:
             from sentiment.model.export import export
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sentiment.model.triton_repository import GPU_CONFIG_NAME, LOCAL_CONFIG_NAME, MODEL_NAME, OUTPUT_NAME, VERSION
+from sentiment.model.triton_repository import GPU_CONFIG_NAME, LOCAL_CONFIG_NAME, MODEL_NAME, OUTPUT_NAME
 
 _ONNX_TO_TRITON = {7: "TYPE_INT64", 6: "TYPE_INT32", 1: "TYPE_FP32", 10: "TYPE_FP16"}
 
@@ -85,15 +85,17 @@ def _tensor_problems(configs, onnx_signature) -> list[str]:
     return problems
 
 
-def _bundle_problems(model_dir: Path, fingerprint: str, onnx_signature, max_batch_size: int) -> list[str]:
-    """The transformer's bundle against the model it travels with."""
+def _bundle_problems(version_dir: Path, fingerprint: str, onnx_signature, max_batch_size: int) -> list[str]:
+    """The transformer's bundle of one version against the model it travels with."""
     from transformer.bundle import BundleError, ModelBundle
 
     try:
-        bundle = ModelBundle.load(model_dir / "bundle")
+        bundle = ModelBundle.load(version_dir / "bundle")
     except BundleError as error:
         return [str(error)]
     problems = []
+    if bundle.version != version_dir.name:
+        problems.append(f"the bundle in version {version_dir.name} says version {bundle.version}")
     if bundle.fingerprint != fingerprint:
         problems.append(f"bundle fingerprint {bundle.fingerprint[:12]} != sha256 of model.onnx {fingerprint[:12]}")
     if set(bundle.input_names) != {n for n in onnx_signature if n != OUTPUT_NAME}:
@@ -108,21 +110,43 @@ def _bundle_problems(model_dir: Path, fingerprint: str, onnx_signature, max_batc
 
 def check_repository(repository: Path) -> list[str]:
     """Return a list of problems (empty when the repository is consistent)."""
-    from sentiment.model.fingerprint import sha256_file
-
     model_dir = repository / MODEL_NAME
-    onnx_file = model_dir / VERSION / "model.onnx"
     names = ("config.pbtxt", f"configs/{LOCAL_CONFIG_NAME}.pbtxt", f"configs/{GPU_CONFIG_NAME}.pbtxt")
-    missing = [f"{required} is missing" for required in (*(model_dir / name for name in names), onnx_file,
-                                                          model_dir / VERSION / "model.py") if not required.is_file()]
+    missing = [f"{model_dir / name} is missing" for name in names if not (model_dir / name).is_file()]
     if missing:
         return missing
     configs = [(name, _parse_config(model_dir / name)) for name in names]
+    problems = _config_problems(configs)
+    served = _served_versions(configs)
+    if not served:
+        problems.append("the configurations serve no version (version_policy: specific: versions: [...])")
+    for version in served:
+        problems += _version_problems(model_dir / str(version), configs)
+    return problems
+
+
+def _served_versions(configs) -> list[int]:
+    policies = {tuple(config.version_policy.specific.versions) for _name, config in configs}
+    if len(policies) != 1:
+        return []
+    return list(policies.pop())
+
+
+def _version_problems(version_dir: Path, configs) -> list[str]:
+    """One served version: its files, the fingerprint every configuration declares for it, its bundle."""
+    from sentiment.model.fingerprint import sha256_file
+
+    onnx_file = version_dir / "model.onnx"
+    missing = [f"{required} is missing" for required in (onnx_file, version_dir / "model.py") if not required.is_file()]
+    if missing:
+        return missing
     onnx_signature = _onnx_signature(onnx_file)
-    problems = _config_problems(configs) + _tensor_problems(configs, onnx_signature)
+    problems = _tensor_problems(configs, onnx_signature)
     fingerprint = sha256_file(onnx_file)
+    key = f"fingerprint_v{version_dir.name}"
     for name, config in configs:
-        declared = config.parameters["fingerprint"].string_value if "fingerprint" in config.parameters else ""
+        declared = config.parameters[key].string_value if key in config.parameters else ""
         if declared != fingerprint:
-            problems.append(f"{name} fingerprint {declared[:12] or '(none)'} != sha256 of model.onnx {fingerprint[:12]}")
-    return problems + _bundle_problems(model_dir, fingerprint, onnx_signature, configs[0][1].max_batch_size)
+            problems.append(f"{name} {key} {declared[:12] or '(none)'} != sha256 of {version_dir.name}/model.onnx "
+                            f"{fingerprint[:12]}")
+    return problems + _bundle_problems(version_dir, fingerprint, onnx_signature, configs[0][1].max_batch_size)

@@ -53,8 +53,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from sentiment.model.export import export
 
-    bundle = export(Path(args.checkpoint), Path(args.out), export_options(args))
-    print(f"exported {bundle.variant} model {bundle.fingerprint[:12]} ({', '.join(bundle.labels)}) to {args.out}/sentiment")
+    bundle = export(Path(args.checkpoint), Path(args.out), export_options(args), version=args.as_version)
+    print(f"exported {bundle.variant} model {bundle.fingerprint[:12]} ({', '.join(bundle.labels)}) to "
+          f"{args.out}/sentiment/{bundle.version}")
+    if args.as_version:
+        from sentiment.model.triton_repository import served_versions
+
+        print(f"the configurations now serve versions {', '.join(served_versions(Path(args.out)))}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sentiment.model.triton_repository import serve
+
+    versions = [version.strip() for version in args.versions.split(",") if version.strip()]
+    spec = serve(Path(args.repository), versions)
+    print(f"{args.repository}: the configurations serve versions {', '.join(sorted(spec.fingerprints, key=int))}")
     return 0
 
 
@@ -74,7 +88,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if not problems:
-        print(f"{args.repository}: config.pbtxt, configs/local.pbtxt, configs/gpu.pbtxt, model.onnx and bundle agree")
+        print(f"{args.repository}: config.pbtxt, configs/local.pbtxt, configs/gpu.pbtxt and every served version's "
+              "model.onnx and bundle agree")
     return 1 if problems else 0
 
 
@@ -97,6 +112,9 @@ def add_model_commands(commands) -> None:
     export = model.add_parser("export", help="export a checkpoint to ONNX and a Triton model repository")
     export.add_argument("--checkpoint", required=True, help="HF *ForSequenceClassification checkpoint directory")
     export.add_argument("--out", default=repository, help="model repository root (default: ./model_repository)")
+    export.add_argument("--as-version", default=None, metavar="N",
+                        help="add the checkpoint as version N beside the versions already in --out, served with them "
+                             "(a rollout's first step); without it --out is written anew with version 1")
     _add_export_options(export)
     export.set_defaults(handler=_cmd_export)
 
@@ -105,6 +123,11 @@ def add_model_commands(commands) -> None:
     build.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
     _add_export_options(build)
     build.set_defaults(handler=_cmd_build)
+
+    serve = model.add_parser("serve", help="rewrite the configurations to serve exactly these versions")
+    serve.add_argument("--versions", required=True, help="comma-separated versions, e.g. 1,2 (during a rollout) or 2")
+    serve.add_argument("--repository", default=repository)
+    serve.set_defaults(handler=_cmd_serve)
 
     check = model.add_parser("check", help="check a model repository: configs vs the ONNX file vs the bundle")
     check.add_argument("--repository", default=repository)
@@ -116,3 +139,33 @@ def add_model_commands(commands) -> None:
                                 description=long_eval.__doc__.split("\n\n")[0])
     long_eval.add_arguments(evaluate)
     evaluate.set_defaults(handler=long_eval.run)
+
+    rollout = model.add_parser(
+        "rollout", help="move a running `sentiment up` to another model version with no failed request",
+        description="Adds the checkpoint as the next version of the running stack's model repository (or picks an "
+                    "existing version: a rollback), has Triton serve both, switches the transformer (after replaying "
+                    "recent texts through the new version: cache warm, shadow report), then retires the old version.")
+    target = rollout.add_mutually_exclusive_group(required=True)
+    target.add_argument("--checkpoint", help="HF *ForSequenceClassification checkpoint directory to roll out")
+    target.add_argument("--to-version", help="a version already in the repository (e.g. the previous one: rollback)")
+    rollout.add_argument("--logs", default=None, help="the running stack's --logs folder (default .logs/)")
+    rollout.add_argument("--timeout", type=float, default=180.0, help="seconds each step may take (default 180)")
+    _add_export_options(rollout)
+    rollout.set_defaults(handler=_cmd_rollout)
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    from sentiment.paths import LOGS_DIR
+    from sentiment.stack.rollout import RolloutError, RolloutOptions, describe, rollout
+    from sentiment.stack.state import NoRunningStack
+
+    options = RolloutOptions(logs=Path(args.logs) if args.logs else LOGS_DIR,
+                             checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                             to_version=args.to_version, export=export_options(args), timeout_s=args.timeout)
+    try:
+        result = rollout(options)
+    except (RolloutError, NoRunningStack) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(describe(result))
+    return 0

@@ -2,7 +2,7 @@
 
 The default variant is chosen on the dev split (never the test split): int8 when it loses at most
 `max_int8_loss` accuracy points against fp32, else fp32. Accuracy and speed of both variants go
-into `<repository>/sentiment/bundle/export_report.json` for the model card.
+into `<repository>/sentiment/<version>/bundle/export_report.json` for the model card.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,8 @@ from sentiment.model.data import Example, read_split
 from sentiment.model.evaluation import accuracy, predict_in_length_order
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
-from sentiment.model.triton_repository import MODEL_NAME, OUTPUT_NAME, TritonModelSpec, write_repository
+from sentiment.model.triton_repository import (FIRST_VERSION, MODEL_NAME, OUTPUT_NAME, TritonModelSpec, read_spec,
+                                                write_repository)
 from transformer.bundle import ModelBundle
 from transformer.core.tokenization import TextEncoder
 
@@ -191,17 +193,37 @@ def _build_variants(checkpoint: Path, info: CheckpointInfo, encoder: TextEncoder
     return ChosenVariant(name, reason, fp32_file if name == "fp32" else int8_file, reports)
 
 
+def _beside_served(repository: Path, spec: TritonModelSpec, version: str) -> TritonModelSpec:
+    """The spec serving `version` beside the versions already served; refuses a model that one
+    configuration cannot describe together with them."""
+    served = read_spec(repository)
+    if version in served.fingerprints or (repository / MODEL_NAME / version).exists():
+        raise ExportError(f"version {version} already exists in {repository}; a version is never overwritten")
+    for field_name in ("input_names", "num_labels", "max_sequence_length"):
+        if getattr(served, field_name) != getattr(spec, field_name):
+            raise ExportError(f"the new model's {field_name} ({getattr(spec, field_name)}) differ from the served "
+                              f"model's ({getattr(served, field_name)}): one Triton configuration describes every "
+                              "version, so serve it under another model name instead")
+    return dataclasses.replace(served, fingerprints={**served.fingerprints, **spec.fingerprints})
+
+
 def export(
     checkpoint: Path,
     repository: Path,
     options: ExportOptions = ExportOptions(),
     *,
+    version: str | None = None,
     threads: int = 2,
     speed_batches: Sequence[int] = (1, 8, 32),
     evaluate: bool = True,
     source: dict | None = None,
 ) -> ModelBundle:
-    """Export `checkpoint` into `repository` (a Triton model repository root) and return the bundle."""
+    """Export `checkpoint` into `repository` (a Triton model repository root) and return the bundle.
+
+    Without `version`, the repository is written anew with the checkpoint as version 1. With one,
+    the checkpoint becomes that version beside the others, and Triton is told to serve it too (a
+    rollout; its inputs, labels and window must match the served model's: one configuration
+    describes every version)."""
     started = time.monotonic()
     checkpoint = Path(checkpoint)
     info = inspect_checkpoint(checkpoint, options.max_length)
@@ -215,16 +237,21 @@ def export(
         chosen = _build_variants(checkpoint, info, encoder, scratch, options,
                                  lambda file, name: _evaluate(file, encoder, name, splits_dir, speed_batches, threads))
         fingerprint = sha256_file(chosen.file)
-        spec = TritonModelSpec(input_names=info.input_names, num_labels=len(info.labels), fingerprint=fingerprint,
+        spec = TritonModelSpec(input_names=info.input_names, num_labels=len(info.labels),
+                               fingerprints={version or FIRST_VERSION: fingerprint},
                                max_sequence_length=info.max_length, **options.spec_fields())
-        if (repository / MODEL_NAME).exists():
-            shutil.rmtree(repository / MODEL_NAME)
-        model_dir = write_repository(repository, chosen.file, spec)
-        bundle_dir = model_dir / "bundle"
+        if version is None:
+            if (repository / MODEL_NAME).exists():
+                shutil.rmtree(repository / MODEL_NAME)
+        else:
+            spec = _beside_served(repository, spec, version)
+        model_dir = write_repository(repository, chosen.file, spec, version or FIRST_VERSION)
+        bundle_dir = model_dir / (version or FIRST_VERSION) / "bundle"
         bundle_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tokenizer_file, bundle_dir / "tokenizer.json")
 
     bundle = ModelBundle(
+        version=version or FIRST_VERSION,
         labels=info.labels,
         max_length=info.max_length,
         uses_token_type_ids=info.uses_token_type_ids,

@@ -34,6 +34,7 @@ import numpy as np
 
 from sentiment.model.data import LABELS
 from sentiment.model.long_documents import KINDS, LongDocument, build_documents
+from sentiment.model.triton_repository import bundle_dir as served_bundle
 
 DEFAULT_STRIDES = (0, 16, 32, 64)
 HEAD = "head"
@@ -182,7 +183,7 @@ def evaluate(
         raise ValueError("the test side is never used to choose or check; it is reported once at the end")
     started = time.monotonic()
     repository = Path(repository)
-    bundle_dir = repository / "sentiment" / "bundle"
+    bundle_dir = served_bundle(repository)
     bundle = ModelBundle.load(bundle_dir)
     tokenizer_file = bundle_dir / bundle.tokenizer_file
     splits_dir = Path(splits_dir) if splits_dir else Path(bundle.source["checkpoint"]) / "splits"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from sentiment.model.triton_repository import MODEL_NAME
+from sentiment.model.triton_repository import MODEL_NAME, bundle_dir
 from sentiment.stack.processes import ManagedProcess, http_ok
 from sentiment.stack.triton import TritonPorts
 
@@ -25,7 +25,7 @@ LIVE_PATH = "/project/live"      # liveness: the process answers
 class TransformerLaunch:
     """Everything the local stack decides about one transformer process."""
 
-    bundle: Path                   # <model repository>/sentiment/bundle
+    bundle: Path                   # <model repository>/sentiment/<serving version>/bundle
     triton: TritonPorts
     protocol: str = "grpc-v2"      # to Triton: grpc-v2 (its gRPC port) or v2 (its HTTP port)
     http_port: int = 8000
@@ -33,10 +33,11 @@ class TransformerLaunch:
     redis_url: str | None = None   # None: the in-process cache
     extra_args: tuple[str, ...] = ()
     python: str = sys.executable   # the interpreter (another venv: the serving image's dependency set)
+    control_file: Path | None = None  # the rollout's control channel (SIGHUP + this file)
 
     @classmethod
     def for_repository(cls, repository: Path, triton: TritonPorts, **settings) -> "TransformerLaunch":
-        return cls(bundle=Path(repository) / MODEL_NAME / "bundle", triton=triton, **settings)
+        return cls(bundle=bundle_dir(repository), triton=triton, **settings)
 
     @property
     def url(self) -> str:
@@ -53,6 +54,8 @@ class TransformerLaunch:
         ]
         if self.redis_url:
             command += ["--redis_url", self.redis_url]
+        if self.control_file is not None:
+            command += ["--control_file", str(self.control_file)]
         return command + list(self.extra_args)
 
     def environment(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -75,6 +75,9 @@ def triton_command(repository: Path, ports: TritonPorts, host: str = "127.0.0.1"
         str(home / "bin" / "tritonserver"),
         f"--model-repository={repository}",
         f"--model-config-name={config_name}",
+        # Explicit model control: the model is loaded at start, and again (new configuration, new
+        # versions) only when the rollout asks on this private port; no polling of the repository.
+        "--model-control-mode=explicit", f"--load-model={MODEL_NAME}",
         f"--backend-directory={home / 'backends'}",
         f"--cache-directory={home / 'caches'}",
         f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",

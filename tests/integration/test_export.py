@@ -22,8 +22,8 @@ def _onnx_and_torch_logits(checkpoint, repository, texts):
     from transformers import AutoModelForSequenceClassification
 
     model_dir = repository / "sentiment"
-    bundle = ModelBundle.load(model_dir / "bundle")
-    batch = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids).encode_batch(texts)
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
+    batch = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids).encode_batch(texts)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_logits = session.run(["logits"], batch.arrays)[0]
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
@@ -51,8 +51,8 @@ def test_padding_does_not_change_a_texts_logits(tiny_checkpoints, tiny_repositor
 
 
 def test_token_type_ids_follow_the_architecture(tiny_repositories):
-    assert ModelBundle.load(tiny_repositories["bert"] / "sentiment" / "bundle").uses_token_type_ids
-    assert not ModelBundle.load(tiny_repositories["distilbert"] / "sentiment" / "bundle").uses_token_type_ids
+    assert ModelBundle.load(tiny_repositories["bert"] / "sentiment" / "1" / "bundle").uses_token_type_ids
+    assert not ModelBundle.load(tiny_repositories["distilbert"] / "sentiment" / "1" / "bundle").uses_token_type_ids
 
 
 def _check(repository) -> subprocess.CompletedProcess:
@@ -87,8 +87,8 @@ def test_check_rejects_an_inconsistent_config(edit, message, tiny_repositories, 
 
 def test_export_report_and_bundle_agree(tiny_repositories):
     model_dir = tiny_repositories["distilbert"] / "sentiment"
-    report = json.loads((model_dir / "bundle" / "export_report.json").read_text())
-    bundle = ModelBundle.load(model_dir / "bundle")
+    report = json.loads((model_dir / "1" / "bundle" / "export_report.json").read_text())
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
     assert report["chosen"] == bundle.variant == "fp32"
     assert report["fingerprint"] == bundle.fingerprint
     assert bundle.labels == ["NEGATIVE", "POSITIVE"]

@@ -77,8 +77,8 @@ def test_short_texts_are_answered_as_the_model_alone_answers_them(client, defaul
 
     examples = read_split(splits_dir / "test.tsv")[:400]
     model_dir = default_build.repository / "sentiment"
-    bundle = ModelBundle.load(model_dir / "bundle")
-    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
+    encoder = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
     alone = OnnxClassifier(model_dir / "1" / "model.onnx", encoder).predict([e.text for e in examples])
     served = labels_of(client, [e.text for e in examples], details=False)
     agreement = np.mean([LABELS[a] == s for a, s in zip(alone, served)])

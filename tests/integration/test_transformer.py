@@ -291,7 +291,7 @@ def test_triton_down_then_back(tiny_repositories, logs_dir):
 
 
 def test_fingerprint_mismatch_keeps_the_transformer_not_ready(triton, logs_dir, copy_tree):
-    bundle_dir = copy_tree(triton.repository / "sentiment" / "bundle", "other-bundle")
+    bundle_dir = copy_tree(triton.repository / "sentiment" / "1" / "bundle", "other-bundle")
     bundle = json.loads((bundle_dir / BUNDLE_FILE).read_text())
     bundle["fingerprint"] = "0" * 64
     (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle))

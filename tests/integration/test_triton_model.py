@@ -26,8 +26,8 @@ def triton(request, tiny_repositories, logs_dir):
 
 def _expected(triton):
     model_dir = triton.repository / "sentiment"
-    bundle = ModelBundle.load(model_dir / "bundle")
-    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
+    encoder = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     return encoder, session
 
@@ -78,8 +78,8 @@ def test_dynamic_batching_merges_concurrent_requests(triton):
 
     _, session = _expected(triton)
     model_dir = triton.repository / "sentiment"
-    bundle = ModelBundle.load(model_dir / "bundle")
-    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids,
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
+    encoder = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids,
                           pad_to_multiple_of=32)
     texts = [f"{TEXTS[i % len(TEXTS)]} {'more words ' * (i % 5)}".strip() for i in range(48)]
     batches = [encoder.encode_batch([text]) for text in texts]
@@ -116,7 +116,7 @@ def test_dynamic_batching_merges_concurrent_requests(triton):
 def test_triton_reports_the_fingerprint_in_the_model_config(triton):
     with urllib.request.urlopen(f"http://{triton.http_address}/v2/models/sentiment/config") as response:
         config = json.load(response)
-    bundle = ModelBundle.load(triton.repository / "sentiment" / "bundle")
+    bundle = ModelBundle.load(triton.repository / "sentiment" / "1" / "bundle")
     assert config["parameters"]["fingerprint"]["string_value"] == bundle.fingerprint
     assert config["backend"] == "python"
     assert "dynamic_batching" in config

@@ -5,7 +5,6 @@ or its Triton to SIGKILL and gets it back without a hand restart. Each test prin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,36 +12,15 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 
 from sentiment.measure.k6 import LoadResult, run_k6
-from sentiment.stack.up import Stack, StackConfig
+from tests.support.stacks import supervised_stack
 from tests.conftest import metric_total, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]
-
-
-@contextlib.contextmanager
-def supervised_stack(repository: Path, logs: Path, **settings) -> Iterator[tuple[Stack, list[str]]]:
-    """Start the stack, supervise it in a thread (as `sentiment up` does in its main loop), stop it."""
-    messages: list[str] = []
-    stack = Stack(StackConfig.on_free_ports(repository, logs, **settings), say=messages.append)
-    outcome: dict[str, int] = {}
-    supervisor = threading.Thread(target=lambda: outcome.setdefault("code", stack.supervise(interval=0.1)))
-    try:
-        stack.start()
-        supervisor.start()
-        yield stack, messages
-        assert supervisor.is_alive(), f"the stack ended on its own: {messages}"
-    finally:
-        stack.request_stop()
-        if supervisor.ident is not None:
-            supervisor.join(timeout=10)
-        stack.stop()
-    assert outcome.get("code") == 0, messages
 
 
 def k6_in_background(out: Path, url: str, **environment) -> Future[LoadResult]:

@@ -39,12 +39,12 @@ def backend_module(monkeypatch):
 
 def test_mixed_width_requests_in_one_execution(backend_module, tiny_repositories):
     model_dir = tiny_repositories["bert"] / "sentiment"
-    bundle = ModelBundle.load(model_dir / "bundle")
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
     config = {"input": [{"name": n} for n in bundle.input_names], "output": [{"name": "logits"}],
               "parameters": {"intra_op_thread_count": {"string_value": "1"}}}
     model = backend_module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_repository": str(model_dir), "model_version": "1"})
-    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids,
+    encoder = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids,
                           pad_to_multiple_of=16)
     requests = [encoder.encode_batch(texts).arrays for texts in
                 (["hi"], ["a much longer sentence, with quite a few more words in it than the others"], ["ok", "fine then"])]
@@ -60,7 +60,7 @@ def test_mixed_width_requests_in_one_execution(backend_module, tiny_repositories
 def test_all_padding_warmup_request_runs(backend_module, tiny_repositories):
     """Triton's model_warmup sends zeros (attention mask included): trimming must keep a column."""
     model_dir = tiny_repositories["distilbert"] / "sentiment"
-    bundle = ModelBundle.load(model_dir / "bundle")
+    bundle = ModelBundle.load(model_dir / "1" / "bundle")
     config = {"input": [{"name": n} for n in bundle.input_names], "output": [{"name": "logits"}], "parameters": {}}
     model = backend_module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_repository": str(model_dir), "model_version": "1"})

@@ -23,7 +23,7 @@ from transformer import metrics
 from transformer.backends.cache import PredictionMemo, RemoteCache
 from transformer.backends.predictor import Predictor
 from transformer.bundle import ModelBundle
-from transformer.core.prediction import Prediction, cache_key, decode_value, encode_value
+from transformer.core.prediction import Prediction, answer_mode, cache_key, decode_value, encode_value
 from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions
 from transformer.core.scheduler import BatchScheduler
@@ -51,9 +51,8 @@ class TextClassifier:
                                         max_concurrent=settings.max_concurrent_batches)
         self.window_tokens = bundle.max_length - self.encoder.special_tokens
         # What besides the model changes an answer, as a cache-key segment per truncation mode.
-        chunk = f"c{bundle.max_length}.{settings.window_stride}.{settings.aggregation}"
-        self._how = {Truncation.CHUNK: chunk, Truncation.HEAD: f"h{bundle.max_length}",
-                     Truncation.ERROR: f"h{bundle.max_length}"}  # error answers exactly what head answers
+        self._how = {mode: answer_mode(mode.value, bundle.max_length, settings.window_stride, settings.aggregation)
+                     for mode in Truncation}
         self._inflight: dict[str, asyncio.Future] = {}
         threads = settings.tokenizer_threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tokenize") if threads else None
@@ -238,13 +237,22 @@ class TextClassifier:
                 metrics.LONG_TEXTS.labels(mode=truncation.value).inc()
         return computed
 
-    async def close(self) -> None:
-        self.memo.clear()
+    @property
+    def computing(self) -> bool:
+        """Texts of this pipeline are being computed (someone may wait for them)."""
+        return bool(self._inflight) or bool(self._background)
+
+    async def close_own(self) -> None:
+        """Close what belongs to this pipeline alone (not the caches it shares)."""
         await self.scheduler.close()
-        if self.remote is not None:
-            await self.remote.close()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self) -> None:
+        self.memo.clear()
+        await self.close_own()
+        if self.remote is not None:
+            await self.remote.close()
 
 
 def _head(text: TextWindows) -> TextWindows:

@@ -21,6 +21,14 @@ VALUE_FORMAT = 2
 _HEADER = struct.Struct("<BII")
 
 
+def answer_mode(truncation: str, max_length: int, stride: int, aggregation: str) -> str:
+    """The key segment that names how a text was read: its window length, and for `chunk` the
+    stride and aggregation. `error` answers exactly what `head` answers, so it shares its entries."""
+    if truncation == "chunk":
+        return f"c{max_length}.{stride}.{aggregation}"
+    return f"h{max_length}"
+
+
 def cache_key(prefix: str, fingerprint: str, how: str, normalized_text: str) -> str:
     digest = hashlib.sha256(normalized_text.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{prefix}:{fingerprint[:16]}:{how}:{digest}"

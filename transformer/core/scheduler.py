@@ -111,6 +111,11 @@ class BatchScheduler:
 
     # ---- admission ---------------------------------------------------------------------------
     @property
+    def busy(self) -> bool:
+        """Windows waiting or in a call."""
+        return bool(self._owners) or self._running > 0
+
+    @property
     def backlogged(self) -> bool:
         """Work is waiting for a free call: new work would queue behind it."""
         return bool(self._owners)

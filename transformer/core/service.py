@@ -2,8 +2,9 @@
 
 `ServingCore.classify` checks the limits, holds an in-flight slot only while the request is
 served (its body is already complete), bounds the time an admitted request may take, and hands
-the texts to the classifier (which sheds by expected wait). `ServingCore.track` records the
-request metrics of every transport with the same labels.
+the texts to the current model generation's classifier (which sheds by expected wait).
+`ServingCore.track` records the request metrics of every transport with the same labels.
+`ServingCore.switch` moves serving to another model version without dropping a request.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from pathlib import Path
 
 from transformer import metrics
 from transformer.backends.cache import build_caches
-from transformer.backends.predictor import build_predictor
-from transformer.bundle import ModelBundle
 from transformer.core.classifier import TextClassifier
+from transformer.core.generation import Generation
 from transformer.core.prediction import Prediction
-from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions, ClassifyRequest, Limits, validate_texts
+from transformer.core.switch import RecentTexts, switch_generation
 from transformer.core.windows import Truncation
 from transformer.errors import Overloaded, ProcessingTimeout, ServiceError
 from transformer.settings import Settings
@@ -60,64 +60,87 @@ class _Tracked:
             time.perf_counter() - record.started)
 
 
+@dataclass(slots=True)
+class ClassifyResult:
+    """The answers of one request and the model generation that computed every one of them."""
+
+    predictions: list[Prediction]
+    classifier: TextClassifier
+    version: str
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classifier.labels
+
+    def details(self) -> list[dict]:
+        return [self.classifier.details(p) for p in self.predictions]
+
+
 class ServingCore:
-    def __init__(self, settings: Settings, bundle: ModelBundle, classifier: TextClassifier, monitor: PredictorMonitor):
+    def __init__(self, settings: Settings, generation: Generation):
         self.settings = settings
-        self.bundle = bundle
-        self.classifier = classifier
-        self.monitor = monitor
+        self.generation = generation
         self.limits = Limits(settings.max_texts, settings.max_text_chars)
         self.default_options = ClassifyOptions(Truncation(settings.truncation), False)
-        self.labels = classifier.labels
         self.inflight = 0
+        self.recent = RecentTexts(settings.replay_sample_size)
+        self._switching = asyncio.Lock()
+        self.background: set[asyncio.Task] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServingCore":
-        bundle_dir = Path(settings.model_bundle)
-        bundle = ModelBundle.load(bundle_dir)
-        if bundle.model_name != settings.model_name:
-            log.warning("bundle was exported for model '%s', serving it as '%s'", bundle.model_name, settings.model_name)
-        predictor = build_predictor(settings, bundle.version)
-        monitor = PredictorMonitor(predictor, settings.model_name, bundle.fingerprint, settings.predictor_check_interval_s)
         memo, remote = build_caches(settings)
-        classifier = TextClassifier(bundle, bundle_dir, predictor, memo, remote, monitor, settings)
-        log.info("loaded bundle %s: labels %s, fingerprint %s, cache %s", bundle_dir, bundle.labels,
-                 bundle.fingerprint[:12], classifier.cache_description)
-        return cls(settings, bundle, classifier, monitor)
+        generation = Generation.build(settings, Path(settings.model_bundle), memo, remote)
+        log.info("loaded bundle %s: version %s, labels %s, fingerprint %s, cache %s", settings.model_bundle,
+                 generation.version, generation.labels, generation.bundle.fingerprint[:12],
+                 generation.classifier.cache_description)
+        return cls(settings, generation)
 
     @property
     def ready(self) -> bool:
-        """Serving: the predictor is ready and serves the model our bundle belongs to."""
-        return self.monitor.status.serving
+        """Serving: the predictor is ready and serves the model version our bundle belongs to."""
+        return self.generation.monitor.status.serving
+
+    @property
+    def version(self) -> str:
+        return self.generation.version
+
+    @property
+    def labels(self) -> list[str]:
+        return self.generation.labels
 
     def track(self, protocol: str, route: str) -> _Tracked:
         """`with core.track("rest", "/project/bulk-predict") as record: ...; record.status = 200`."""
         return _Tracked(RequestRecord(protocol, route, time.perf_counter()))
 
-    async def classify(self, request: ClassifyRequest) -> list[Prediction]:
+    async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         texts = validate_texts(request.texts, self.limits, request.field)
         if self.inflight >= self.settings.max_inflight:
             metrics.SHED.labels(reason="inflight").inc()
             raise Overloaded(f"over {self.settings.max_inflight} requests in flight; retry after a second")
+        generation = self.generation  # the whole request is answered by one model version
         self.inflight += 1
         metrics.INFLIGHT.inc()
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self.classifier.classify(texts, request.options, request.field)
+                predictions = await generation.classifier.classify(texts, request.options, request.field)
         except TimeoutError:
             raise ProcessingTimeout(f"the request was not answered within {self.settings.request_timeout_s:g} s; "
                                     "retry later or send fewer texts") from None
         finally:
             self.inflight -= 1
             metrics.INFLIGHT.dec()
+        self.recent.add(texts)
+        return ClassifyResult(predictions, generation.classifier, generation.version)
 
-    def details(self, predictions: list[Prediction]) -> list[dict]:
-        return [self.classifier.details(p) for p in predictions]
+    async def switch(self, bundle_dir: Path) -> dict:
+        """Serve the model version of `bundle_dir` from now on (see `core.switch`); one at a time."""
+        async with self._switching:
+            report = await switch_generation(self, Path(bundle_dir))
+        return report
 
     def start(self) -> None:
-        self.monitor.start()
+        self.generation.monitor.start()
 
     async def close(self) -> None:
-        self.monitor.stop()
-        await self.classifier.close()
-        await self.classifier.scheduler.predictor.close()
+        await self.generation.close()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from transformer.core.windows import Truncation
+from transformer.transport.control import install_switch_signal
 from transformer.transport.kserve_model import SentimentModel
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         core = model.core
         if core is None or not model.ready:
             return json_response({"status": "unhealthy", "reason": "model bundle not loaded"}, 503)
-        status = core.monitor.status
+        status = core.generation.monitor.status
         if status.serving:
             return json_response({"status": "healthy"})
         return json_response({"status": "unhealthy", "reason": status.reason}, 503)
@@ -100,6 +101,7 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         gc.freeze()
         if model.core is not None:
             model.core.start()
+            install_switch_signal(model.core, model.settings.control_file)
 
     @app.on_event("shutdown")
     async def close_clients() -> None:

@@ -66,18 +66,17 @@ def counted(route: str):
 
 
 class GuardedServicer(InferenceServicer):
-    def __init__(self, dataplane, repository_extension, core: ServingCore, model_name: str, model_version: str):
+    def __init__(self, dataplane, repository_extension, core: ServingCore, model_name: str):
         super().__init__(dataplane, repository_extension)
         self.core = core
         self.model_name = model_name
-        self.model_version = model_version
 
     def _check_model(self, name: str, version: str) -> None:
         if name != self.model_name:
             raise ModelNotFound(f"model '{echo(name)}' is not served here; this server serves '{self.model_name}'")
-        if version and version != self.model_version:
+        if version and version != self.core.version:
             raise ModelNotFound(f"version '{echo(version)}' of model '{self.model_name}' is not served here; this "
-                                f"server serves version {self.model_version}")
+                                f"server serves version {self.core.version}")
 
     @counted("ModelInfer")
     async def ModelInfer(self, request, context):
@@ -88,15 +87,15 @@ class GuardedServicer(InferenceServicer):
         self._check_model(request.model_name, request.model_version)
         metrics.REQUEST_BYTES.labels(protocol="grpc", route="ModelInfer").observe(size)
         call = v2.decode_grpc(request, self.core.default_options)
-        predictions = await self.core.classify(call.request)
-        tensors = v2.output_tensors(call, predictions, self.core.labels, self.core.details(predictions))
-        return v2.encode_grpc(call, tensors, self.model_name, self.model_version)
+        result = await self.core.classify(call.request)
+        tensors = v2.output_tensors(call, result.predictions, result.labels, result.details())
+        return v2.encode_grpc(call, tensors, self.model_name, result.version)
 
     @counted("ModelMetadata")
     async def ModelMetadata(self, request, context):
         self._check_model(request.name, request.version)
         response = await super().ModelMetadata(request, context)
-        response.versions[:] = [self.model_version]
+        response.versions[:] = [self.core.version]
         return response
 
     @counted("ModelReady")

@@ -36,7 +36,7 @@ class SentimentModel(Model):
 
     @property
     def version(self) -> str:
-        return self.core.bundle.version if self.core else ""
+        return self.core.version if self.core else ""
 
     async def healthy(self) -> bool:
         """Ready to serve: the bundle is loaded and the predictor serves its model (fingerprint

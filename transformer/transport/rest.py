@@ -172,11 +172,10 @@ Handler = Callable[[bytes, dict[str, str], RouteMatch], Awaitable[tuple[bytes, d
 class RestTransport:
     """Pure ASGI middleware around KServe's FastAPI app (see the module docstring)."""
 
-    def __init__(self, app, core: ServingCore, model_name: str, model_version: str):
+    def __init__(self, app, core: ServingCore, model_name: str):
         self.app = app
         self.core = core
         self.model_name = model_name
-        self.model_version = model_version
         settings = core.settings
         self.max_body_bytes = settings.max_body_bytes
         self.body_timeout_s = settings.body_timeout_s
@@ -208,9 +207,9 @@ class RestTransport:
     def _check_model(self, route: RouteMatch) -> None:
         if route.name is not None and route.name != self.model_name:
             raise ModelNotFound(f"model '{echo(route.name)}' is not served here; this server serves '{self.model_name}'")
-        if route.version is not None and route.version != self.model_version:
+        if route.version is not None and route.version != self.core.version:
             raise ModelNotFound(f"version '{echo(route.version)}' of model '{self.model_name}' is not served here; this "
-                                f"server serves version {self.model_version}")
+                                f"server serves version {self.core.version}")
 
     async def _infer(self, scope, receive, send, route: RouteMatch, record: RequestRecord) -> None:
         try:
@@ -255,15 +254,15 @@ class RestTransport:
         return await self._json_answer(request)
 
     async def _json_answer(self, request) -> tuple[bytes, dict[str, str]]:
-        predictions = await self.core.classify(request)
-        details = self.core.details(predictions) if request.options.details else None
-        return json_api.encode_predictions(predictions, details), {"content-type": "application/json"}
+        result = await self.core.classify(request)
+        details = result.details() if request.options.details else None
+        return json_api.encode_predictions(result.predictions, details), {"content-type": "application/json"}
 
     async def _v2(self, body: bytes, headers: dict[str, str], _route: RouteMatch):
         call = v2.decode_rest(body, headers.get(v2.HEADER_LENGTH), self.core.default_options)
-        predictions = await self.core.classify(call.request)
-        tensors = v2.output_tensors(call, predictions, self.core.labels, self.core.details(predictions))
-        return v2.encode_rest(call, tensors, self.model_name, self.model_version)
+        result = await self.core.classify(call.request)
+        tensors = v2.output_tensors(call, result.predictions, result.labels, result.details())
+        return v2.encode_rest(call, tensors, self.model_name, result.version)
 
 
 _OWN_PROBES = ("/project/health", "/project/live")
