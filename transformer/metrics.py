@@ -6,9 +6,11 @@ status codes; gRPC calls are counted with the HTTP status of their row in `error
 
 from __future__ import annotations
 
-from typing import Sequence
+from bisect import bisect_left
+from typing import Iterable, Sequence
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -54,3 +56,66 @@ def record_lookups(tier: str, found: Sequence[bytes | None]) -> None:
         CACHE_LOOKUPS.labels(tier=tier, result="hit").inc(hits)
     if len(found) - hits:
         CACHE_LOOKUPS.labels(tier=tier, result="miss").inc(len(found) - hits)
+
+
+SCORE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+SOURCES = ("cache", "model", "shared")
+
+
+class PredictionStats:
+    """What the model answers, per model version: answers by top label and by where they came from
+    (`sentiment_predictions_total{version,label,source}`) and the top score's distribution
+    (`sentiment_prediction_top_score{version}`). Kept in plain lists and exposed by a collector: a
+    request of ten texts costs a few microseconds, where ten `observe()` calls would cost fifteen.
+    Labels are bounded: versions (one or two at a time, one per rollout), the model's labels, three sources.
+    """
+
+    def __init__(self):
+        self._versions: dict[str, "VersionStats"] = {}
+        REGISTRY.register(self)
+
+    def for_version(self, version: str, labels: Sequence[str]) -> "VersionStats":
+        stats = self._versions.get(version)
+        if stats is None or stats.labels != tuple(labels):
+            stats = self._versions[version] = VersionStats(tuple(labels))
+        return stats
+
+    def collect(self):
+        answers = CounterMetricFamily("sentiment_predictions", "Answers by model version, top label and source "
+                                      "(cache, model, shared)", labels=["version", "label", "source"])
+        scores = HistogramMetricFamily("sentiment_prediction_top_score", "Top label's probability of each answer",
+                                       labels=["version"])
+        for version, stats in self._versions.items():
+            for label_index, label in enumerate(stats.labels):
+                for source_index, source in enumerate(SOURCES):
+                    answers.add_metric([version, label, source], stats.answers[label_index][source_index])
+            cumulative, buckets = 0, []
+            for bound, count in zip(SCORE_BUCKETS, stats.buckets):
+                cumulative += count
+                buckets.append((str(bound), cumulative))
+            buckets.append(("+Inf", cumulative + stats.buckets[-1]))
+            scores.add_metric([version], buckets, stats.score_sum)
+        yield answers
+        yield scores
+
+
+class VersionStats:
+    __slots__ = ("labels", "answers", "buckets", "score_sum")
+
+    def __init__(self, labels: tuple[str, ...]):
+        self.labels = labels
+        self.answers = [[0] * len(SOURCES) for _ in labels]
+        self.buckets = [0] * (len(SCORE_BUCKETS) + 1)
+        self.score_sum = 0.0
+
+    def record(self, probabilities_of_each: Iterable[Sequence[float]], source: int) -> None:
+        """One answer per distinct text of a request, all from one `source` (an index into SOURCES)."""
+        answers, buckets = self.answers, self.buckets
+        for probabilities in probabilities_of_each:
+            top = max(probabilities)
+            answers[probabilities.index(top)][source] += 1
+            buckets[bisect_left(SCORE_BUCKETS, top)] += 1
+            self.score_sum += top
+
+
+PREDICTIONS = PredictionStats()

@@ -152,7 +152,13 @@ def run_classic(options: BenchOptions, checkpoint: Path, out: Path, max_length: 
     try:
         redis.wait_ready()
         service.wait_ready()
-        run_workloads(run, options, url, logs, "classic service")
+
+        def probe() -> StackProbe:  # CPU seconds of the service and the machine over each workload
+            from sentiment.measure.mixed import StackProbe
+
+            return StackProbe(pids={"classic service": service.pid, "redis": redis.pid})
+
+        run_workloads(run, options, url, logs, "classic service", probe)
     finally:
         service.stop()
         redis.stop()
@@ -310,7 +316,8 @@ def run_bench(options: BenchOptions, out: Path, command: str) -> str:
         report = mixed_report(command, pool, options.shape.texts_per_request, options.shape, mixed,
                               classic.results.get("mixed") if classic else None, stack.results.get("mixed"),
                               stack.extra.get("diagnostics", {}).get("mixed"), new, max(ceiling.values()),
-                              options.threads, bundle.variant)
+                              options.threads, bundle.variant,
+                              classic.extra.get("diagnostics", {}).get("mixed") if classic else None)
         sections.append(report.replace_section(options.report, MIXED_SECTION))
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({

@@ -83,6 +83,8 @@ class LoadResult:
     short_p99_ms: float | None = None
     short_requests: int = 0
     shed_by_size: dict[str, int] | None = None
+    p99_by_size: dict[str, float] | None = None   # request latency p99 (retries included) by request size
+    requests_by_size: dict[str, int] | None = None
     wrapped_texts: int = 0           # texts sent again after the pool ran out (should be 0)
     duration_s: float | None = None  # the whole k6 run, which every rate above is over
 
@@ -92,6 +94,13 @@ class LoadResult:
 
 def _values(metrics: dict, name: str) -> dict:
     return metrics.get(name, {}).get("values", {})
+
+
+def _by_size(metrics: dict, name: str, stat: str | None = None) -> dict:
+    """{size: values (or one stat)} of the submetrics `name{size:...}`."""
+    prefix = f"{name}{{size:"
+    found = {key[len(prefix):-1]: metric.get("values", {}) for key, metric in metrics.items() if key.startswith(prefix)}
+    return {size: values.get(stat) for size, values in found.items()} if stat else found
 
 
 def _float(value) -> float | None:
@@ -111,8 +120,8 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
     tokens = _values(metrics, "tokens_classified")
     whole = _values(metrics, "pool_request_duration")
     short = _values(metrics, "pool_request_duration{size:short}")
-    shed_by_size = {key[len("shed_requests{size:"):-1]: int(value.get("values", {}).get("count", 0))
-                    for key, value in metrics.items() if key.startswith("shed_requests{size:")}
+    shed_by_size = _by_size(metrics, "shed_requests", "count")
+    by_size = {size: values for size, values in _by_size(metrics, "pool_request_duration").items() if values.get("count")}
     run_ms = summary.get("state", {}).get("testRunDurationMs")
     return LoadResult(
         label=label,
@@ -131,7 +140,9 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
         request_p50_ms=_float(whole.get("med")), request_p99_ms=_float(whole.get("p(99)")),
         short_p99_ms=_float(short.get("p(99)")) if short.get("count") else None,
         short_requests=int(short.get("count", 0)),
-        shed_by_size=shed_by_size or None,
+        shed_by_size={size: int(count or 0) for size, count in shed_by_size.items()} or None,
+        p99_by_size={size: float(values["p(99)"]) for size, values in by_size.items()} or None,
+        requests_by_size={size: int(values["count"]) for size, values in by_size.items()} or None,
         wrapped_texts=int(_values(metrics, "pool_wrapped_texts").get("count", 0)),
         duration_s=float(run_ms) / 1000 if run_ms else None,
     )

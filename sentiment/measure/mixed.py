@@ -160,7 +160,7 @@ class StackProbe:
     """Counters of the transformer and Triton before and after a k6 run, the queued-token gauge
     sampled during it, and the CPU seconds of each part of the stack."""
 
-    transformer_metrics: str             # http://host:port/metrics
+    transformer_metrics: str | None = None  # http://host:port/metrics (None: CPU seconds only, e.g. the classic service)
     triton_metrics: str | None = None
     pids: dict[str, int] = field(default_factory=dict)  # part name -> pid
     interval_s: float = 0.25
@@ -170,7 +170,8 @@ class StackProbe:
     wall_s: float = 0.0
 
     def _counters(self) -> dict[str, float]:
-        values = {f"transformer:{k}": v for k, v in scrape(self.transformer_metrics).items()}
+        values = {f"transformer:{k}": v for k, v in scrape(self.transformer_metrics).items()} \
+            if self.transformer_metrics else {}
         if self.triton_metrics:
             try:
                 values |= {f"triton:{k}": v for k, v in scrape(self.triton_metrics).items()}
@@ -189,7 +190,7 @@ class StackProbe:
             + getattr(times, "softirq", 0.0)}
 
     def _sample(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while self.transformer_metrics and not self._stop.wait(self.interval_s):
             try:
                 self.queued.append(scrape(self.transformer_metrics, timeout=2).get("sentiment_queued_tokens", 0.0))
             except OSError:
@@ -270,9 +271,18 @@ def _ratio(a: float | None, b: float | None, digits: int = 1) -> str:
     return f"×{a / b:.{digits}f}" if a is not None and b else "-"
 
 
+def _cpu_line(who: str, g: dict) -> str:
+    cpu = {k: v for k, v in g["cpu_seconds"].items() if k != "machine"}
+    machine = g["cpu_seconds"]["machine"]
+    return (f"- CPU seconds during {who} run: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
+            + f"; the machine's {machine:.0f} of {g.get('cores', 1) * g['wall_s']:.0f} available (the rest, "
+            f"{machine - sum(cpu.values()):.0f}: the benchmark's own process and anything else running)")
+
+
 def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: LoadShape, ceiling: Ceiling,
                  classic: LoadResult | None, stack: LoadResult | None, diagnostics: dict | None,
-                 new: dict[str, LoadResult], short_ceiling: float | None, threads: int, variant: str) -> MarkdownReport:
+                 new: dict[str, LoadResult], short_ceiling: float | None, threads: int, variant: str,
+                 classic_diagnostics: dict | None = None) -> MarkdownReport:
     """The mixed-length workload's section: model alone, classic service and this stack side by side,
     the ratios, what the stack's metrics say, and the every-text-new run of the same bench."""
     report = MarkdownReport("Mixed-length workload (`sentiment bench --workloads mixed`)", command, level=2, facts={
@@ -317,6 +327,13 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
                      f"short-request p99 {_ratio(stack.short_p99_ms, classic.short_p99_ms, 2)} (and the classic service "
                      "judges only the first 128 tokens of each text)")
     for who, result in (("classic service", classic), ("this stack", stack)):
+        if result is not None and result.p99_by_size:
+            lines.append(f"- {who}, request p99 by size (requests): " + ", ".join(
+                f"{size} {_ms(result.p99_by_size[size])} ms ({(result.requests_by_size or {}).get(size, 0)})"
+                for size in (c.name for c in pool.mix.classes) if size in result.p99_by_size)
+                + (f"; shed attempts {', '.join(f'{k} {v}' for k, v in result.shed_by_size.items() if v)}"
+                   if result.shed_by_size and any(result.shed_by_size.values()) else ""))
+    for who, result in (("classic service", classic), ("this stack", stack)):
         if result is not None and result.wrapped_texts:
             lines.append(f"- warning: the pool ran out for the {who}: {result.wrapped_texts} texts were sent again "
                          "(with a round mark)")
@@ -338,13 +355,9 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
                          f"{g['triton_rows_per_execution']:.1f} rows, {g['triton_compute_ms_per_execution']:.1f} ms "
                          f"compute each ({g['triton_compute_s']:.0f} s of compute in the run, over its instances), queue "
                          f"{g['triton_queue_ms_per_request']:.1f} ms per request")
-        cpu = {k: v for k, v in g.get("cpu_seconds", {}).items() if k != "machine"}
-        if cpu and g.get("cpu_seconds", {}).get("machine"):
-            machine = g["cpu_seconds"]["machine"]
-            lines.append("- CPU seconds during the run: " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items())
-                         + f"; the machine's {machine:.0f} of {g.get('cores', 1) * g['wall_s']:.0f} "
-                         f"available (the rest, {machine - sum(cpu.values()):.0f}: this benchmark's own process "
-                         "and anything else running)")
+    for who, g in (("the classic service's", classic_diagnostics), ("this stack's", diagnostics)):
+        if g and g.get("cpu_seconds", {}).get("machine"):
+            lines.append(_cpu_line(who, g))
     if lines:
         report.add(lines)
     if new:

@@ -40,3 +40,62 @@ def test_the_scripts_own_scenarios_still_run(tiny_service, tmp_path):
     result = run_k6(tmp_path, "smoke", {"BASE_URL": tiny_service.url, "SCENARIO": "smoke", "DURATION": "2s",
                                         "TEXTS_PER_REQUEST": 2}, html_report=False)
     assert result.requests > 5 and result.failed_rate == 0 and result.thresholds_ok
+
+
+# ---- the mixed-length workload: texts from a pool that `sentiment bench` writes ----------------------
+def _pool(repository, tmp_path, count: int):
+    from sentiment.measure.mixed import write_pool
+    from sentiment.model.triton_repository import bundle_dir
+
+    return write_pool(tmp_path, bundle_dir(repository), count, seed=5, run_id=f"e2e{os.getpid()}")
+
+
+def _k6_flags(service, pool_file, tmp_path, *flags: str) -> tuple[dict, subprocess.CompletedProcess]:
+    summary_file = tmp_path / "summary.json"
+    environment = os.environ | {"BASE_URL": service.url, "SUMMARY_FILE": str(summary_file),
+                                "TEXT_POOL_FILE": str(pool_file), "TEXTS_PER_REQUEST": "10"}
+    result = subprocess.run([k6_binary(), "run", "--quiet", "--no-usage-report", *flags, str(SCRIPT)], env=environment,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(summary_file.read_text()), result
+
+
+def test_the_mixed_workload_sends_the_pool_in_order_and_counts_its_tokens(tiny_service, tiny_repositories, tmp_path):
+    from sentiment.measure.k6 import parse_summary
+
+    pool_file, pool = _pool(tiny_repositories["distilbert"], tmp_path, 600)
+    before = {name: tiny_service.metric(name) for name in ("sentiment_text_tokens_sum", "sentiment_text_tokens_count")}
+    summary, run = _k6_flags(tiny_service, pool_file, tmp_path, "--vus", "2", "--iterations", "40")
+    result = parse_summary(summary, "mixed")
+    metrics = summary["metrics"]
+
+    sent = pool.texts[:400]  # 40 requests of the next 10 texts each, no text twice
+    assert metrics["texts_classified"]["values"]["count"] == 400 and result.wrapped_texts == 0
+    assert metrics["tokens_classified"]["values"]["count"] == sum(t.tokens for t in sent)
+    # the transformer computed exactly these texts and counts their tokens the same way
+    assert tiny_service.metric("sentiment_text_tokens_count") - before["sentiment_text_tokens_count"] == 400
+    assert tiny_service.metric("sentiment_text_tokens_sum") - before["sentiment_text_tokens_sum"] == sum(t.tokens for t in sent)
+    sizes = {"short": 0, "medium": 0, "long": 0}
+    order = list(sizes)
+    for first in range(0, 400, 10):
+        sizes[max((t.size for t in sent[first:first + 10]), key=order.index)] += 1
+    assert result.requests_by_size == {size: count for size, count in sizes.items() if count}
+    assert result.tokens_per_s > 0 and result.request_p99_ms > 0
+    assert (result.short_p99_ms is not None) == (sizes["short"] > 0)
+    assert "text pool" in run.stdout and "tokens/s" in run.stdout
+
+
+def test_a_pool_that_runs_out_starts_again_with_new_texts(tiny_service, tiny_repositories, tmp_path):
+    pool_file, _ = _pool(tiny_repositories["distilbert"], tmp_path, 20)
+    before = tiny_service.metric("sentiment_texts_total", source="model")
+    summary, _ = _k6_flags(tiny_service, pool_file, tmp_path, "--vus", "1", "--iterations", "5")
+    assert summary["metrics"]["pool_wrapped_texts"]["values"]["count"] == 30
+    assert tiny_service.metric("sentiment_texts_total", source="model") - before == 50  # a round mark: still new
+
+
+def test_the_mixed_workload_runs_in_the_scripts_own_scenario(tiny_service, tiny_repositories, tmp_path):
+    pool_file, _ = _pool(tiny_repositories["distilbert"], tmp_path, 3000)
+    result = run_k6(tmp_path, "mixed", {"BASE_URL": tiny_service.url, "SCENARIO": "smoke", "DURATION": "2s",
+                                        "TEXTS_PER_REQUEST": 10, "TEXT_POOL_FILE": str(pool_file)}, html_report=False)
+    assert result.failed_rate == 0 and result.thresholds_ok and result.wrapped_texts == 0
+    assert result.tokens_per_s > 0 and sum(result.requests_by_size.values()) == result.requests > 3

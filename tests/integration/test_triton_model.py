@@ -117,6 +117,7 @@ def test_triton_reports_the_fingerprint_in_the_model_config(triton):
     with urllib.request.urlopen(f"http://{triton.http_address}/v2/models/sentiment/config") as response:
         config = json.load(response)
     bundle = ModelBundle.load(triton.repository / "sentiment" / "1" / "bundle")
-    assert config["parameters"]["fingerprint"]["string_value"] == bundle.fingerprint
+    assert config["parameters"]["fingerprint_v1"]["string_value"] == bundle.fingerprint
+    assert config["version_policy"] == {"specific": {"versions": [1]}}
     assert config["backend"] == "python"
     assert "dynamic_batching" in config

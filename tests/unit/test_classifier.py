@@ -269,3 +269,26 @@ def test_expected_wait_sheds_new_work_but_hits_and_an_idle_model_are_always_serv
     assert isinstance(shed, Overloaded) and shed.status_code == 503 and "would wait" in shed.message
     assert len(hit) == len(after) == 1
     assert classifier.scheduler.queued_tokens == 0
+
+
+def test_prediction_metrics_count_answers_by_version_label_and_source():
+    """Texts answered by the model, then by the cache, then by another request's computation."""
+    predictor = RecordingPredictor(delay=0.05)
+    classifier = make_classifier(predictor)
+    stats = classifier.stats
+    before = [row[:] for row in stats.answers]
+    scored_before = sum(stats.buckets)
+
+    async def scenario():
+        await classifier.classify(["longer text here", "x"], CHUNK)            # model: 2 (both POSITIVE)
+        await classifier.classify(["longer text here"], CHUNK)                 # cache: 1
+        await asyncio.gather(classifier.classify(["joined text"], CHUNK),      # model: 1, shared: 1
+                             classifier.classify(["joined text"], CHUNK))
+
+    asyncio.run(scenario())
+    positive = classifier.labels.index("POSITIVE")
+    delta = [now - then for now, then in zip(stats.answers[positive], before[positive])]
+    from transformer.metrics import SOURCES
+
+    assert dict(zip(SOURCES, delta)) == {"cache": 1, "model": 3, "shared": 1}
+    assert sum(stats.buckets) - scored_before == 5  # every answer's top score observed once

@@ -75,3 +75,14 @@ def test_one_header_for_every_report_and_sections_replaced_in_place(tmp_path):
     assert "old results" not in text and "old levers" in text and text.index("intro") < text.index("Results of the last")
     MarkdownReport("Levers", "cmd", level=2).add("new levers").replace_section(document, "lever-results")
     assert "old levers" not in document.read_text() and "new levers" in document.read_text()
+
+
+def test_the_mixed_workload_stays_out_of_the_general_tables():
+    from sentiment.measure.bench import ServiceRun, bench_report
+
+    result = parse_summary(summary(85.0, 170.0), "x")
+    runs = {"new": result, "mixed": result}
+    text = bench_report("sentiment bench", {32: 1000.0}, ServiceRun("classic", dict(runs)), ServiceRun("stack", dict(runs)),
+                        2, "int8").render()
+    assert "| every text new (CACHE_HIT_RATE 0) | stack |" in text
+    assert "mixed lengths" not in text

@@ -34,6 +34,8 @@ from transformer.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CACHE, MODEL, SHARED = (metrics.SOURCES.index(source) for source in ("cache", "model", "shared"))
+
 
 class TextClassifier:
     def __init__(self, bundle: ModelBundle, bundle_dir: Path, predictor: Predictor, memo: PredictionMemo,
@@ -60,7 +62,8 @@ class TextClassifier:
         # raw text -> (key, normalized) per mode: a repeated short text skips normalization and hashing
         # (C-level LRU, bounded in entries and, through the length cut, in bytes).
         self._short_key = functools.lru_cache(maxsize=8192)(self._key)
-        self._from = {source: metrics.TEXTS.labels(source=source) for source in ("cache", "model", "shared")}
+        self._from = {source: metrics.TEXTS.labels(source=source) for source in metrics.SOURCES}
+        self.stats = metrics.PREDICTIONS.for_version(bundle.version, self.labels)
 
     @property
     def cache_description(self) -> str:
@@ -86,6 +89,7 @@ class TextClassifier:
         if options.truncation is Truncation.ERROR:
             self._refuse_long(field, keys, {key: p.tokens for key, p in results.items()})
         self._from["cache"].inc(len(results))
+        self.stats.record((p.probabilities for p in results.values()), CACHE)
         if len(results) == len(unique):
             return [results[key] for key in keys]
 
@@ -101,10 +105,16 @@ class TextClassifier:
         if waiting:
             metrics.SINGLE_FLIGHT_JOINS.inc(len(waiting))
             self._from["shared"].inc(len(waiting))
+        own: dict[str, asyncio.Future] = {}
         if mine:
-            waiting.update(await self._start(mine, options, field, keys))
-        done = await asyncio.gather(*waiting.values())
-        results.update(zip(waiting.keys(), done))
+            own, joined = await self._start(mine, options, field, keys)
+            waiting.update(joined)
+        done = dict(zip(waiting.keys(), await asyncio.gather(*waiting.values())))
+        computed = dict(zip(own.keys(), await asyncio.gather(*own.values())))
+        self.stats.record((p.probabilities for p in done.values()), SHARED)
+        self.stats.record((p.probabilities for p in computed.values()), MODEL)
+        results.update(done)
+        results.update(computed)
         return [results[key] for key in keys]
 
     async def _lookup(self, keys: list[str]) -> dict[str, Prediction]:
@@ -137,8 +147,9 @@ class TextClassifier:
         return {"tokens": prediction.tokens, "windows": prediction.windows, "truncated": cut}
 
     async def _start(self, mine: dict[str, str], options: ClassifyOptions, field: str,
-                     keys: list[str]) -> dict[str, asyncio.Future]:
-        """Tokenize this request's own misses, admit their cost, and start computing them."""
+                     keys: list[str]) -> tuple[dict[str, asyncio.Future], dict[str, asyncio.Future]]:
+        """Tokenize this request's own misses, admit their cost, and start computing them; returns
+        (its own futures, the futures of texts another request started meanwhile)."""
         if self.monitor.status.fingerprint != "match":
             # Never compute with a predictor whose model is not the one our tokenizer and labels belong to.
             raise PredictorUnavailable(f"the predictor's model is not verified: {self.monitor.status.reason}")
@@ -152,7 +163,7 @@ class TextClassifier:
         for key in joined:
             del by_key[key]
         if not by_key:
-            return joined
+            return {}, joined
         if options.truncation is Truncation.ERROR:
             self._refuse_long(field, keys, {key: text.token_count for key, text in by_key.items()})
         elif options.truncation is Truncation.HEAD:
@@ -176,7 +187,7 @@ class TextClassifier:
         if joined:
             metrics.SINGLE_FLIGHT_JOINS.inc(len(joined))
             self._from["shared"].inc(len(joined))
-        return futures | joined
+        return futures, joined
 
     def _admit(self, cost: int) -> None:
         """Shed by expected wait: an idle model takes any request, and so does a model whose
