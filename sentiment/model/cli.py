@@ -124,14 +124,19 @@ def add_model_commands(commands) -> None:
     _add_export_options(build)
     build.set_defaults(handler=_cmd_build)
 
+    check = model.add_parser("check", help="check a model repository: configs vs the ONNX file vs the bundle")
+    check.add_argument("--repository", default=repository)
+    check.set_defaults(handler=_cmd_check)
+
+    _add_version_commands(model, repository)
+
+
+def _add_version_commands(model, repository: str) -> None:
+    """Which versions a repository serves, moving a running stack between them, and the long-text evaluation."""
     serve = model.add_parser("serve", help="rewrite the configurations to serve exactly these versions")
     serve.add_argument("--versions", required=True, help="comma-separated versions, e.g. 1,2 (during a rollout) or 2")
     serve.add_argument("--repository", default=repository)
     serve.set_defaults(handler=_cmd_serve)
-
-    check = model.add_parser("check", help="check a model repository: configs vs the ONNX file vs the bundle")
-    check.add_argument("--repository", default=repository)
-    check.set_defaults(handler=_cmd_check)
 
     from sentiment.model import long_eval
 

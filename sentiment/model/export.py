@@ -7,13 +7,13 @@ into `<repository>/sentiment/<version>/bundle/export_report.json` for the model 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import shutil
 import tempfile
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -207,6 +207,23 @@ def _beside_served(repository: Path, spec: TritonModelSpec, version: str) -> Tri
     return dataclasses.replace(served, fingerprints={**served.fingerprints, **spec.fingerprints})
 
 
+def _write_version(repository: Path, version: str, onnx_file: Path, info: CheckpointInfo, options: ExportOptions,
+                   adding: bool) -> tuple[Path, TritonModelSpec]:
+    """The version's model files and the configurations that serve it (beside the served versions
+    when `adding`, else alone in a new repository); returns its bundle folder and the spec."""
+    spec = TritonModelSpec(input_names=info.input_names, num_labels=len(info.labels),
+                           fingerprints={version: sha256_file(onnx_file)}, max_sequence_length=info.max_length,
+                           **options.spec_fields())
+    if adding:
+        spec = _beside_served(repository, spec, version)
+    elif (repository / MODEL_NAME).exists():
+        shutil.rmtree(repository / MODEL_NAME)
+    model_dir = write_repository(repository, onnx_file, spec, version)
+    bundle_dir = model_dir / version / "bundle"
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    return bundle_dir, spec
+
+
 def export(
     checkpoint: Path,
     repository: Path,
@@ -236,22 +253,13 @@ def export(
         log.info("exporting %s (%s) to ONNX opset %d", checkpoint, info.model_type, OPSET)
         chosen = _build_variants(checkpoint, info, encoder, scratch, options,
                                  lambda file, name: _evaluate(file, encoder, name, splits_dir, speed_batches, threads))
-        fingerprint = sha256_file(chosen.file)
-        spec = TritonModelSpec(input_names=info.input_names, num_labels=len(info.labels),
-                               fingerprints={version or FIRST_VERSION: fingerprint},
-                               max_sequence_length=info.max_length, **options.spec_fields())
-        if version is None:
-            if (repository / MODEL_NAME).exists():
-                shutil.rmtree(repository / MODEL_NAME)
-        else:
-            spec = _beside_served(repository, spec, version)
-        model_dir = write_repository(repository, chosen.file, spec, version or FIRST_VERSION)
-        bundle_dir = model_dir / (version or FIRST_VERSION) / "bundle"
-        bundle_dir.mkdir(parents=True, exist_ok=True)
+        adding, version = version is not None, version or FIRST_VERSION
+        bundle_dir, spec = _write_version(repository, version, chosen.file, info, options, adding)
         shutil.copyfile(tokenizer_file, bundle_dir / "tokenizer.json")
 
+    fingerprint = sha256_file(bundle_dir.parent / "model.onnx")
     bundle = ModelBundle(
-        version=version or FIRST_VERSION,
+        version=version,
         labels=info.labels,
         max_length=info.max_length,
         uses_token_type_ids=info.uses_token_type_ids,
@@ -262,14 +270,9 @@ def export(
         source={"checkpoint": str(checkpoint), "model_type": info.model_type, **(source or {})},
     )
     bundle.write(bundle_dir)
-    report = {
-        "chosen": chosen.name,
-        "reason": chosen.reason,
-        "variants": {name: asdict(r) for name, r in chosen.reports.items()},
-        "threads": threads,
-        "duration_s": round(time.monotonic() - started, 1),
-        "fingerprint": fingerprint,
-    }
+    report = {"chosen": chosen.name, "reason": chosen.reason,
+              "variants": {name: asdict(r) for name, r in chosen.reports.items()}, "threads": threads,
+              "duration_s": round(time.monotonic() - started, 1), "fingerprint": fingerprint}
     (bundle_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("exported %s variant (%s) to %s", chosen.name, chosen.reason, model_dir)
+    log.info("exported %s variant (%s) as version %s to %s", chosen.name, chosen.reason, version, repository)
     return bundle

@@ -4,6 +4,7 @@ export), and the script's own scenarios still work."""
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -47,7 +48,8 @@ def _pool(repository, tmp_path, count: int):
     from sentiment.measure.mixed import write_pool
     from sentiment.model.triton_repository import bundle_dir
 
-    return write_pool(tmp_path, bundle_dir(repository), count, seed=5, run_id=f"e2e{os.getpid()}")
+    # a run id of its own: texts another test sent would be cache hits here
+    return write_pool(tmp_path, bundle_dir(repository), count, seed=5, run_id=f"{tmp_path.name}-{time.time_ns()}")
 
 
 def _k6_flags(service, pool_file, tmp_path, *flags: str) -> tuple[dict, subprocess.CompletedProcess]:
@@ -56,8 +58,13 @@ def _k6_flags(service, pool_file, tmp_path, *flags: str) -> tuple[dict, subproce
                                 "TEXT_POOL_FILE": str(pool_file), "TEXTS_PER_REQUEST": "10"}
     result = subprocess.run([k6_binary(), "run", "--quiet", "--no-usage-report", *flags, str(SCRIPT)], env=environment,
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(summary_file.read_text()), result
+    summary = json.loads(summary_file.read_text())
+    # 99: a threshold crossed; allowed only for 503s (shed, then sent again, as a client does)
+    metrics = summary["metrics"]
+    failed = metrics["http_req_failed"]["values"]["passes"]
+    assert result.returncode == 0 or (result.returncode == 99 and failed == metrics.get(
+        "shed_requests", {}).get("values", {}).get("count")), result.stdout + result.stderr
+    return summary, result
 
 
 def test_the_mixed_workload_sends_the_pool_in_order_and_counts_its_tokens(tiny_service, tiny_repositories, tmp_path):
@@ -97,5 +104,5 @@ def test_the_mixed_workload_runs_in_the_scripts_own_scenario(tiny_service, tiny_
     pool_file, _ = _pool(tiny_repositories["distilbert"], tmp_path, 3000)
     result = run_k6(tmp_path, "mixed", {"BASE_URL": tiny_service.url, "SCENARIO": "smoke", "DURATION": "2s",
                                         "TEXTS_PER_REQUEST": 10, "TEXT_POOL_FILE": str(pool_file)}, html_report=False)
-    assert result.failed_rate == 0 and result.thresholds_ok and result.wrapped_texts == 0
-    assert result.tokens_per_s > 0 and sum(result.requests_by_size.values()) == result.requests > 3
+    assert round(result.failed_rate * result.requests) == result.shed and result.wrapped_texts == 0  # failed: shed only
+    assert result.tokens_per_s > 0 and sum(result.requests_by_size.values()) == result.requests - result.shed > 3
