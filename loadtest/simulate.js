@@ -81,6 +81,7 @@ export const tokens = new Counter('tokens_classified');
 export const wrapped = new Counter('pool_wrapped_texts');
 // With a pool: from a request's first attempt to its last, waits after 503 included (the client's view).
 export const requestTime = new Trend('pool_request_duration', true);
+export const givenUp = new Counter('pool_requests_given_up'); // still shed after POOL_RETRIES retries
 
 function newText(i) {
   // A unique tail makes the text (and its tokens) new: it must miss every cache.
@@ -232,9 +233,9 @@ export function predict() {
   // times), so the texts answered are the pool's, long ones included, not what shedding lets through.
   const request = poolRequest();
   const started = Date.now();
-  for (let attempt = 0; attempt <= POOL_RETRIES; attempt++) {
-    if (!post(request)) break;
-  }
+  let refused = true;
+  for (let attempt = 0; refused && attempt <= POOL_RETRIES; attempt++) refused = post(request);
+  if (refused) givenUp.add(1, { size: request.size });
   requestTime.add(Date.now() - started, { size: request.size });
 }
 
@@ -268,6 +269,7 @@ export function handleSummary(data) {
     const short = metric(data, 'pool_request_duration{size:short}', 'p(99)');
     lines.push(`text pool ${TEXT_POOL_FILE} (${POOL.length} texts): tokens/s ${(metric(data, 'tokens_classified', 'rate') || 0).toFixed(0)}` +
       `  short-request p99 ${short === null ? '-' : short.toFixed(1)} ms` +
+      `  given up ${metric(data, 'pool_requests_given_up', 'count') || 0}` +
       `  wrapped texts ${metric(data, 'pool_wrapped_texts', 'count') || 0}`);
   }
   if (metric(data, 'http_reqs{scenario:health}', 'count')) {

@@ -60,10 +60,12 @@ class TritonServer:
     repository: Path
     logs: Path
     ports: TritonPorts = field(default_factory=lambda: TritonPorts(free_port(), free_port(), free_port()))
+    traces_url: str | None = None  # OpenTelemetry tracing to this OTLP/HTTP URL (as `sentiment up --with-tracing`)
     process: ManagedProcess | None = None
 
     def start(self) -> "TritonServer":
-        self.process = triton_process(self.repository, self.ports, self.logs / "triton.log").start().wait_ready()
+        self.process = triton_process(self.repository, self.ports, self.logs / "triton.log",
+                                      traces_url=self.traces_url).start().wait_ready()
         return self
 
     def stop(self) -> None:

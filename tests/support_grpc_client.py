@@ -8,7 +8,7 @@ tests that import kserve run this script in a subprocess:
 `calls.json` is a list of calls; the answer is a list of results in the same order, as JSON on stdout.
 
     {"op": "infer", "texts": [...], "model_name": "sentiment", "model_version": "",
-     "outputs": null | ["label", ...], "parameters": null | {...}}
+     "outputs": null | ["label", ...], "parameters": null | {...}, "headers": null | {metadata: value}}
         -> {"ok": true, "model_name", "model_version", "outputs": {name: {"datatype", "shape", "data"}}}
     {"op": "metadata" | "ready", "model_name": ..., "model_version": ...}
     {"op": "server_ready" | "server_live"}
@@ -53,7 +53,8 @@ def _infer(client: grpcclient.InferenceServerClient, call: dict) -> dict:
     if call.get("outputs") is not None:
         outputs = [grpcclient.InferRequestedOutput(name) for name in call["outputs"]]
     result = client.infer(call.get("model_name", "sentiment"), [tensor], model_version=call.get("model_version", ""),
-                          outputs=outputs, parameters=call.get("parameters"), client_timeout=30)
+                          outputs=outputs, parameters=call.get("parameters"), client_timeout=30,
+                          headers=call.get("headers"))
     response = result.get_response()
     return {
         "ok": True,

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kserve import PredictorConfig
 
+    from transformer import logs, tracing
     from transformer.bundle import BundleError
     from transformer.server import SentimentModelServer
     from transformer.transport.kserve_model import SentimentModel
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ours.handlers = list(logging.getLogger("kserve").handlers)
     ours.setLevel(logging.INFO)
     ours.propagate = False
+    logs.install_handler()  # error answers and the prediction log: one JSON document per line
+    tracing.setup(settings.trace_exporters)  # off unless OTEL_TRACES_EXPORTER names an exporter
     server.start([model])
     return 0
 

@@ -2,7 +2,9 @@
 
 KServe's own flags (`--model_name`, `--predictor_host`, `--predictor_protocol`, `--http_port`,
 `--grpc_port`, ...) come from `kserve.model_server.parser`, which the KServe controller fills in a
-pod; ours extend it with the same underscore style. No other module reads the environment.
+pod; ours extend it with the same underscore style. No other module reads the environment, with
+one exception by design: tracing is switched on here (OTEL_TRACES_EXPORTER, OTEL_SDK_DISABLED), and
+the OpenTelemetry SDK then reads the other standard OTEL_* variables itself (see `tracing`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ class Settings(BaseModel):
     control_file: str | None = Field(None, description="on SIGHUP, switch to the bundle this JSON file names (rollout)")
     replay_sample_size: int = Field(1000, ge=0, description="recent texts kept in memory to warm and compare a new version")
     switch_timeout_s: float = Field(60.0, gt=0, description="how long a switch waits for the predictor to serve the version")
+    traces_exporter: str = Field("none", description="OTEL_TRACES_EXPORTER: otlp (OTLP/HTTP protobuf) and/or console "
+                                 "turn tracing on; none = off")
+    prediction_log_sample_rate: float = Field(0.0, ge=0, le=1, description="fraction of answers written to the "
+                                              "prediction log (JSON lines); 0 = off")
+    prediction_log_text: bool = Field(False, description="put the raw text in prediction log lines (off: only its "
+                                      "hashed cache key)")
 
     @field_validator("aggregation")
     @classmethod
@@ -66,6 +74,23 @@ class Settings(BaseModel):
         if value not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
         return value
+
+    @field_validator("traces_exporter")
+    @classmethod
+    def _known_exporters(cls, value: str) -> str:
+        from transformer.tracing import EXPORTERS
+
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in (*EXPORTERS, "none")]
+        if unknown:
+            raise ValueError(f"OTEL_TRACES_EXPORTER: unknown exporter(s) {', '.join(unknown)}; this service "
+                             f"exports with {', '.join(EXPORTERS)} or none")
+        return ",".join(name for name in names if name != "none") or "none"
+
+    @property
+    def trace_exporters(self) -> tuple[str, ...]:
+        """The exporters tracing uses; empty: tracing is off."""
+        return () if self.traces_exporter == "none" else tuple(self.traces_exporter.split(","))
 
     @field_validator("redis_url")
     @classmethod
@@ -119,7 +144,12 @@ _SOURCES: list[tuple[str, str, str, type]] = [
     ("control_file", "--control_file", "CONTROL_FILE", str),
     ("replay_sample_size", "--replay_sample_size", "REPLAY_SAMPLE_SIZE", int),
     ("switch_timeout_s", "--switch_timeout", "SWITCH_TIMEOUT_SECONDS", float),
+    ("prediction_log_sample_rate", "--prediction_log_sample_rate", "PREDICTION_LOG_SAMPLE_RATE", float),
+    ("prediction_log_text", "--prediction_log_text", "PREDICTION_LOG_TEXT", _boolean),
 ]
+# OpenTelemetry's standard variables that decide whether tracing is on (environment only, no flag).
+TRACES_EXPORTER_ENV = "OTEL_TRACES_EXPORTER"
+SDK_DISABLED_ENV = "OTEL_SDK_DISABLED"
 # KServe's flags we also read, with the environment variable that may stand in for them.
 _KSERVE_SOURCES: list[tuple[str, str, str]] = [
     ("model_name", "model_name", "MODEL_NAME"),
@@ -163,6 +193,10 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
             value = environ.get(env) or None
         if value is not None:
             values[field_name] = value
+    if environ.get(TRACES_EXPORTER_ENV):
+        values["traces_exporter"] = environ[TRACES_EXPORTER_ENV]
+    if environ.get(SDK_DISABLED_ENV, "").strip().lower() == "true":
+        values["traces_exporter"] = "none"
     if values.get("predictor_protocol") == "v1":
         raise ValueError("--predictor_protocol v1 is not supported: Triton speaks v2 (use grpc-v2 or v2)")
     return Settings(**values)

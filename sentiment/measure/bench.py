@@ -117,7 +117,7 @@ def print_result(result: LoadResult) -> None:
         short = f"{result.short_p99_ms:.1f} ms" if result.short_p99_ms is not None else "-"
         whole = f"{result.request_p99_ms:.1f} ms" if result.request_p99_ms is not None else "-"
         print(f"  {result.tokens_per_s:,.0f} tokens/s, request p99 {whole} (retries included), short-request p99 "
-              f"{short} ({result.short_requests} requests), shed attempts {result.shed_by_size or {}}, "
+              f"{short} ({result.short_requests} requests), shed attempts {result.shed_by_size or {}}, given up {result.given_up}, "
               f"texts sent twice {result.wrapped_texts}", flush=True)
 
 

@@ -85,6 +85,7 @@ class LoadResult:
     shed_by_size: dict[str, int] | None = None
     p99_by_size: dict[str, float] | None = None   # request latency p99 (retries included) by request size
     requests_by_size: dict[str, int] | None = None
+    given_up: int = 0                # requests still shed after every retry (their texts never answered)
     wrapped_texts: int = 0           # texts sent again after the pool ran out (should be 0)
     duration_s: float | None = None  # the whole k6 run, which every rate above is over
 
@@ -143,6 +144,7 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
         shed_by_size={size: int(count or 0) for size, count in shed_by_size.items()} or None,
         p99_by_size={size: float(values["p(99)"]) for size, values in by_size.items()} or None,
         requests_by_size={size: int(values["count"]) for size, values in by_size.items()} or None,
+        given_up=int(_values(metrics, "pool_requests_given_up").get("count", 0)),
         wrapped_texts=int(_values(metrics, "pool_wrapped_texts").get("count", 0)),
         duration_s=float(run_ms) / 1000 if run_ms else None,
     )

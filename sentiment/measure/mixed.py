@@ -79,6 +79,7 @@ class Ceiling:
     windows: int
     seconds: float
     batch: int
+    others_cpu_s: float | None = None  # CPU seconds of every other process on the machine meanwhile
 
 
 def mixed_ceiling(onnx_file: Path, bundle_dir: Path, pool: TextPool, threads: int, batch: int = 32,
@@ -95,6 +96,7 @@ def mixed_ceiling(onnx_file: Path, bundle_dir: Path, pool: TextPool, threads: in
     warm = sorted((w for text in encoder.windows(texts[:batch]) for w in text.windows), key=lambda e: len(e.ids))
     runner.session.run([OUTPUT_NAME], encoder.pad(warm[-batch:]).arrays)
     done = tokens = window_tokens = windows = 0
+    machine, own = _machine_cpu(), resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     while True:
         part = [texts[(done + i) % len(texts)] for i in range(chunk)]
@@ -108,7 +110,17 @@ def mixed_ceiling(onnx_file: Path, bundle_dir: Path, pool: TextPool, threads: in
         windows += len(ordered)
         elapsed = time.perf_counter() - started
         if elapsed >= min_seconds:
-            return Ceiling(tokens / elapsed, window_tokens / elapsed, done / elapsed, done, windows, elapsed, batch)
+            mine = resource.getrusage(resource.RUSAGE_SELF)
+            others = _machine_cpu() - machine - (mine.ru_utime + mine.ru_stime - own.ru_utime - own.ru_stime)
+            return Ceiling(tokens / elapsed, window_tokens / elapsed, done / elapsed, done, windows, elapsed, batch,
+                           round(max(others, 0.0), 1))
+
+
+def _machine_cpu() -> float:
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in ("user", "system", "nice", "irq", "softirq"))
 
 
 # ---- what the stack says about itself during a run -----------------------------------------------
@@ -180,14 +192,9 @@ class StackProbe:
         return values
 
     def _cpu(self) -> dict[str, float]:
-        import psutil
-
-        times = psutil.cpu_times()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)  # k6, once run_k6 has waited for it
         return {name: _cpu_seconds(pid) for name, pid in self.pids.items()} | {
-            "k6": children.ru_utime + children.ru_stime,
-            "machine": times.user + times.system + getattr(times, "nice", 0.0) + getattr(times, "irq", 0.0)
-            + getattr(times, "softirq", 0.0)}
+            "k6": children.ru_utime + children.ru_stime, "machine": _machine_cpu()}
 
     def _sample(self) -> None:
         while self.transformer_metrics and not self._stop.wait(self.interval_s):
@@ -316,7 +323,10 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
                "Latencies are per request, from its first attempt to its answer: a request shed with 503 is "
                "sent again after `Retry-After` (what a client does), so the texts answered are the pool's mix. "
                "A short request is one whose texts are all short.")
-    lines = []
+    lines = [f"- model alone: {ceiling.texts:,} texts of the pool in order ({ceiling.windows:,} windows, "
+             f"{ceiling.window_tokens_per_s:,.0f} tokens/s with the special tokens of every window) in "
+             f"{ceiling.seconds:.1f} s" + (f"; other processes used {ceiling.others_cpu_s:.1f} CPU seconds meanwhile"
+                                           if ceiling.others_cpu_s is not None else "")]
     if stack is not None:
         lines.append(f"- **this stack: {_pct(stack.tokens_per_s, ceiling.tokens_per_s)} of the model alone's "
                      f"tokens/s** ({stack.tokens_per_s or 0:,.0f} of {ceiling.tokens_per_s:,.0f}; target 75 %)")
@@ -332,7 +342,8 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
                 f"{size} {_ms(result.p99_by_size[size])} ms ({(result.requests_by_size or {}).get(size, 0)})"
                 for size in (c.name for c in pool.mix.classes) if size in result.p99_by_size)
                 + (f"; shed attempts {', '.join(f'{k} {v}' for k, v in result.shed_by_size.items() if v)}"
-                   if result.shed_by_size and any(result.shed_by_size.values()) else ""))
+                   if result.shed_by_size and any(result.shed_by_size.values()) else "")
+                + (f"; {result.given_up} requests still shed after 10 retries (given up)" if result.given_up else ""))
     for who, result in (("classic service", classic), ("this stack", stack)):
         if result is not None and result.wrapped_texts:
             lines.append(f"- warning: the pool ran out for the {who}: {result.wrapped_texts} texts were sent again "

@@ -20,8 +20,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
         redis_port=args.redis_port, redis_url=args.redis_url, use_redis=not args.no_redis, protocol=args.protocol,
         transformer_args=tuple(args.transformer_arg or ()),
         prometheus_port=args.prometheus_port if args.with_prometheus else None,
+        traces_port=args.traces_port if args.with_tracing else None,
     )
     return run_up(config)
+
+
+def _cmd_traces(args: argparse.Namespace) -> int:
+    from sentiment.stack.traces import TRACES_FILE, show_trace
+
+    return show_trace(Path(args.file) if args.file else Path(args.logs) / TRACES_FILE, args.trace)
 
 
 def add_stack_commands(commands) -> None:
@@ -48,6 +55,19 @@ def add_stack_commands(commands) -> None:
     up.add_argument("--with-prometheus", action="store_true",
                     help="also run Prometheus (Debian's prometheus) scraping the stack and evaluating the SLO alerts")
     up.add_argument("--prometheus-port", type=int, default=9090)
+    up.add_argument("--with-tracing", action="store_true",
+                    help="trace every request (OpenTelemetry): the transformer and Triton export to a local OTLP/HTTP "
+                         "receiver that writes the spans to <logs>/traces.jsonl (read it with `sentiment traces`)")
+    up.add_argument("--traces-port", type=int, default=4318, help="port of the local OTLP/HTTP receiver (default 4318)")
     up.add_argument("--transformer-arg", action="append", metavar="ARG",
                     help="extra flag for the transformer, repeatable (e.g. --transformer-arg=--hot_cache_size=0)")
     up.set_defaults(handler=_cmd_up)
+
+    traces = commands.add_parser("traces", help="print the span tree of one traced request (sentiment up --with-tracing)",
+                                 description="Print one trace from the spans `sentiment up --with-tracing` wrote: the "
+                                             "latest request's, or --trace ID's (a client's traceparent trace id). "
+                                             "Columns: start offset, duration, span, service, attributes.")
+    traces.add_argument("--logs", default=str(LOGS_DIR), help="the stack's logs folder (default .logs/)")
+    traces.add_argument("--file", help="a traces file (default <logs>/traces.jsonl)")
+    traces.add_argument("--trace", help="the trace id (32 hex digits); default: the latest trace")
+    traces.set_defaults(handler=_cmd_traces)

@@ -21,6 +21,14 @@ HEALTH_PATH = "/project/health"  # readiness: the transformer and Triton serve t
 LIVE_PATH = "/project/live"      # liveness: the process answers
 
 
+def tracing_environment(endpoint: str) -> dict[str, str]:
+    """The standard OpenTelemetry variables that send every request's trace to `endpoint` (OTLP/HTTP),
+    exported within a fifth of a second."""
+    return {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+            "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_SDK_DISABLED": "false"}
+
+
 @dataclass(frozen=True)
 class TransformerLaunch:
     """Everything the local stack decides about one transformer process."""
@@ -34,6 +42,7 @@ class TransformerLaunch:
     extra_args: tuple[str, ...] = ()
     python: str = sys.executable   # the interpreter (another venv: the serving image's dependency set)
     control_file: Path | None = None  # the rollout's control channel (SIGHUP + this file)
+    traces_endpoint: str | None = None  # an OTLP/HTTP endpoint: tracing on, every request traced
 
     @classmethod
     def for_repository(cls, repository: Path, triton: TritonPorts, **settings) -> "TransformerLaunch":
@@ -60,8 +69,11 @@ class TransformerLaunch:
 
     def environment(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
         """This environment (settings like CACHE_TTL_SECONDS pass through) without REDIS_URL: whether
-        there is a Redis is this launch's decision (`redis_url`), then `overrides`."""
+        there is a Redis is this launch's decision (`redis_url`), then the tracing variables of
+        `traces_endpoint`, then `overrides`."""
         environment = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+        if self.traces_endpoint:
+            environment |= tracing_environment(self.traces_endpoint)
         return environment | dict(overrides or {})
 
     def process(self, log_file: Path, name: str = "transformer", env: Mapping[str, str] | None = None,

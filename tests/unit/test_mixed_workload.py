@@ -121,6 +121,7 @@ def pool_summary() -> dict:
         "shed_requests{size:short}": {"values": {"count": 0}},
         "shed_requests{size:long}": {"values": {"count": 16}},
         "pool_wrapped_texts": {"values": {"count": 0}},
+        "pool_requests_given_up": {"values": {"count": 2}},
     }}
 
 
@@ -131,7 +132,7 @@ def test_parse_summary_reads_the_pool_metrics():
     assert (result.request_p99_ms, result.request_p50_ms) == (2500.0, pytest.approx(833.33, abs=0.01))
     assert result.p99_by_size == {"short": 240.0, "medium": 480.0, "long": 2600.0}
     assert result.requests_by_size == {"short": 70, "medium": 330, "long": 264}
-    assert result.shed_by_size == {"short": 0, "long": 16} and result.wrapped_texts == 0
+    assert result.shed_by_size == {"short": 0, "long": 16} and result.wrapped_texts == 0 and result.given_up == 2
     assert result.duration_s == 75.5
 
 
@@ -193,7 +194,7 @@ def test_the_mixed_section_has_the_table_and_the_ratios(pool, tmp_path):
     assert "| model alone (ONNX Runtime" in text and "| 15,000 | 100 % |" in text
     assert "**this stack: 87 % of the model alone's tokens/s**" in text
     assert "tokens/s ×8.7" in text and "short-request p99 ×0.20" in text
-    assert "long 2,600.0 ms (264)" in text
+    assert "long 2,600.0 ms (264); shed attempts long 16; 2 requests still shed after 10 retries" in text
     assert "| this stack | 900 | 75 % |" in text  # every text new against the short-sentence ceiling
 
     document = tmp_path / "BENCHMARKS.md"

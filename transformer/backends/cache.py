@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from typing import Protocol, Sequence
 
-from transformer import metrics
+from transformer import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class RemoteCache(Protocol):
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
 
-    async def set_many(self, items: dict[str, bytes]) -> None: ...
+    async def set_many(self, items: dict[str, bytes]) -> bool: ...
 
     def schedule_set(self, items: dict[str, bytes]) -> None: ...
 
@@ -126,6 +126,7 @@ class RedisTextCache:
         self._client = redis.Redis(connection_pool=pool)
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         self._pending: dict[str, bytes] = {}
+        self._pending_spans: list = []  # tracing on: the spans of the requests whose writes are pending
         self._flusher: asyncio.Task | None = None
         self.max_pending = 20_000
 
@@ -154,9 +155,10 @@ class RedisTextCache:
         metrics.record_lookups(self.name, found)
         return found
 
-    async def set_many(self, items: dict[str, bytes]) -> None:
+    async def set_many(self, items: dict[str, bytes]) -> bool:
+        """Write with the TTL; whether Redis took the writes (a failure is counted, never raised)."""
         if not items:
-            return
+            return True
 
         async def write():
             async with self._client.pipeline(transaction=False) as pipe:
@@ -164,7 +166,7 @@ class RedisTextCache:
                     pipe.set(key, value, ex=self.ttl_s)
                 return await pipe.execute()
 
-        await self._guarded("set", write)
+        return await self._guarded("set", write) is not None
 
     def schedule_set(self, items: dict[str, bytes]) -> None:
         """Write behind, coalesced: writes of concurrent requests share one pipeline round trip, and
@@ -174,13 +176,21 @@ class RedisTextCache:
             metrics.CACHE_ERRORS.labels(operation="set", reason="write_backlog_full").inc()
             return
         self._pending.update(items)
+        if tracing.RECORDING.get():  # a sampled request's writes
+            self._pending_spans.append(tracing.current_span())
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, {}
-            await self.set_many(batch)
+            spans, self._pending_spans = self._pending_spans, []
+            if not spans:
+                await self.set_many(batch)
+                continue
+            attributes = {"sentiment.cache.tier": self.name, "sentiment.cache.keys": len(batch)}
+            with tracing.shared_span("sentiment.cache.write", spans, attributes) as span:
+                span.set_attribute("sentiment.cache.written", await self.set_many(batch))
 
     async def flush(self) -> None:
         """Wait until every scheduled write has been attempted."""

@@ -18,7 +18,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from transformer import metrics
+from transformer import metrics, tracing
 from transformer.errors import PredictorUnavailable
 
 Tensors = Mapping[str, np.ndarray]  # input name -> int64 [rows, length]
@@ -104,7 +104,10 @@ class GrpcPredictor:
     """Triton over KServe V2 gRPC, with KServe's protobufs, on ONE channel: inference, readiness and
     the model configuration share it, so "ready" also means "this channel is connected" (with two
     channels, the probe reconnected first after a Triton restart and the first call still failed).
-    Reconnects fast after a Triton restart (short reconnect backoff)."""
+    Reconnects fast after a Triton restart (short reconnect backoff). Tracing on: a sampled call
+    carries `traceparent` in its metadata, and Triton's spans join the caller's trace."""
+
+    protocol = "grpc-v2"
 
     def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False, version: str = ""):
         import grpc
@@ -161,7 +164,11 @@ class GrpcPredictor:
         self._connect()
         started = time.perf_counter()
         try:
-            response = await self._stub.ModelInfer(self._request(inputs), timeout=self.timeout_s)
+            metadata = None
+            if tracing.RECORDING.get():  # a sampled call
+                headers = tracing.outgoing_headers()
+                metadata = tuple(headers.items()) if headers else None
+            response = await self._stub.ModelInfer(self._request(inputs), timeout=self.timeout_s, metadata=metadata)
         except self._rpc_error as error:
             code = error.code().name if hasattr(error, "code") else "UNKNOWN"
             metrics.PREDICTOR_ERRORS.labels(reason=code.lower()).inc()
@@ -214,7 +221,9 @@ def _grpc_logits(response, rows: int) -> np.ndarray:
 
 
 class RestPredictor:
-    """Triton over KServe V2 REST (binary tensor extension)."""
+    """Triton over KServe V2 REST (binary tensor extension); a sampled call carries `traceparent`."""
+
+    protocol = "v2"
 
     def __init__(self, host: str, model_name: str, timeout_s: float, use_ssl: bool = False, version: str = ""):
         import httpx
@@ -233,8 +242,9 @@ class RestPredictor:
         try:
             # KServe's REST client builds /v2/models/<name>/infer: the version goes into the name's place.
             route = f"{self.model_name}/versions/{self.version}" if self.version else self.model_name
+            headers = tracing.outgoing_headers() if tracing.RECORDING.get() else None
             response = await self._client.infer(self.base_url, _infer_request(self.model_name, inputs, self.version),
-                                                model_name=route)
+                                                model_name=route, headers=headers)
         except self._errors as error:
             metrics.PREDICTOR_ERRORS.labels(reason=type(error).__name__.lower()).inc()
             raise PredictorUnavailable(f"the predictor failed ({type(error).__name__}); retry shortly") from None

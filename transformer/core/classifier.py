@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from transformer import metrics
+from transformer import logs, metrics, tracing
 from transformer.backends.cache import PredictionMemo, RemoteCache
 from transformer.backends.predictor import Predictor
 from transformer.bundle import ModelBundle
@@ -64,6 +64,9 @@ class TextClassifier:
         self._short_key = functools.lru_cache(maxsize=8192)(self._key)
         self._from = {source: metrics.TEXTS.labels(source=source) for source in metrics.SOURCES}
         self.stats = metrics.PREDICTIONS.for_version(bundle.version, self.labels)
+        self.prediction_log = logs.PredictionLog(settings.prediction_log_sample_rate, settings.prediction_log_text,
+                                                 self.labels, bundle.version) if settings.prediction_log_sample_rate else None
+        self._tiers = [memo.name] + ([remote.name] if remote is not None else [])
 
     @property
     def cache_description(self) -> str:
@@ -79,18 +82,25 @@ class TextClassifier:
     # ---- classification --------------------------------------------------------------------
     async def classify(self, texts: Sequence[str], options: ClassifyOptions, field: str = "text") -> list[Prediction]:
         """One prediction per text, in input order."""
+        started = time.perf_counter() if self.prediction_log is not None else 0.0
         metrics.TEXTS_PER_REQUEST.observe(len(texts))
         metrics.TEXTS_RECEIVED.inc(len(texts))
         how = self._how[options.truncation]
         keyed = [self._key_of(text, how) for text in texts]
         keys = [key for key, _ in keyed]
         unique = dict(keyed)  # key -> normalized text, first occurrence order
-        results = await self._lookup(list(unique))
+        if not tracing.RECORDING.get():
+            results = await self._lookup(list(unique))
+        else:
+            with tracing.span("sentiment.cache.lookup", {"sentiment.cache.tiers": self._tiers}) as span:
+                results = await self._lookup(list(unique), span)
         if options.truncation is Truncation.ERROR:
             self._refuse_long(field, keys, {key: p.tokens for key, p in results.items()})
         self._from["cache"].inc(len(results))
         self.stats.record((p.probabilities for p in results.values()), CACHE)
         if len(results) == len(unique):
+            if self.prediction_log is not None or tracing.RECORDING.get():
+                self._observe(started, results, {}, {}, keys, texts)
             return [results[key] for key in keys]
 
         waiting: dict[str, asyncio.Future] = {}
@@ -113,12 +123,28 @@ class TextClassifier:
         computed = dict(zip(own.keys(), await asyncio.gather(*own.values())))
         self.stats.record((p.probabilities for p in done.values()), SHARED)
         self.stats.record((p.probabilities for p in computed.values()), MODEL)
+        if self.prediction_log is not None or tracing.RECORDING.get():
+            self._observe(started, results, done, computed, keys, texts)
         results.update(done)
         results.update(computed)
         return [results[key] for key in keys]
 
-    async def _lookup(self, keys: list[str]) -> dict[str, Prediction]:
+    def _observe(self, started: float, cached: dict, shared: dict, computed: dict, keys: list[str],
+                 texts: Sequence[str]) -> None:
+        """The request's answers by source on its span, and the sampled prediction log."""
+        if tracing.RECORDING.get():
+            tracing.annotate({"sentiment.texts.cache": len(cached), "sentiment.texts.shared": len(shared),
+                              "sentiment.texts.model": len(computed)})
+        if self.prediction_log is not None:
+            raw = dict(zip(keys, texts)) if self.prediction_log.with_text else None
+            self.prediction_log.record(started, (("cache", cached), ("shared", shared), ("model", computed)), raw)
+
+    async def _lookup(self, keys: list[str], span=None) -> dict[str, Prediction]:
+        """Cached predictions of `keys`: the in-process tier, then Redis for the rest. `span`
+        (tracing on) gets the hits and misses of each tier."""
         results = self.memo.get_many(keys)
+        if span is not None:
+            span.set_attribute(f"sentiment.cache.{self.memo.name}.hits", len(results))
         if len(results) < len(keys) and self.remote is not None:
             remaining = [key for key in keys if key not in results]
             fetched: dict[str, Prediction] = {}
@@ -130,6 +156,11 @@ class TextClassifier:
                     metrics.CACHE_CORRUPT.inc()
             self.memo.put_many(fetched)
             results.update(fetched)
+            if span is not None:
+                span.set_attributes({f"sentiment.cache.{self.remote.name}.hits": len(fetched),
+                                     f"sentiment.cache.{self.remote.name}.misses": len(remaining) - len(fetched)})
+        if span is not None:
+            span.set_attributes({"sentiment.cache.hits": len(results), "sentiment.cache.misses": len(keys) - len(results)})
         return results
 
     def _refuse_long(self, field: str, keys: list[str], tokens: dict[str, int]) -> None:
@@ -204,6 +235,15 @@ class TextClassifier:
                              "retry after a second")
 
     async def _tokenize(self, texts: list[str]) -> list[TextWindows]:
+        if not tracing.RECORDING.get():
+            return await self._tokenize_untraced(texts)
+        with tracing.span("sentiment.tokenize", {"sentiment.texts": len(texts)}) as span:
+            windows = await self._tokenize_untraced(texts)
+            span.set_attributes({"sentiment.windows": sum(len(text.windows) for text in windows),
+                                 "sentiment.tokens": sum(text.token_count for text in windows)})
+        return windows
+
+    async def _tokenize_untraced(self, texts: list[str]) -> list[TextWindows]:
         started = time.perf_counter()
         if self._executor is None:
             windows = self.encoder.windows(texts)
@@ -215,7 +255,13 @@ class TextClassifier:
     async def _compute(self, texts: dict[str, TextWindows], futures: dict[str, asyncio.Future],
                        truncation: Truncation) -> None:
         try:
-            computed = await self._run_model(texts, truncation)
+            if not tracing.RECORDING.get():
+                computed = await self._run_model(texts, truncation)
+            else:
+                attributes = {"sentiment.texts": len(texts), "sentiment.windows": sum(len(t.windows) for t in texts.values()),
+                              "sentiment.tokens": sum(t.cost for t in texts.values())}
+                with tracing.span("sentiment.compute", attributes):
+                    computed = await self._run_model(texts, truncation)
         except BaseException as error:  # noqa: BLE001 - every waiter must hear of it
             for key, future in futures.items():
                 if not future.done():

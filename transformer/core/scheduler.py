@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Encoding
 
-from transformer import metrics
+from transformer import metrics, tracing
 from transformer.backends.predictor import Predictor
 from transformer.core.tokenization import TextEncoder
 
@@ -80,6 +80,7 @@ class _Window:
     encoding: Encoding
     future: asyncio.Future
     tokens: int
+    span: object = None  # a sampled request's: the span of the work that submitted it (its compute span)
 
 
 @dataclass(eq=False)
@@ -121,12 +122,13 @@ class BatchScheduler:
         return bool(self._owners)
 
     def expected_wait_s(self, tokens: int) -> float:
-        """Seconds until `tokens` of new work would be done: under fair sharing every queued request
-        runs ahead of it by at most as much as the new work itself; before that, a call slot must
-        free up, about one call's worth of work."""
+        """Seconds that others' work adds before `tokens` of new work are done: under fair sharing
+        every queued request runs ahead of it by at most as much as the new work itself, and a call
+        slot must free up first (about one call's worth of work). The new work's own time is not
+        counted: a request is never refused for its own size (`max_request_tokens` bounds that)."""
         ahead = sum(min(owner.queued_tokens, tokens) for owner in self._owners.values())
         slot = self._running_tokens / self.max_concurrent
-        return (ahead + slot + tokens) / max(self.meter.rate, 1.0)
+        return (ahead + slot) / max(self.meter.rate, 1.0)
 
     # ---- work ----------------------------------------------------------------------------------
     def submit(self, encodings: Sequence[Encoding]) -> list[asyncio.Future]:
@@ -136,11 +138,12 @@ class BatchScheduler:
         if not futures:
             return []
         owner = _Owner()
+        span = tracing.current_span() if tracing.RECORDING.get() else None
         # Longest first: the owner's first call is as wide as its widest window, and its shorter
         # windows ride along in the same call instead of waiting for calls of their own.
         for index in sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids)):
             tokens = len(encodings[index].ids)
-            owner.pending.append(_Window(encodings[index], futures[index], tokens))
+            owner.pending.append(_Window(encodings[index], futures[index], tokens, span))
             owner.queued_tokens += tokens
         owner.finish = self._virtual + min(owner.queued_tokens, self.max_batch_tokens)
         self._owners[self._next_owner] = owner
@@ -214,7 +217,10 @@ class BatchScheduler:
             inputs = self.encoder.pad([window.encoding for window in batch]).arrays
             metrics.PREDICTOR_BATCH_SIZE.observe(len(batch))
             metrics.PREDICTOR_BATCH_TOKENS.observe(inputs["input_ids"].size)
-            logits = await self.predictor.infer(inputs)
+            if tracing.tracer is None or not any(window.span is not None for window in batch):
+                logits = await self.predictor.infer(inputs)
+            else:
+                logits = await self._traced_infer(batch, inputs, tokens)
         except Exception as error:  # every waiter must hear of it
             self._fail(batch, error)
         except BaseException:  # cancelled (shutdown): no new calls either
@@ -228,6 +234,18 @@ class BatchScheduler:
             self.meter.completed(tokens)
         self._finished(tokens)
         self._dispatch()
+
+    async def _traced_infer(self, batch: list[_Window], inputs, tokens: int) -> np.ndarray:
+        """The call in a span of its own, shared by the requests whose windows it carries (see
+        `tracing.shared_span`: a child of the first sampled one, links to and from the others)."""
+        ids = inputs["input_ids"]
+        attributes = {"sentiment.batch.rows": int(ids.shape[0]), "sentiment.batch.padded_tokens": int(ids.size),
+                      "sentiment.batch.tokens": tokens,
+                      "sentiment.model.version": getattr(self.predictor, "version", "") or "unpinned",
+                      "sentiment.predictor.protocol": getattr(self.predictor, "protocol", "")}
+        with tracing.shared_span("sentiment.predictor.infer", (window.span for window in batch), attributes,
+                                 kind="CLIENT"):
+            return await self.predictor.infer(inputs)
 
     @staticmethod
     def _fail(batch: list[_Window], error: BaseException) -> None:

@@ -41,7 +41,7 @@ def counted(route: str):
     def decorate(method):
         @functools.wraps(method)
         async def rpc(self: "GuardedServicer", request, context):
-            with self.core.track("grpc", route) as record:
+            with self.core.track("grpc", route, context) as record:
                 try:
                     response = await method(self, request, context)
                 except ServiceError as error:
@@ -56,7 +56,8 @@ def counted(route: str):
                     raise
                 except Exception:
                     log.exception("unhandled error in gRPC %s", route)
-                    record.status = 500
+                    record.status, record.code, record.message = 500, "internal_error", "unhandled error (its stack trace is logged)"
+                    record.grpc_status = grpc.StatusCode.INTERNAL.value[0]
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error; it was logged")
                 else:
                     record.status = 200

@@ -185,7 +185,7 @@ class RestTransport:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = match_route(scope["path"])
-        with self.core.track("rest", route.label) as record:
+        with self.core.track("rest", route.label, scope) as record:
             try:
                 self._check_model(route)
                 if route.kind == "refuse":
@@ -237,7 +237,7 @@ class RestTransport:
         except Exception:
             # Never leak a stack trace or internal names: log it, answer a plain 500.
             log.exception("unhandled error on %s %s", scope["method"], route.label)
-            record.status = 500
+            record.status, record.code, record.message = 500, "internal_error", "unhandled error (its stack trace is logged)"
             await _send(send, b'{"error":"internal error; it was logged","code":"internal_error"}', 500)
             return
         record.status = 200
@@ -313,6 +313,8 @@ class _ShapedErrors:
             return
         status = self.start["status"]
         body = _shaped(b"".join(self.chunks), status)
+        shaped = orjson.loads(body)
+        self.record.code, self.record.message = shaped.get("code"), shaped.get("error")
         start, content = _response(body, status, {"content-type": "application/json"} | _kept_headers(self.start))
         await self.send(start)
         await self.send(content)
