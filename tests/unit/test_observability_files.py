@@ -303,6 +303,9 @@ ALERT_CASES: dict[str, list[tuple[dict[str, str], str, dict | list[dict] | None]
          f"{DAY + 90}m", None),                                                              # 0.05 answers/s yesterday
         (answers("1", {"POSITIVE": [(12, 90)], "NEGATIVE": [(48, 90)]}, start=DAY),
          f"{DAY + 90}m", None),                                                              # no yesterday: new service
+        ({**answers("1", {"POSITIVE": [(60, DAY), (0, 90)]}),                                # yesterday only POSITIVE,
+          **answers("1", {"NEGATIVE": [(60, 90)]}, start=DAY)},                              # today only NEGATIVE (a
+         f"{DAY + 90}m", BOTH_LABELS),                                                       # label new today fires)
     ],
     # Version 1 50/50 at 0.8 answers/s, a canary (version 2) beside it at 0.2 answers/s; or an in-process
     # switch at minute 20 (version 1 stops, version 2 takes all traffic).
