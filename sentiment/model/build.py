@@ -120,7 +120,7 @@ def ensure_checkpoint(config: TrainConfig) -> tuple[Path, bool]:
         return target, False
     scratch = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
-    log.info("training the default model into %s (about 6 minutes on 2 cores)", target)
+    log.info("training the default model into %s (6 to 10 minutes on 2 cores)", target)
     train(config, scratch, root / "data")
     shutil.rmtree(target, ignore_errors=True)
     scratch.rename(target)
