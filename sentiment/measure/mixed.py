@@ -303,6 +303,23 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
                   "though it reads only the first 128",
         "model": f"{variant} ONNX for the model alone and this stack, the same checkpoint in PyTorch for the classic "
                  f"service; {threads} threads"})
+    _add_services_table(report, pool, ceiling, classic, stack)
+    lines = _ceiling_and_ratio_lines(ceiling, classic, stack)
+    lines += _by_size_lines(pool, classic, stack)
+    if diagnostics:
+        lines += _diagnostic_lines(diagnostics, stack)
+    for who, g in (("the classic service's", classic_diagnostics), ("this stack's", diagnostics)):
+        if g and g.get("cpu_seconds", {}).get("machine"):
+            lines.append(_cpu_line(who, g))
+    report.add(lines)
+    if new:
+        _add_every_text_new(report, new, short_ceiling)
+    return report
+
+
+def _add_services_table(report: MarkdownReport, pool: TextPool, ceiling: Ceiling, classic: LoadResult | None,
+                        stack: LoadResult | None) -> None:
+    """One row for the model alone, one for each service that ran."""
     rows = [("model alone (ONNX Runtime, windows sorted by length, batch "
              f"{ceiling.batch}, tokenization included)", f"{ceiling.texts_per_s:.1f}", f"{ceiling.tokens_per_s:,.0f}",
              "100 %", "-", "-", "-", "-", "-", "-")]
@@ -323,6 +340,9 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
                "Latencies are per request, from its first attempt to its answer: a request shed with 503 is "
                "sent again after `Retry-After` (what a client does), so the texts answered are the pool's mix. "
                "A short request is one whose texts are all short.")
+
+
+def _ceiling_and_ratio_lines(ceiling: Ceiling, classic: LoadResult | None, stack: LoadResult | None) -> list[str]:
     lines = [f"- model alone: {ceiling.texts:,} texts of the pool in order ({ceiling.windows:,} windows, "
              f"{ceiling.window_tokens_per_s:,.0f} tokens/s with the special tokens of every window) in "
              f"{ceiling.seconds:.1f} s" + (f"; other processes used {ceiling.others_cpu_s:.1f} CPU seconds meanwhile"
@@ -336,6 +356,12 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
                      f"p99 {_ratio(stack.request_p99_ms, classic.request_p99_ms, 2)}, "
                      f"short-request p99 {_ratio(stack.short_p99_ms, classic.short_p99_ms, 2)} (and the classic service "
                      "judges only the first 128 tokens of each text)")
+    return lines
+
+
+def _by_size_lines(pool: TextPool, classic: LoadResult | None, stack: LoadResult | None) -> list[str]:
+    """Request p99 and shed attempts by request size, and a warning if the pool ran out."""
+    lines = []
     for who, result in (("classic service", classic), ("this stack", stack)):
         if result is not None and result.p99_by_size:
             lines.append(f"- {who}, request p99 by size (requests): " + ", ".join(
@@ -348,35 +374,36 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
         if result is not None and result.wrapped_texts:
             lines.append(f"- warning: the pool ran out for the {who}: {result.wrapped_texts} texts were sent again "
                          "(with a round mark)")
-    if diagnostics:
-        g = diagnostics
-        lines.append(f"- the transformer's own count (`sentiment_text_tokens_sum` over the run / the k6 run's "
-                     f"{stack.duration_s or g['wall_s']:.0f} s): {g['tokens_per_s'] or 0:,.0f} tokens/s, "
-                     f"{g['texts_computed']:,} texts in {g['windows']:,} windows "
-                     f"({g['windows_per_text'] or 0:.2f} per text)")
-        if g.get("predictor_calls"):
-            lines.append(f"- predictor calls: {g['predictor_calls']:,}, {g['windows_per_call']:.1f} windows and "
-                         f"{g['padded_tokens_per_call']:.0f} padded tokens per call on average, "
-                         f"{(g['real_token_share'] or 0) * 100:.0f} % of the padded tokens real; call latency "
-                         f"{g['predictor_call_ms']:.1f} ms on average; tokens queued in the transformer: "
-                         f"{g['queued_tokens_mean'] or 0:,.0f} on average (empty in "
-                         f"{(g['queue_empty_share'] or 0) * 100:.0f} % of the samples)")
-        if g.get("triton_executions"):
-            lines.append(f"- Triton: {g['triton_executions']:,} model executions of "
-                         f"{g['triton_rows_per_execution']:.1f} rows, {g['triton_compute_ms_per_execution']:.1f} ms "
-                         f"compute each ({g['triton_compute_s']:.0f} s of compute in the run, over its instances), queue "
-                         f"{g['triton_queue_ms_per_request']:.1f} ms per request")
-    for who, g in (("the classic service's", classic_diagnostics), ("this stack's", diagnostics)):
-        if g and g.get("cpu_seconds", {}).get("machine"):
-            lines.append(_cpu_line(who, g))
-    if lines:
-        report.add(lines)
-    if new:
-        report.heading("Every text new (short sentences), the same run")
-        rows = [(who, f"{r.texts_per_s:.0f}", _pct(r.texts_per_s, short_ceiling), _ms(r.p50_ms), _ms(r.p99_ms),
-                 f"{r.failed_rate * 100:.2f} %", _ms(r.health_p99_ms)) for who, r in new.items()]
-        report.add(markdown_table(("service", "texts/s", "of the model alone (sentences/s)", "p50 ms", "p99 ms",
-                                   "failed", "health p99 ms"), rows),
-                   f"Model alone on short sentences in this run: {short_ceiling:.0f} sentences/s (best batch)."
-                   if short_ceiling else "")
-    return report
+    return lines
+
+
+def _diagnostic_lines(g: dict, stack: LoadResult | None) -> list[str]:
+    """What the transformer's and Triton's metrics say about the stack's run."""
+    duration = (stack.duration_s if stack is not None else None) or g["wall_s"]
+    lines = [f"- the transformer's own count (`sentiment_text_tokens_sum` over the run / the k6 run's "
+             f"{duration:.0f} s): {g['tokens_per_s'] or 0:,.0f} tokens/s, "
+             f"{g['texts_computed']:,} texts in {g['windows']:,} windows "
+             f"({g['windows_per_text'] or 0:.2f} per text)"]
+    if g.get("predictor_calls"):
+        lines.append(f"- predictor calls: {g['predictor_calls']:,}, {g['windows_per_call']:.1f} windows and "
+                     f"{g['padded_tokens_per_call']:.0f} padded tokens per call on average, "
+                     f"{(g['real_token_share'] or 0) * 100:.0f} % of the padded tokens real; call latency "
+                     f"{g['predictor_call_ms']:.1f} ms on average; tokens queued in the transformer: "
+                     f"{g['queued_tokens_mean'] or 0:,.0f} on average (empty in "
+                     f"{(g['queue_empty_share'] or 0) * 100:.0f} % of the samples)")
+    if g.get("triton_executions"):
+        lines.append(f"- Triton: {g['triton_executions']:,} model executions of "
+                     f"{g['triton_rows_per_execution']:.1f} rows, {g['triton_compute_ms_per_execution']:.1f} ms "
+                     f"compute each ({g['triton_compute_s']:.0f} s of compute in the run, over its instances), queue "
+                     f"{g['triton_queue_ms_per_request']:.1f} ms per request")
+    return lines
+
+
+def _add_every_text_new(report: MarkdownReport, new: dict[str, LoadResult], short_ceiling: float | None) -> None:
+    report.heading("Every text new (short sentences), the same run")
+    rows = [(who, f"{r.texts_per_s:.0f}", _pct(r.texts_per_s, short_ceiling), _ms(r.p50_ms), _ms(r.p99_ms),
+             f"{r.failed_rate * 100:.2f} %", _ms(r.health_p99_ms)) for who, r in new.items()]
+    report.add(markdown_table(("service", "texts/s", "of the model alone (sentences/s)", "p50 ms", "p99 ms",
+                               "failed", "health p99 ms"), rows),
+               f"Model alone on short sentences in this run: {short_ceiling:.0f} sentences/s (best batch)."
+               if short_ceiling else "")
