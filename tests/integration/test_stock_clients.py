@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TransformerServer
+from tests.support.metrics import request_counts
 
 pytestmark = pytest.mark.usefixtures("require_redis_server")
 
@@ -90,21 +90,6 @@ def assert_same(http: httpx.Client, texts: list[str], labels, scores, probabilit
     if probabilities is not None:
         np.testing.assert_allclose(np.asarray(probabilities, dtype=np.float64).reshape(len(texts), len(LABELS)),
                                    expected, atol=TOLERANCE)
-
-
-def request_counts(server: TransformerServer) -> Counter:
-    """sentiment_requests_total by (protocol, route, status), without the /metrics scrapes themselves."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    counts: Counter = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "sentiment_requests_total" and sample.labels.get("route") != "/metrics":
-                labels = sample.labels
-                counts[(labels["protocol"], labels["route"], labels["status"])] += int(sample.value)
-    return counts
 
 
 @contextmanager

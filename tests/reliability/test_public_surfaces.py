@@ -21,7 +21,6 @@ import socket
 import struct
 import threading
 import time
-import urllib.request
 import zlib
 from collections import Counter
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceSt
 
 from sentiment.stack.processes import free_port
 from tests.conftest import REPO_ROOT, TransformerServer, TritonServer, wait_until
+from tests.support.metrics import request_counts
 from transformer.errors import ERROR_CODE_METADATA, ERROR_TABLE
 
 pytestmark = pytest.mark.usefixtures("require_redis_server")
@@ -134,21 +134,6 @@ def fresh(tag: str = "t") -> str:
     """A text no request sent before: it misses every cache and goes to the model."""
     _counter[0] += 1
     return f"{tag} {_counter[0]} {time.monotonic_ns()}"
-
-
-def request_counts(server: TransformerServer) -> Counter:
-    """sentiment_requests_total by (protocol, route, status), without the /metrics scrapes."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(server.url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    counts: Counter = Counter()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "sentiment_requests_total" and sample.labels.get("route") != "/metrics":
-                labels = sample.labels
-                counts[(labels["protocol"], labels["route"], labels["status"])] += int(sample.value)
-    return counts
 
 
 def five_hundreds(counts: Counter) -> dict:

@@ -97,6 +97,15 @@ def version_of(body: dict, texts: list[str], answers: dict[str, dict]) -> set[st
     return matching
 
 
+def cache_hit_ratio(url: str, seconds: float) -> float:
+    """Texts answered from a cache over all texts received, in the next `seconds`."""
+    hits_before = metric_total(url, "sentiment_texts_total", source="cache")
+    received_before = metric_total(url, "sentiment_texts_received_total")
+    time.sleep(seconds)
+    return ((metric_total(url, "sentiment_texts_total", source="cache") - hits_before)
+            / max(1.0, metric_total(url, "sentiment_texts_received_total") - received_before))
+
+
 def test_rollout_and_rollback_under_load_lose_nothing_and_never_mix(two_versions, tmp_path):
     repository, checkpoint = two_versions
     logs = tmp_path / "logs"
@@ -107,14 +116,11 @@ def test_rollout_and_rollback_under_load_lose_nothing_and_never_mix(two_versions
                 for start in range(0, len(POOL), 6):
                     assert client.post("/project/bulk-predict", json={"text": POOL[start:start + 6]}).status_code == 200
             time.sleep(1)
+            hit_ratio_before = cache_hit_ratio(url, seconds=2)
             forward = rollout(RolloutOptions(logs=logs, checkpoint=checkpoint, export=ExportOptions(variant="fp32")),
                               say=lambda _line: None)
             switched = time.monotonic()
-            hits_before = metric_total(url, "sentiment_texts_total", source="cache")
-            received_before = metric_total(url, "sentiment_texts_received_total")
-            time.sleep(2)
-            hit_ratio = ((metric_total(url, "sentiment_texts_total", source="cache") - hits_before)
-                         / max(1.0, metric_total(url, "sentiment_texts_received_total") - received_before))
+            hit_ratio = cache_hit_ratio(url, seconds=2)
             back = rollout(RolloutOptions(logs=logs, to_version="1"), say=lambda _line: None)
             time.sleep(1)
         answers = {version: redis_answers(stack.redis_url, repository, version, POOL) for version in ("1", "2")}
@@ -124,7 +130,8 @@ def test_rollout_and_rollback_under_load_lose_nothing_and_never_mix(two_versions
     during = [r for r in records if r[0] >= switched]
     direct_flips = sum(int(np.argmax(answers["1"][t])) != int(np.argmax(answers["2"][t])) for t in POOL)
     print(f"\n[rollout] {len(records)} requests under load ({len(during)} after the switch), {len(failed)} failed; "
-          f"forward {forward.seconds}, back {back.seconds}; hit ratio in the 2 s after the switch {hit_ratio:.2f}; "
+          f"forward {forward.seconds}, back {back.seconds}; hit ratio in the 2 s before the rollout "
+          f"{hit_ratio_before:.2f}, in the 2 s after the switch {hit_ratio:.2f}; "
           f"shadow report: {forward.report['shadow']['flips']} flips of {forward.report['shadow']['sample']} "
           f"(direct comparison: {direct_flips} of {len(POOL)})")
     assert len(records) > 200 and not failed, failed[:3]
@@ -132,6 +139,7 @@ def test_rollout_and_rollback_under_load_lose_nothing_and_never_mix(two_versions
     assert direct_flips > 0  # the versions really differ: a mix would have been seen
     assert forward.report["shadow"]["sample"] == len(POOL)
     assert forward.report["shadow"]["flips"] == direct_flips
+    assert hit_ratio_before >= 0.9  # the load repeats the pool, which is cached
     assert hit_ratio >= 0.9  # the replay warmed the new version's entries
     assert (forward.from_version, forward.to_version, back.to_version) == ("1", "2", "1")
 
