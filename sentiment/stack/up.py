@@ -233,13 +233,22 @@ class ModelSource:
             return self.repository
         from sentiment.model.build import build
 
-        print("checking the default model (trains once per machine, about 6-8 minutes on 2 cores) ...", flush=True)
+        print("checking the default model (trains once per machine, 6 to 10 minutes on 2 cores) ...", flush=True)
         return build(default_model_repository()).repository
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run_up(config: StackConfig) -> int:
     """`sentiment up` once the model repository is known: start, print the banner, supervise, stop."""
     stack = Stack(config)
+    # Ctrl-C and SIGTERM stop the stack from the first moment: during start-up they interrupt it
+    # (`finally` stops what already runs), then `run_until_signal` turns them into a stop request.
+    # Set explicitly, not inherited: a script's background job starts with SIGINT ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     console("starting redis, triton and the transformer ...")
     code = 1
     try:

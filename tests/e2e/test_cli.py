@@ -91,6 +91,40 @@ def test_up_serves_a_users_checkpoint_without_redis(tiny_checkpoints, tmp_path):
             process.kill()
 
 
+def test_up_stops_on_sigint_during_start_up_even_when_started_with_sigint_ignored(tiny_repositories, tmp_path):
+    """A background job of a script inherits SIGINT ignored; a Ctrl-C (or `kill -INT`) that comes
+    while the stack is still starting must stop it, and everything it started, all the same."""
+    ports = {name: free_port() for name in ("port", "grpc-port", "triton-http-port", "triton-grpc-port",
+                                             "triton-metrics-port")}
+    argv = [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sentiment.cli", "up", "--model-repository", str(tiny_repositories["distilbert"]),
+         "--no-redis", *argv, "--logs", str(tmp_path / "logs")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        seen = []
+        while not any("starting redis, triton and the transformer" in line for line in seen):
+            line = process.stdout.readline()
+            assert line, "sentiment up ended before starting:\n" + "".join(seen)
+            seen.append(line)
+        deadline = time.monotonic() + 60  # until Triton runs: the interrupted start-up has something to stop
+        while not any("tritonserver" in " ".join(child.cmdline())
+                      for child in psutil.Process(process.pid).children(recursive=True)):
+            assert time.monotonic() < deadline, "Triton never started"
+            time.sleep(0.05)
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert "Press Ctrl-C" not in "".join(seen)  # still starting
+        process.send_signal(signal.SIGINT)
+        output = "".join(seen) + process.communicate(timeout=60)[0]
+        assert psutil.wait_procs(children, timeout=15)[1] == [], "children still running after the SIGINT"
+        assert all(port_is_free(port) for port in ports.values()), output
+        assert "Press Ctrl-C" not in output  # stopped during start-up, not after it
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def test_up_reports_a_busy_port(default_build, tmp_path):
     import socket
 
