@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class ProcessFailed(RuntimeError):
@@ -68,6 +68,26 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them: a KeyboardInterrupt raised
+    inside `subprocess.Popen` (after the fork, before it returns) loses the child's pid, and the child,
+    in a session of its own, outlives every clean-up. Main thread only (elsewhere: no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {signum: signal.signal(signum, lambda number, _frame: pending.append(number))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in pending:
+            os.kill(os.getpid(), signum)  # now to the handler the caller had
+
+
 @dataclass
 class ManagedProcess:
     """One server process: started in its own session so that stop() reaches its children too.
@@ -89,10 +109,11 @@ class ManagedProcess:
     def start(self) -> "ManagedProcess":
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_file.open("ab")
-        self.process = subprocess.Popen(
-            list(self.command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self.env, cwd=self.cwd, start_new_session=True,
-        )
+        with signals_deferred():
+            self.process = subprocess.Popen(
+                list(self.command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=self.env, cwd=self.cwd, start_new_session=True,
+            )
         log.close()
         self.started_at = time.monotonic()
         return self

@@ -129,6 +129,12 @@ class Stack:
                                                   traces_endpoint=endpoint)
         return redis, triton, launch.process(c.logs / "transformer.log", name=TRANSFORMER)
 
+    def _launch(self, process: ManagedProcess) -> ManagedProcess:
+        """Start a part, registered first: a Ctrl-C that lands between its start and the bookkeeping
+        would otherwise leave it running after `stop()`."""
+        self.processes.append(process)
+        return process.start()
+
     def start(self) -> None:
         c = self.config
         c.logs.mkdir(parents=True, exist_ok=True)
@@ -140,11 +146,12 @@ class Stack:
         redis, triton, transformer = self._parts()
         started = time.monotonic()
         if c.traces_port is not None:  # first: the others export to it from their first request
-            receiver = receiver_process(c.traces_port, c.traces_file, c.logs / "traces.log")
-            self.processes.append(receiver.start())
+            receiver = self._launch(receiver_process(c.traces_port, c.traces_file, c.logs / "traces.log"))
             receiver.wait_ready()
             self.say(f"  traces       OTLP/HTTP on {c.traces_endpoint}{TRACES_PATH}, spans -> {c.traces_file}")
-        self.processes += [process.start() for process in (redis, triton, transformer) if process is not None]
+        for process in (redis, triton, transformer):
+            if process is not None:
+                self._launch(process)
         if redis is not None:
             redis.wait_ready()
             self.say(f"  redis        ready on 127.0.0.1:{c.redis_port}")
@@ -260,6 +267,9 @@ def run_up(config: StackConfig) -> int:
     except KeyboardInterrupt:
         code = 0
     finally:
+        # A second Ctrl-C must not cut the clean-up short (each part's stop is bounded: 15 s at most).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
     return code
 

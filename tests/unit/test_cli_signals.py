@@ -52,3 +52,23 @@ def test_sigterm_runs_the_commands_cleanup_and_exits_143():
     finally:
         process.kill()
         process.wait()
+
+
+def test_signals_that_arrive_while_a_part_is_spawned_are_delivered_after_it():
+    """A SIGTERM inside `signals_deferred` (as around Popen) reaches the caller's handler only once
+    the block is done, so the child's pid is never lost to an interrupt."""
+    import os
+
+    from sentiment.stack.processes import signals_deferred
+
+    received: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.append("handled"))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            received.append("block done")
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == ["block done", "handled"]
