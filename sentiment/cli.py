@@ -41,9 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # Without this a SIGTERM (kill, a CI timeout) ends the process at once and leaves the Redis,
-    # Triton, transformer and k6 a benchmark or load test started running as orphans.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # Without these a SIGTERM (kill, a CI timeout) ends the process at once, and a SIGINT is lost where
+    # the parent left it ignored (a script's background job): either way the Redis, Triton, transformer
+    # and k6 that `up`, a benchmark or a load test started would run on as orphans.
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
     try:
         return args.handler(args)
     except Terminated:
@@ -51,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

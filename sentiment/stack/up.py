@@ -244,18 +244,11 @@ class ModelSource:
         return build(default_model_repository()).repository
 
 
-def _interrupt(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_up(config: StackConfig) -> int:
     """`sentiment up` once the model repository is known: start, print the banner, supervise, stop."""
     stack = Stack(config)
-    # Ctrl-C and SIGTERM stop the stack from the first moment: during start-up they interrupt it
-    # (`finally` stops what already runs), then `run_until_signal` turns them into a stop request.
-    # Set explicitly, not inherited: a script's background job starts with SIGINT ignored.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # During start-up Ctrl-C and SIGTERM raise (`sentiment.cli.main` sets both, for every command), so
+    # `finally` stops what already runs; `run_until_signal` then turns them into a stop request.
     console("starting redis, triton and the transformer ...")
     code = 1
     try:
