@@ -18,6 +18,7 @@
 //   RUN_ID             makes the "new" texts unique across runs (default: start time)
 //   SUMMARY_FILE       where handleSummary writes the JSON summary (default summary.json)
 //   P99_MS             p(99) threshold in ms (default 2000)
+//   UNEXPECTED_LOG_LIMIT  answers per VU that are neither 200 nor shed logged with status, error and body (default 5)
 //   TEXT_POOL_FILE     a JSON text pool (`sentiment bench`'s mixed workload writes one: {"texts": [{"text",
 //                      "tokens", "size"}, ...]}): each request takes the next TEXTS_PER_REQUEST texts of the
 //                      pool, in order across all VUs (every text sent once; after the last one the pool
@@ -199,6 +200,23 @@ export const options = {
   discardResponseBodies: false,
 };
 
+function isShed(response) {
+  return response.status === 429 || (response.status === 503 && String(response.body).includes('"overloaded"'));
+}
+
+// The first UNEXPECTED_LOG_LIMIT answers per VU that are neither 200 nor a shed (429, or 503 "overloaded") go to k6's log
+// with their status, k6's error and the start of the body: a failed rate alone does not say what failed.
+const UNEXPECTED_LOG_LIMIT = parseInt(__ENV.UNEXPECTED_LOG_LIMIT || '5', 10);
+let unexpectedLogged = 0;
+
+function reportUnexpected(response) {
+  if (unexpectedLogged >= UNEXPECTED_LOG_LIMIT) return;
+  unexpectedLogged += 1;
+  const body = typeof response.body === 'string' ? response.body.slice(0, 300) : '';
+  console.warn(`unexpected answer: status ${response.status} error_code ${response.error_code} ` +
+    `error "${response.error}" after ${response.timings.duration.toFixed(1)} ms, body: ${body}`);
+}
+
 function post(request) {
   const params = request.size ? Object.assign({}, PARAMS, { tags: { name: 'bulk-predict', size: request.size } }) : PARAMS;
   const response = http.post(`${BASE_URL}/project/bulk-predict`, request.payload, params);
@@ -211,6 +229,7 @@ function post(request) {
         predictions.every((ranked) => ranked.length >= 2 && ranked[0].score >= ranked[1].score);
     },
   });
+  if (response.status !== 200 && !isShed(response)) reportUnexpected(response);
   if (ok) {
     texts.add(TEXTS_PER_REQUEST);
     if (request.size) tokens.add(request.tokens);

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -88,6 +88,7 @@ class LoadResult:
     given_up: int = 0                # requests still shed after every retry (their texts never answered)
     wrapped_texts: int = 0           # texts sent again after the pool ran out (should be 0)
     duration_s: float | None = None  # the whole k6 run, which every rate above is over
+    unexpected: list[str] = field(default_factory=list)  # k6's log lines of answers neither 200 nor shed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +151,16 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
     )
 
 
+def unexpected_answers(k6_log: str) -> list[str]:
+    """The script's "unexpected answer" lines (status, k6 error, start of the body), k6's framing cut."""
+    found = []
+    for line in k6_log.splitlines():
+        start = line.find("unexpected answer:")
+        if start >= 0:
+            found.append(line[start:].rstrip('"').replace('\\"', '"'))
+    return found
+
+
 def run_k6(out_dir: Path, label: str, env: K6Environment, html_report: bool = True,
            timeout_s: float = 1800) -> LoadResult:
     """Run the script once; writes summary.json, k6.log and (optionally) report.html into out_dir."""
@@ -167,5 +178,6 @@ def run_k6(out_dir: Path, label: str, env: K6Environment, html_report: bool = Tr
     if result.returncode not in (0, 99) or not summary_file.is_file():
         raise K6Error(f"k6 failed with code {result.returncode}; see {out_dir / 'k6.log'}")
     parsed = parse_summary(json.loads(summary_file.read_text()), label)
+    parsed.unexpected = unexpected_answers((out_dir / "k6.log").read_text(errors="replace"))
     (out_dir / "result.json").write_text(json.dumps(parsed.as_dict(), indent=2) + "\n")
     return parsed

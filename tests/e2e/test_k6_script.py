@@ -106,3 +106,14 @@ def test_the_mixed_workload_runs_in_the_scripts_own_scenario(tiny_service, tiny_
                                         "TEXTS_PER_REQUEST": 10, "TEXT_POOL_FILE": str(pool_file)}, html_report=False)
     assert round(result.failed_rate * result.requests) == result.shed and result.wrapped_texts == 0  # failed: shed only
     assert result.tokens_per_s > 0 and sum(result.requests_by_size.values()) == result.requests - result.shed > 3
+
+
+def test_answers_neither_served_nor_shed_are_logged_with_their_status_and_body(tiny_service, tmp_path):
+    """A failed rate alone does not say what failed: the run names the first unexpected answers."""
+    result = run_k6(tmp_path, "wrong path", {"BASE_URL": f"{tiny_service.url}/nowhere", "SCENARIO": "smoke",
+                                             "DURATION": "1s", "TEXTS_PER_REQUEST": 1, "UNEXPECTED_LOG_LIMIT": 2},
+                    html_report=False)
+    assert result.failed_rate == 1 and result.requests > 2
+    assert 1 <= len(result.unexpected) <= 2 * 2  # at most the limit per VU (the smoke scenario runs 2 VUs at most)
+    assert all(line.startswith("unexpected answer: status 404 ") for line in result.unexpected), result.unexpected
+    assert '"code":"not_found"' in result.unexpected[0].replace(" ", ""), result.unexpected

@@ -49,7 +49,7 @@ def test_redis_killed_during_a_k6_run(tiny_repositories, logs_dir, tmp_path):
               f"cache errors during the outage {errors_during_outage:.0f}, Redis hits resumed {resumed:.2f} s after "
               "the restart command")
         assert result.requests > 100
-        assert result.failed_rate == 0
+        assert result.failed_rate == 0, result.unexpected
         assert errors_during_outage > 0  # the outage really happened
     finally:
         runner.join(timeout=60)

@@ -251,7 +251,8 @@ def test_request_token_limit_counts_every_window():
 # ---- admission -----------------------------------------------------------------------------------
 def test_expected_wait_sheds_new_work_but_hits_and_an_idle_model_are_always_served():
     predictor = RecordingPredictor(delay=0.1)
-    classifier = make_classifier(predictor, max_queue_wait_ms=50)
+    # calls of 16 tokens: the 12 texts of "big" (4 tokens each) queue more than the next round takes
+    classifier = make_classifier(predictor, max_queue_wait_ms=50, max_batch_tokens=16)
     classifier.scheduler.meter.rate = 100.0  # tokens per second: a slow model, as measured
     classifier.scheduler.meter.prior = False
 
@@ -269,6 +270,23 @@ def test_expected_wait_sheds_new_work_but_hits_and_an_idle_model_are_always_serv
     assert isinstance(shed, Overloaded) and shed.status_code == 503 and "would wait" in shed.message
     assert len(hit) == len(after) == 1
     assert classifier.scheduler.queued_tokens == 0
+
+
+def test_a_light_load_is_never_shed_even_when_the_meter_reads_low():
+    """Work that fits in the next round of calls starts within about two calls' time: a low reading
+    of the meter (part-full calls, or a first sample of one slow call) must not shed 4 users."""
+    predictor = RecordingPredictor(delay=0.05)
+    classifier = make_classifier(predictor, max_queue_wait_ms=50)  # one call of up to 512 tokens at a time
+    classifier.scheduler.meter.rate = 100.0  # as if the first sample had been one slow call
+    classifier.scheduler.meter.prior = False
+
+    async def scenario():
+        users = [classifier.classify([f"user {user} text {i}" for i in range(10)], CHUNK) for user in range(4)]
+        return await asyncio.gather(*users, return_exceptions=True)
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(answer, list) and len(answer) == 10 for answer in answers), answers
+    assert classifier.scheduler.round_tokens == 512
 
 
 def test_prediction_metrics_count_answers_by_version_label_and_source():

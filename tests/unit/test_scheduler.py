@@ -83,15 +83,15 @@ def test_calls_respect_the_token_budget_and_the_concurrency(encoder):
 
 
 def test_expected_wait_counts_what_runs_ahead_under_round_robin(encoder):
-    scheduler = BatchScheduler(SlowPredictor(), encoder, max_rows=8, max_batch_tokens=512, max_concurrent=1,
+    scheduler = BatchScheduler(SlowPredictor(), encoder, max_rows=8, max_batch_tokens=64, max_concurrent=1,
                                meter=ThroughputMeter(prior_tokens_per_s=100))
-    assert not scheduler.backlogged
+    assert not scheduler.backlog_beyond_next_round
     assert scheduler.expected_wait_s(50) == 0  # nothing ahead: its own work is not a wait
 
     async def scenario():
         scheduler.submit(windows(encoder, [" ".join(f"w{i}" for i in range(300))]))  # a long text: many windows
         scheduler.submit(windows(encoder, ["tiny"]))
-        return scheduler.backlogged, scheduler.expected_wait_s(10), scheduler._running_tokens
+        return scheduler.backlog_beyond_next_round, scheduler.expected_wait_s(10), scheduler._running_tokens
 
     backlogged, wait, running = asyncio.run(scenario())
     assert backlogged

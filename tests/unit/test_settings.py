@@ -42,3 +42,33 @@ def test_kserve_controller_flags_are_understood():
 def test_bad_settings_are_refused(argv, env):
     with pytest.raises(ValueError):
         parse(*argv, env=env)
+
+
+def test_the_readme_settings_table_names_every_setting_with_its_real_default():
+    """The table users configure from: every flag with its environment variable and the default the
+    code really has (it once said 1024 tokens per call after the code had moved to 512)."""
+    import re
+    from pathlib import Path
+
+    from transformer.settings import _KSERVE_SOURCES, _SOURCES
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {flag: (env, default) for flag, env, default in
+            re.findall(r"^\| `(--[a-z_]+)` \| `?([A-Z_]*)`? \| `?([^`|]*?)`? \|", readme, re.MULTILINE)}
+    defaults = Settings()
+    sources = [(field, flag, env) for field, flag, env, _type in _SOURCES]
+    sources += [(field, f"--{flag}", env) for field, flag, env in _KSERVE_SOURCES]
+    missing = [flag for _field, flag, _env in sources if flag not in rows]
+    assert not missing, f"flags missing from the README's settings table: {missing}"
+    for field, flag, env in sources:
+        documented_env, documented = rows[flag]
+        assert documented_env == env, flag
+        actual = getattr(defaults, field)
+        if actual is None:
+            assert documented == "unset", flag
+        elif isinstance(actual, bool):
+            assert documented == str(actual).lower(), flag
+        elif isinstance(actual, (int, float)):
+            assert float(documented) == actual, f"{flag}: README says {documented}, the code {actual}"
+        else:
+            assert documented == actual, flag

@@ -221,12 +221,13 @@ class TextClassifier:
         return futures, joined
 
     def _admit(self, cost: int) -> None:
-        """Shed by expected wait: an idle model takes any request, and so does a model whose
-        throughput has not been measured yet (the first fifth of a second of work); otherwise the new
-        work must be done within the bound, at the throughput measured on this machine."""
+        """Shed by expected wait: a model whose queue fits in its next round of calls takes any
+        request, and so does a model whose throughput has not been measured yet (the first fifth of
+        a second of work); otherwise the new work must be done within the bound, at the throughput
+        measured on this machine."""
         scheduler = self.scheduler
-        if not scheduler.backlogged or scheduler.meter.prior:
-            return  # an idle model, or no measurement yet (only the in-flight limit applies)
+        if not scheduler.backlog_beyond_next_round or scheduler.meter.prior:
+            return  # a short queue, or no measurement yet (only the in-flight limit applies)
         wait = scheduler.expected_wait_s(cost)
         bound = self.settings.max_queue_wait_ms / 1000
         if wait > bound:

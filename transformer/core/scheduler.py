@@ -117,9 +117,17 @@ class BatchScheduler:
         return bool(self._owners) or self._running > 0
 
     @property
-    def backlogged(self) -> bool:
-        """Work is waiting for a free call: new work would queue behind it."""
-        return bool(self._owners)
+    def round_tokens(self) -> int:
+        """Tokens that one round of calls takes: every call slot full."""
+        return self.max_concurrent * self.max_batch_tokens
+
+    @property
+    def backlog_beyond_next_round(self) -> bool:
+        """More work waits than the next round of calls takes. Until then new work starts within
+        about two calls' time whatever the throughput reads, so a light load is never shed on an
+        estimate (the meter reads low when calls run part-full, and its first sample may be a
+        single slow call)."""
+        return self.queued_tokens > self.round_tokens
 
     def expected_wait_s(self, tokens: int) -> float:
         """Seconds that others' work adds before `tokens` of new work are done: under fair sharing
