@@ -18,8 +18,8 @@ SCRIPT = textwrap.dedent("""
 
     def handler(_args):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        print(child.pid, flush=True)
-        try:
+        try:  # the pid is said inside the try: the test's SIGTERM can only come after it
+            print(child.pid, flush=True)
             time.sleep(60)
             return 0
         finally:
