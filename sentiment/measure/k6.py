@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,14 +152,13 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
     )
 
 
+_CONSOLE_MESSAGE = re.compile(r'msg="(unexpected answer:(?:[^"\\]|\\.)*)"')
+
+
 def unexpected_answers(k6_log: str) -> list[str]:
-    """The script's "unexpected answer" lines (status, k6 error, start of the body), k6's framing cut."""
-    found = []
-    for line in k6_log.splitlines():
-        start = line.find("unexpected answer:")
-        if start >= 0:
-            found.append(line[start:].rstrip('"').replace('\\"', '"'))
-    return found
+    """The script's "unexpected answer" lines (status, k6 error, start of the body): the `msg` of
+    k6's logfmt console lines, unescaped."""
+    return [re.sub(r'\\(.)', r'\1', match.group(1)) for match in _CONSOLE_MESSAGE.finditer(k6_log)]
 
 
 def run_k6(out_dir: Path, label: str, env: K6Environment, html_report: bool = True,

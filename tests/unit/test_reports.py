@@ -1,6 +1,6 @@
 """k6 summaries into numbers, and numbers into the comparison report."""
 
-from sentiment.measure.k6 import parse_summary
+from sentiment.measure.k6 import parse_summary, unexpected_answers
 from sentiment.measure.report import comparison_markdown, reduction_table, write_charts
 
 
@@ -86,3 +86,17 @@ def test_the_mixed_workload_stays_out_of_the_general_tables():
                         2, "int8").render()
     assert "| every text new (CACHE_HIT_RATE 0) | stack |" in text
     assert "mixed lengths" not in text
+
+
+def test_unexpected_answers_are_the_messages_of_k6s_console_lines_unescaped():
+    log = "\n".join([
+        'time="2026-12-03T12:56:52Z" level=warning msg="unexpected answer: status 0 error_code 1212 error '
+        '\\"dial: connection refused\\" after 0.0 ms, body: " source=console',
+        'time="2026-12-03T12:56:53Z" level=warning msg="some other warning" source=console',
+        'time="2026-12-03T12:56:54Z" level=warning msg="unexpected answer: status 404 error_code 1404 error '
+        '\\"\\" after 1.2 ms, body: {\\"error\\":\\"no route\\",\\"code\\":\\"not_found\\"}" source=console',
+    ])
+    assert unexpected_answers(log) == [
+        'unexpected answer: status 0 error_code 1212 error "dial: connection refused" after 0.0 ms, body: ',
+        'unexpected answer: status 404 error_code 1404 error "" after 1.2 ms, body: {"error":"no route","code":"not_found"}',
+    ]
