@@ -44,9 +44,10 @@ def add_stack_commands(commands) -> None:
     source.add_argument("--model-repository", help="serve an already exported model repository")
     up.add_argument("--port", type=int, default=8000, help="transformer HTTP port (default 8000)")
     up.add_argument("--grpc-port", type=int, default=8081, help="transformer gRPC port (default 8081)")
-    up.add_argument("--triton-http-port", type=int, default=8010)
-    up.add_argument("--triton-grpc-port", type=int, default=8011)
-    up.add_argument("--triton-metrics-port", type=int, default=8012)
+    up.add_argument("--triton-http-port", type=int, default=8010, help="Triton HTTP port, loopback only (default 8010)")
+    up.add_argument("--triton-grpc-port", type=int, default=8011, help="Triton gRPC port, loopback only (default 8011)")
+    up.add_argument("--triton-metrics-port", type=int, default=8012,
+                    help="Triton metrics port, loopback only (default 8012)")
     up.add_argument("--redis-port", type=int, default=6390, help="port of the private redis-server (default 6390)")
     up.add_argument("--redis-url", help="use this Redis instead of starting one (redis:// or rediss://)")
     up.add_argument("--no-redis", action="store_true", help="no Redis: the transformer uses its in-process cache")
@@ -54,7 +55,7 @@ def add_stack_commands(commands) -> None:
     up.add_argument("--logs", default=str(LOGS_DIR), help="folder for the log files (default .logs/)")
     up.add_argument("--with-prometheus", action="store_true",
                     help="also run Prometheus (Debian's prometheus) scraping the stack and evaluating the SLO alerts")
-    up.add_argument("--prometheus-port", type=int, default=9090)
+    up.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus port with --with-prometheus (default 9090)")
     up.add_argument("--with-tracing", action="store_true",
                     help="trace every request (OpenTelemetry): the transformer and Triton export to a local OTLP/HTTP "
                          "receiver that writes the spans to <logs>/traces.jsonl (read it with `sentiment traces`)")
@@ -68,6 +69,7 @@ def add_stack_commands(commands) -> None:
                                              "latest request's, or --trace ID's (a client's traceparent trace id). "
                                              "Columns: start offset, duration, span, service, attributes.")
     traces.add_argument("--logs", default=str(LOGS_DIR), help="the stack's logs folder (default .logs/)")
-    traces.add_argument("--file", help="a traces file (default <logs>/traces.jsonl)")
+    traces.add_argument("--file", help="read spans from this JSON-lines file instead (default <logs>/traces.jsonl), e.g. "
+                        "a copy kept from an earlier run")
     traces.add_argument("--trace", help="the trace id (32 hex digits); default: the latest trace")
     traces.set_defaults(handler=_cmd_traces)

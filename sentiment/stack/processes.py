@@ -52,6 +52,39 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def port_holder(port: int) -> str | None:
+    """Which process listens on `port` ("pid 1234: python -m transformer ..."), from psutil; None when
+    no listener is visible (another user's process, or psutil not installed)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for connection in connections:
+        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
+            if connection.pid is None:
+                return None
+            try:
+                command = " ".join(psutil.Process(connection.pid).cmdline()) or psutil.Process(connection.pid).name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                command = "?"
+            return f"pid {connection.pid}: {command[:80]}"
+    return None
+
+
+def busy_ports(ports: dict[str, int]) -> list[str]:
+    """The named ports that are taken, each with the process that holds it when it can be seen."""
+    busy = []
+    for name, port in ports.items():
+        if not port_is_free(port):
+            holder = port_holder(port)
+            busy.append(f"{name} {port}" + (f" (held by {holder})" if holder else ""))
+    return busy
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     """The readiness probe: GET `url` answers 200. Refused, timed out or any other status: False."""
     try:

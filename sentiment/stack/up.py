@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from sentiment.paths import default_model_repository
-from sentiment.stack.processes import ManagedProcess, ProcessFailed, free_port, http_ok, port_is_free
+from sentiment.stack.processes import ManagedProcess, ProcessFailed, busy_ports, free_port, http_ok, port_is_free
 from sentiment.stack.redis_server import redis_process, redis_server_binary, redis_url
 from sentiment.stack.state import StackState
 from sentiment.stack.supervisor import RestartPolicy, Supervisor
@@ -94,6 +94,7 @@ class Stack:
         self.redis_url: str | None = config.redis_url
         self.supervisor: Supervisor | None = None
         self._stop = threading.Event()
+        self._held_ports: dict[str, int] = {}  # the ports this stack took (none when it refused to start)
 
     def process(self, name: str) -> ManagedProcess:
         """The part called `name` ("redis", "triton", "transformer", "prometheus")."""
@@ -105,10 +106,14 @@ class Stack:
 
     # ---- start ---------------------------------------------------------------------------------
     def _check_ports(self) -> None:
-        busy = [f"{name} {port}" for name, port in self.config.ports().items() if not port_is_free(port)]
+        busy = busy_ports(self.config.ports())
         if busy:
-            raise ProcessFailed(f"port(s) in use: {', '.join(busy)}. Stop what uses them or choose other ports "
-                                "(see `sentiment up --help`).")
+            raise ProcessFailed(
+                f"port(s) already in use by another process: {'; '.join(busy)}. Nothing was started. Stop that "
+                "process first (another `sentiment up` or `make run`: Ctrl-C in its terminal), or give this stack "
+                "other ports (--port, --grpc-port, --triton-http-port, --triton-grpc-port, --triton-metrics-port, "
+                "--redis-port, --prometheus-port, --traces-port; see `sentiment up --help`).")
+        self._held_ports = self.config.ports()
 
     def _parts(self) -> tuple[ManagedProcess | None, ManagedProcess, ManagedProcess]:
         c = self.config
@@ -211,13 +216,15 @@ class Stack:
         StackState.remove(self.config.logs)
         for process in reversed(self.processes):
             process.stop(grace=15 if process.name == TRANSFORMER else 10)
+        if not self._held_ports:
+            return  # it never took a port (it refused to start): nothing to free, nothing to check
         deadline = time.monotonic() + 5
-        ports = self.config.ports()
+        ports = self._held_ports
         while time.monotonic() < deadline and not all(port_is_free(p) for p in ports.values()):
             time.sleep(0.1)
-        busy = [f"{name} {port}" for name, port in ports.items() if not port_is_free(port)]
+        busy = busy_ports(ports)
         if busy:
-            print(f"warning: still in use after stop: {', '.join(busy)}", file=sys.stderr, flush=True)
+            print(f"warning: still in use after stop: {'; '.join(busy)}", file=sys.stderr, flush=True)
         else:
             self.say("stopped every process of the stack; all ports free")
 

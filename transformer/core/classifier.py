@@ -169,8 +169,9 @@ class TextClassifier:
             count = tokens.get(key, 0)
             if count > self.window_tokens:
                 raise InvalidRequest(
-                    f"{field}[{index}] has {count} tokens; the model reads {self.window_tokens} at a time. Send "
-                    "truncation 'chunk' to judge it whole or 'head' to read only its start", index=index, tokens=count)
+                    f"{field}[{index}] has {count} tokens; the model's window holds {self.window_tokens} tokens of text "
+                    f"({self.window_tokens + self.encoder.special_tokens} with its special tokens). Send truncation "
+                    "'chunk' to judge it whole or 'head' to read only its start", index=index, tokens=count)
 
     def details(self, prediction: Prediction) -> dict:
         """Per text, with `details: true`: its size and whether the answer read all of it."""
