@@ -44,22 +44,29 @@ def test_bad_settings_are_refused(argv, env):
         parse(*argv, env=env)
 
 
-def test_the_readme_settings_table_names_every_setting_with_its_real_default():
-    """The table users configure from: every flag with its environment variable and the default the
-    code really has (it once said 1024 tokens per call after the code had moved to 512)."""
+def test_the_settings_reference_names_every_setting_with_its_real_default():
+    """The table users configure from (docs/configuration.md; the README's short table links it): every
+    flag with its environment variable and the default the code really has (it once said 1024 tokens per
+    call after the code had moved to 512)."""
     import re
     from pathlib import Path
 
     from transformer.settings import _KSERVE_SOURCES, _SOURCES
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    rows = {flag: (env, default) for flag, env, default in
-            re.findall(r"^\| `(--[a-z_]+)` \| `?([A-Z_]*)`? \| `?([^`|]*?)`? \|", readme, re.MULTILINE)}
+    def table(name: str) -> dict[str, tuple[str, str]]:
+        text = (Path(__file__).parents[2] / name).read_text()
+        return {flag: (env, default) for flag, env, default in
+                re.findall(r"^\| `(--[a-z_]+)` \| `?([A-Z_]*)`? \| `?([^`|]*?)`? \|", text, re.MULTILINE)}
+
+    rows, readme_rows = table("docs/configuration.md"), table("README.md")
+    assert readme_rows, "the README's short settings table is gone"
+    assert all(rows.get(flag) == row for flag, row in readme_rows.items()), \
+        f"the README's settings rows differ from docs/configuration.md: {readme_rows}"
     defaults = Settings()
     sources = [(field, flag, env) for field, flag, env, _type in _SOURCES]
     sources += [(field, f"--{flag}", env) for field, flag, env in _KSERVE_SOURCES]
     missing = [flag for _field, flag, _env in sources if flag not in rows]
-    assert not missing, f"flags missing from the README's settings table: {missing}"
+    assert not missing, f"flags missing from the settings table of docs/configuration.md: {missing}"
     for field, flag, env in sources:
         documented_env, documented = rows[flag]
         assert documented_env == env, flag
@@ -69,6 +76,6 @@ def test_the_readme_settings_table_names_every_setting_with_its_real_default():
         elif isinstance(actual, bool):
             assert documented == str(actual).lower(), flag
         elif isinstance(actual, (int, float)):
-            assert float(documented) == actual, f"{flag}: README says {documented}, the code {actual}"
+            assert float(documented) == actual, f"{flag}: docs/configuration.md says {documented}, the code {actual}"
         else:
             assert documented == actual, flag
