@@ -3,6 +3,7 @@ handlers in our shape, and the OpenAPI description of the routes the REST transp
 
     GET /project/health  readiness: 200 when the predictor is ready and serves our model, else 503
     GET /project/live    liveness: 200 while the model is loaded and registered; never asks the predictor
+    GET /project/limits  the request limits, so that a client (`sentiment score`) sizes its batches by them
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class BulkPredictResponse(BaseModel):
     details: list[TextDetails] | None = Field(None, description="with details: true")
 
 
+class RequestLimits(BaseModel):
+    max_texts: int = Field(description="texts per request (413 above)")
+    max_text_chars: int = Field(description="characters per text (413 above, naming the text's index)")
+    max_request_tokens: int = Field(description="tokens the model runs for one request's new texts (413 above)")
+    max_body_bytes: int = Field(description="request body bytes (413 above)")
+
+
 class ErrorBody(BaseModel):
     error: str
     code: str
@@ -90,6 +98,14 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         if model.core is None or not model.ready:
             return json_response({"status": "dead", "reason": "the model is not loaded"}, 503)
         return json_response({"status": "alive"})
+
+    @app.get("/project/limits", summary="The request limits (413 above them)", tags=["project"],
+             response_model=RequestLimits)
+    async def limits() -> Response:
+        settings = model.settings
+        return json_response(RequestLimits(max_texts=settings.max_texts, max_text_chars=settings.max_text_chars,
+                                           max_request_tokens=settings.max_request_tokens,
+                                           max_body_bytes=settings.max_body_bytes).model_dump())
 
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
