@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ def _positive(value: str) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from sentiment.score.run import ScoreOptions, run_score
 
+    if not args.verbose:  # httpx logs every request at INFO: thousands of lines under the progress bar
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     options = ScoreOptions(
         input=Path(args.input), output=Path(args.output) if args.output else None, url=args.url,
         column=args.column, input_format=args.format, delimiter=args.delimiter,
