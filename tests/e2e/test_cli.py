@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("argv", [[], ["model"], ["model", "train"], ["model", "export"], ["model", "build"],
-                                  ["model", "check"], ["up"], ["traces"]])
+                                  ["model", "check"], ["up"], ["traces"], ["score"]])
 def test_every_subcommand_has_help(argv):
     result = subprocess.run([sys.executable, "-m", "sentiment.cli", *argv, "--help"], capture_output=True, text=True)
     assert result.returncode == 0

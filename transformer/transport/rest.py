@@ -56,6 +56,7 @@ _ROUTES: list[tuple[re.Pattern, str, str]] = [
     (re.compile(r"^/v2/models/(?P<name>[^/]+)(/versions/(?P<version>[^/]+))?(?P<rest>/ready)?$"),
      "/v2/models/{name}", "app"),
     (re.compile(r"^/project/(health|live)$"), "/project/health", "app"),
+    (re.compile(r"^/project/limits$"), "/project/limits", "app"),
     (re.compile(r"^/v2/health/(live|ready)$"), "/v2/health", "app"),
     (re.compile(r"^/metrics$"), "/metrics", "app"),
 ]
