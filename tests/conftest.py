@@ -145,8 +145,9 @@ class TransformerServer:
         return self.launch().command()
 
     def start(self, wait_healthy: bool = True) -> "TransformerServer":
-        self.process = self.launch().process(self.logs / f"transformer-{self.port}.log", name=f"transformer-{self.port}",
-                                             env=self.env, ready_path=HEALTH_PATH if wait_healthy else LIVE_PATH)
+        self.process = self.launch().process(self.logs / f"transformer-{self.port}.log",
+                                             name=f"transformer-{self.port}", env=self.env,
+                                             ready_path=HEALTH_PATH if wait_healthy else LIVE_PATH)
         self.process.start().wait_ready(timeout=60)
         return self
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -35,30 +35,48 @@ class Settings(BaseModel):
     redis_pool_size: int = Field(32, gt=0)
     cache_ttl_s: int = Field(86400, gt=0)
     cache_prefix: str = "sentiment"
-    local_cache_size: int = Field(50_000, ge=0, description="entries of the in-process LRU (no Redis); about 550 B each")
+    local_cache_size: int = Field(
+        50_000, ge=0, description="entries of the in-process LRU (no Redis); about 550 B each"
+    )
     hot_cache_size: int = Field(10_000, ge=0, description="entries of the in-process tier in front of Redis; 0 = off")
     breaker_failures: int = Field(3, gt=0, description="consecutive Redis errors that open the circuit")
     breaker_reset_s: float = Field(2.0, gt=0, description="seconds the circuit stays open before a retry")
     max_texts: int = Field(256, gt=0, description="texts per request (413 above)")
     max_text_chars: int = Field(50_000, gt=0, description="characters per text (413 above); a whole review or article")
-    max_request_tokens: int = Field(65_536, gt=0, description="tokens the model runs for one request's new texts (413 above)")
+    max_request_tokens: int = Field(
+        65_536, gt=0, description="tokens the model runs for one request's new texts (413 above)"
+    )
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body bytes, HTTP and gRPC (413 above)")
     max_inflight: int = Field(256, gt=0, description="requests being served at once before shedding with 503")
-    max_queue_wait_ms: int = Field(500, gt=0, description="shed new work (503) when its expected wait for the model is longer")
+    max_queue_wait_ms: int = Field(
+        500, gt=0, description="shed new work (503) when its expected wait for the model is longer"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="an admitted request is answered within this (504 after)")
     body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive within this (408 after)")
-    header_timeout_s: float = Field(10.0, gt=0, description="request headers must arrive within this (connection closed)")
-    truncation: Literal["chunk", "head", "error"] = Field("chunk", description="default for texts over the model's window")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="request headers must arrive within this (connection closed)"
+    )
+    truncation: Literal["chunk", "head", "error"] = Field(
+        "chunk", description="default for texts over the model's window"
+    )
     window_stride: int = Field(0, ge=0, description="tokens shared by consecutive windows of a long text (measured: 0)")
-    aggregation: str = Field("mean_logits", description="how a long text's windows are combined (measured: mean_logits)")
+    aggregation: str = Field(
+        "mean_logits", description="how a long text's windows are combined (measured: mean_logits)"
+    )
     max_batch_tokens: int = Field(512, gt=0, description="padded tokens per predictor call (rows x length)")
     max_concurrent_batches: int = Field(3, gt=0, description="predictor calls in flight at once")
-    pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
+    pad_to_multiple: int = Field(
+        8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)"
+    )
     tokenizer_threads: int = Field(1, ge=0, description="threads that tokenize off the event loop; 0 = on the loop")
     access_log: bool = Field(False, description="one log line per request (uvicorn's access log)")
     control_file: str | None = Field(None, description="on SIGHUP, switch to the bundle this JSON file names (rollout)")
-    replay_sample_size: int = Field(1000, ge=0, description="recent texts kept in memory to warm and compare a new version")
-    switch_timeout_s: float = Field(60.0, gt=0, description="how long a switch waits for the predictor to serve the version")
+    replay_sample_size: int = Field(
+        1000, ge=0, description="recent texts kept in memory to warm and compare a new version"
+    )
+    switch_timeout_s: float = Field(
+        60.0, gt=0, description="how long a switch waits for the predictor to serve the version"
+    )
     traces_exporter: str = Field("none", description="OTEL_TRACES_EXPORTER: otlp (OTLP/HTTP protobuf) and/or console "
                                  "turn tracing on; none = off")
     prediction_log_sample_rate: float = Field(0.0, ge=0, le=1, description="fraction of answers written to the "
@@ -111,7 +129,7 @@ def _boolean(value: str) -> bool:
 
 
 # (field, flag, environment variable, type)
-_SOURCES: list[tuple[str, str, str, type]] = [
+_SOURCES: list[tuple[str, str, str, Callable[[str], Any]]] = [
     ("model_bundle", "--model_bundle", "MODEL_BUNDLE", str),
     ("predictor_timeout_s", "--predictor_timeout", "PREDICTOR_TIMEOUT_SECONDS", float),
     ("predictor_check_interval_s", "--predictor_check_interval", "PREDICTOR_CHECK_INTERVAL_SECONDS", float),
@@ -180,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """Merge: explicit flag > environment variable > default."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for field_name, _flag, env, _kind in _SOURCES:
         value = getattr(args, field_name, None)
         if value is None and environ.get(env) not in (None, ""):

@@ -23,7 +23,9 @@ def _command_line(name: str) -> str:
 
 def _results_folder(explicit: str | None, prefix: str = "") -> Path:
     """The raw results of one run: --out, else loadtest/results/<prefix><timestamp> (git-ignored)."""
-    return Path(explicit) if explicit else LOADTEST_DIR / "results" / (prefix + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return (
+        Path(explicit) if explicit else LOADTEST_DIR / "results" / (prefix + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    )
 
 
 # ---- loadtest -------------------------------------------------------------------------------------
@@ -53,7 +55,9 @@ def add_loadtest_command(commands) -> None:
     parser.add_argument("--rates", default="0,1", help="comma-separated cache hit rates (default 0,1)")
     parser.add_argument("--granularity", choices=["request", "text"], default=defaults.granularity,
                         help="a hit is the whole warm request (default) or each text from a warm pool")
-    parser.add_argument("--scenario", choices=["closed", "open", "saturation", "smoke"], default=defaults.shape.scenario)
+    parser.add_argument(
+        "--scenario", choices=["closed", "open", "saturation", "smoke"], default=defaults.shape.scenario
+    )
     parser.add_argument("--vus", type=int, default=defaults.shape.vus)
     parser.add_argument("--texts", type=int, default=defaults.shape.texts_per_request,
                         help="texts per request (default %(default)s)")
@@ -107,14 +111,20 @@ def add_bench_command(commands) -> None:
                         help="inference threads of the classic service and model-alone")
     parser.add_argument("--skip-classic", action="store_true", help="only this stack (and the model alone)")
     parser.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--saturation-start", type=int, default=SaturationSteps.start, help="first arrival rate, requests/s")
+    parser.add_argument(
+        "--saturation-start", type=int, default=SaturationSteps.start, help="first arrival rate, requests/s"
+    )
     parser.add_argument("--saturation-step", type=int, default=SaturationSteps.step)
     parser.add_argument("--saturation-steps", type=int, default=SaturationSteps.steps)
     parser.add_argument("--transformer-arg", action="append", metavar="ARG", help="extra transformer flag (repeatable)")
     parser.add_argument("--levers", action="store_true", help="instead: measure each serving knob on its own")
     parser.add_argument("--lever", action="append", help="with --levers: only these levers (repeatable)")
-    parser.add_argument("--lever-hold", default=levers.hold, help="with --levers: hold of each run (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=levers.rounds, help="with --levers: interleaved rounds, median shown")
+    parser.add_argument(
+        "--lever-hold", default=levers.hold, help="with --levers: hold of each run (default %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=levers.rounds, help="with --levers: interleaved rounds, median shown"
+    )
     parser.add_argument("--section", default=levers.section,
                         help="with --levers: the BENCHMARKS.md section (marker) to write (default %(default)s)")
     parser.add_argument("--report", default=str(defaults.report))

@@ -94,7 +94,7 @@ def mixed_ceiling(onnx_file: Path, bundle_dir: Path, pool: TextPool, threads: in
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
     texts = [t.text for t in pool.texts]
     warm = sorted((w for text in encoder.windows(texts[:batch]) for w in text.windows), key=lambda e: len(e.ids))
-    runner.session.run([OUTPUT_NAME], encoder.pad(warm[-batch:]).arrays)
+    runner.session.run([OUTPUT_NAME], encoder.pad(warm[-batch:]))
     done = tokens = window_tokens = windows = 0
     machine, own = _machine_cpu(), resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -103,7 +103,7 @@ def mixed_ceiling(onnx_file: Path, bundle_dir: Path, pool: TextPool, threads: in
         split = encoder.windows(part)
         ordered = sorted((w for text in split for w in text.windows), key=lambda e: len(e.ids))
         for first in range(0, len(ordered), batch):
-            runner.session.run([OUTPUT_NAME], encoder.pad(ordered[first:first + batch]).arrays)
+            runner.session.run([OUTPUT_NAME], encoder.pad(ordered[first:first + batch]))
         done += len(part)
         tokens += sum(text.token_count for text in split)
         window_tokens += sum(text.cost for text in split)
@@ -172,7 +172,9 @@ class StackProbe:
     """Counters of the transformer and Triton before and after a k6 run, the queued-token gauge
     sampled during it, and the CPU seconds of each part of the stack."""
 
-    transformer_metrics: str | None = None  # http://host:port/metrics (None: CPU seconds only, e.g. the classic service)
+    transformer_metrics: str | None = (
+        None  # http://host:port/metrics (None: CPU seconds only, e.g. the classic service)
+    )
     triton_metrics: str | None = None
     pids: dict[str, int] = field(default_factory=dict)  # part name -> pid
     interval_s: float = 0.25
@@ -226,7 +228,9 @@ class StackProbe:
 
 def stack_diagnostics(delta: dict[str, float], duration_s: float, queued: Sequence[float], cpu: dict[str, float],
                       wall_s: float, special_tokens: int = 2) -> dict:
-    d = lambda name: delta.get(name, 0.0)
+    def d(name: str) -> float:
+        return delta.get(name, 0.0)
+
     text_tokens, windows = d("transformer:sentiment_text_tokens_sum"), d("transformer:sentiment_windows_total")
     calls = d("transformer:sentiment_predictor_batch_size_count")
     padded = d("transformer:sentiment_predictor_batch_tokens_sum")
@@ -253,7 +257,8 @@ def stack_diagnostics(delta: dict[str, float], duration_s: float, queued: Sequen
         "triton_compute_ms_per_execution": d("triton:nv_inference_compute_infer_duration_us") / executions / 1000
         if executions else None,
         "triton_compute_s": d("triton:nv_inference_compute_infer_duration_us") / 1e6,
-        "triton_queue_ms_per_request": d("triton:nv_inference_queue_duration_us") / requests / 1000 if requests else None,
+        "triton_queue_ms_per_request":
+            d("triton:nv_inference_queue_duration_us") / requests / 1000 if requests else None,
         "triton_request_ms": d("triton:nv_inference_request_duration_us") / requests / 1000 if requests else None,
         "queued_tokens_mean": sum(queued) / len(queued) if queued else None,
         "queued_tokens_max": max(queued) if queued else None,
@@ -294,8 +299,9 @@ def mixed_report(command: str, pool: TextPool, texts_per_request: int, shape: Lo
     the ratios, what the stack's metrics say, and the every-text-new run of the same bench."""
     report = MarkdownReport("Mixed-length workload (`sentiment bench --workloads mixed`)", command, level=2, facts={
         "mix": f"{pool.mix.describe()}; {texts_per_request} texts per request, every text new (a unique tail); "
-               f"pool of {len(pool.texts):,} texts (seed {pool.seed}, {pool.tokens / len(pool.texts):.0f} tokens per text "
-               f"on average), generated once into the run's folder and read by k6 (`TEXT_POOL_FILE`) and the model-alone run",
+               f"pool of {len(pool.texts):,} texts (seed {pool.seed}, {pool.tokens / len(pool.texts):.0f} tokens "
+               "per text on average), generated once into the run's folder and read by k6 (`TEXT_POOL_FILE`) and the "
+               "model-alone run",
         "load": f"k6 closed loop, {shape.vus} VUs, ramp {shape.ramp_up} / hold {shape.hold} / down {shape.ramp_down}, "
                 f"/project/health probed {shape.health_rate:g}/s alongside; rates are over the whole k6 run",
         "tokens": "the serving tokenizer's tokens of each text, special tokens excluded (what the transformer's "
@@ -351,11 +357,13 @@ def _ceiling_and_ratio_lines(ceiling: Ceiling, classic: LoadResult | None, stack
         lines.append(f"- **this stack: {_pct(stack.tokens_per_s, ceiling.tokens_per_s)} of the model alone's "
                      f"tokens/s** ({stack.tokens_per_s or 0:,.0f} of {ceiling.tokens_per_s:,.0f}; target 75 %)")
     if stack is not None and classic is not None:
-        lines.append(f"- this stack / classic service: tokens/s {_ratio(stack.tokens_per_s, classic.tokens_per_s)}, "
-                     f"texts/s {_ratio(stack.texts_per_s, classic.texts_per_s)}, "
-                     f"p99 {_ratio(stack.request_p99_ms, classic.request_p99_ms, 2)}, "
-                     f"short-request p99 {_ratio(stack.short_p99_ms, classic.short_p99_ms, 2)} (and the classic service "
-                     "judges only the first 128 tokens of each text)")
+        lines.append(
+            f"- this stack / classic service: tokens/s {_ratio(stack.tokens_per_s, classic.tokens_per_s)}, "
+            f"texts/s {_ratio(stack.texts_per_s, classic.texts_per_s)}, "
+            f"p99 {_ratio(stack.request_p99_ms, classic.request_p99_ms, 2)}, "
+            f"short-request p99 {_ratio(stack.short_p99_ms, classic.short_p99_ms, 2)} (and the classic service "
+            "judges only the first 128 tokens of each text)"
+        )
     return lines
 
 

@@ -100,7 +100,9 @@ def reduction_table(baseline: LoadResult, other: LoadResult) -> str:
         reduction = (1 - after / before) * 100 if before else 0.0
         rows.append((name, f"{before:.1f} ms", f"{after:.1f} ms", f"{reduction:.1f} %"))
     ratio = other.requests_per_s / baseline.requests_per_s if baseline.requests_per_s else float("nan")
-    rows.append(("throughput", f"{baseline.requests_per_s:.1f} req/s", f"{other.requests_per_s:.1f} req/s", f"×{ratio:.1f}"))
+    rows.append(
+        ("throughput", f"{baseline.requests_per_s:.1f} req/s", f"{other.requests_per_s:.1f} req/s", f"×{ratio:.1f}")
+    )
     return "\n".join(markdown_table(("percentile", baseline.label, other.label, "reduction"), rows))
 
 

@@ -24,10 +24,12 @@ SUBJECTS = ("The film", "This movie", "The plot", "The acting", "The soundtrack"
             "The premise", "The final act", "The villain", "The score", "The editing", "The remake")
 PREDICATES = ("is a joy from start to finish", "is a tedious, muddled mess", "left me cold and bored",
               "is warm, funny and beautifully made", "never rises above its clichés", "is one of the best of the year",
-              "feels lazy and overlong", "is sharp, moving and smart", "wastes a talented cast", "is a delightful surprise",
+              "feels lazy and overlong", "is sharp, moving and smart", "wastes a talented cast",
+              "is a delightful surprise",
               "falls apart in the second half", "is gripping and heartfelt", "is dull and predictable",
               "deserves a much wider audience", "is an embarrassing misfire", "works beautifully on every level",
-              "is too long by half an hour", "made me laugh out loud", "is hollow and forgettable", "is a small triumph")
+              "is too long by half an hour", "made me laugh out loud", "is hollow and forgettable",
+              "is a small triumph")
 SENTENCE_COUNT = len(SUBJECTS) * len(PREDICATES)
 
 TokenCounter = Callable[[Sequence[str]], "list[int]"]

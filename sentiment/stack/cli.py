@@ -16,7 +16,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
                          repository=Path(args.model_repository) if args.model_repository else None)
     config = StackConfig(
         model_repository=source.repository_to_serve().resolve(), logs=Path(args.logs).resolve(), port=args.port,
-        grpc_port=args.grpc_port, triton=TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
+        grpc_port=args.grpc_port,
+        triton=TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
         redis_port=args.redis_port, redis_url=args.redis_url, use_redis=not args.no_redis, protocol=args.protocol,
         transformer_args=tuple(args.transformer_arg or ()),
         prometheus_port=args.prometheus_port if args.with_prometheus else None,
@@ -63,10 +64,13 @@ def add_stack_commands(commands) -> None:
                     help="extra flag for the transformer, repeatable (e.g. --transformer-arg=--hot_cache_size=0)")
     up.set_defaults(handler=_cmd_up)
 
-    traces = commands.add_parser("traces", help="print the span tree of one traced request (sentiment up --with-tracing)",
-                                 description="Print one trace from the spans `sentiment up --with-tracing` wrote: the "
-                                             "latest request's, or --trace ID's (a client's traceparent trace id). "
-                                             "Columns: start offset, duration, span, service, attributes.")
+    traces = commands.add_parser(
+        "traces",
+        help="print the span tree of one traced request (sentiment up --with-tracing)",
+        description="Print one trace from the spans `sentiment up --with-tracing` wrote: the "
+        "latest request's, or --trace ID's (a client's traceparent trace id). "
+        "Columns: start offset, duration, span, service, attributes.",
+    )
     traces.add_argument("--logs", default=str(LOGS_DIR), help="the stack's logs folder (default .logs/)")
     traces.add_argument("--file", help="a traces file (default <logs>/traces.jsonl)")
     traces.add_argument("--trace", help="the trace id (32 hex digits); default: the latest trace")

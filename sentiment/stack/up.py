@@ -283,7 +283,8 @@ The stack is up. Logs: {config.logs}
   Crashed parts (Redis, Triton) are restarted; the transformer's exit stops the stack.{_tracing_lines(config)}
 
 Try:
-  curl -X POST "{base}/project/bulk-predict" -H "Content-Type: application/json" -d '{{"text":["i love this","this is bad"]}}'
+  curl -X POST "{base}/project/bulk-predict" -H "Content-Type: application/json" \\
+       -d '{{"text":["i love this","this is bad"]}}'
 
 Press Ctrl-C to stop.
 """

@@ -48,7 +48,7 @@ def _http_infer(triton, arrays):
 def test_http_logits_equal_onnxruntime(triton):
     encoder, session = _expected(triton)
     batch = encoder.encode_batch(TEXTS)
-    np.testing.assert_allclose(_http_infer(triton, batch.arrays), session.run(["logits"], batch.arrays)[0], atol=1e-5)
+    np.testing.assert_allclose(_http_infer(triton, batch), session.run(["logits"], batch)[0], atol=1e-5)
 
 
 def test_grpc_logits_equal_onnxruntime(triton):
@@ -60,7 +60,7 @@ def test_grpc_logits_equal_onnxruntime(triton):
     async def call():
         client = InferenceGRPCClient(triton.grpc_address, retries=0)
         inputs = []
-        for name, array in batch.arrays.items():
+        for name, array in batch.items():
             tensor = InferInput(name, list(array.shape), "INT64")
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
@@ -68,7 +68,7 @@ def test_grpc_logits_equal_onnxruntime(triton):
         await client.close()
         return response.get_output_by_name("logits").as_numpy()
 
-    np.testing.assert_allclose(asyncio.run(call()), session.run(["logits"], batch.arrays)[0], atol=1e-5)
+    np.testing.assert_allclose(asyncio.run(call()), session.run(["logits"], batch)[0], atol=1e-5)
 
 
 def test_dynamic_batching_merges_concurrent_requests(triton):
@@ -77,7 +77,7 @@ def test_dynamic_batching_merges_concurrent_requests(triton):
     answer equals ONNX Runtime's for that text alone (padding is inert, and trimmed)."""
     batches, results, session = _merged_requests(triton)
     for batch, logits in zip(batches, results):
-        np.testing.assert_allclose(logits, session.run(["logits"], batch.arrays)[0], atol=1e-4)
+        np.testing.assert_allclose(logits, session.run(["logits"], batch)[0], atol=1e-4)
 
 
 @pytest.mark.slow
@@ -92,7 +92,7 @@ def test_dynamic_batching_merges_with_the_shipped_queue_delay(default_build, log
     finally:
         triton.stop()
     for batch, logits in zip(batches, results):
-        assert logits.argmax(axis=1).tolist() == session.run(["logits"], batch.arrays)[0].argmax(axis=1).tolist()
+        assert logits.argmax(axis=1).tolist() == session.run(["logits"], batch)[0].argmax(axis=1).tolist()
 
 
 def _merged_requests(triton):
@@ -118,7 +118,7 @@ def _merged_requests(triton):
         requests = []
         for batch in batches:
             inputs = []
-            for name, array in batch.arrays.items():
+            for name, array in batch.items():
                 tensor = InferInput(name, list(array.shape), "INT64")
                 tensor.set_data_from_numpy(array)
                 inputs.append(tensor)
@@ -143,7 +143,7 @@ def _merged_requests(triton):
     inferences, executions = (a - b for a, b in zip(settled_stats(), before))
     assert inferences == len(texts)
     assert executions < len(texts), "dynamic batching never merged two requests"
-    assert len({int(b.arrays["attention_mask"].sum()) for b in batches}) > 1  # the texts really differ in length
+    assert len({int(b["attention_mask"].sum()) for b in batches}) > 1  # the texts really differ in length
     return batches, results, session
 
 

@@ -19,7 +19,8 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=20,
 )
-NASTY_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=200) | st.sampled_from([
+NASTY_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=200) | \
+    st.sampled_from([
     "", " ", "\x00\x01\x02", "\u200b\u200c\u200d\ufeff", "\u202e\u05e9\u05dc\u05d5\u05dd", "👍🏽🔥" * 50,
     "مرحبا بالعالم", "a\nb\tc\r\n", "\\" * 100, '"quoted"', "<script>alert(1)</script>", "' OR 1=1 --",
 ])
@@ -70,8 +71,8 @@ def test_any_json_body_gets_200_or_a_clear_4xx(client, body):
 
 @FAST
 @given(raw=st.binary(max_size=300), content_type=st.sampled_from(
-    ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "", "application/xml",
-     "application/json; charset=latin-1", "application/octet-stream"]))
+    ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "",
+     "application/xml", "application/json; charset=latin-1", "application/octet-stream"]))
 def test_any_bytes_with_any_content_type(client, raw, content_type):
     headers = {"content-type": content_type} if content_type else {}
     for path in ("/project/bulk-predict", "/v1/models/sentiment:predict", "/v2/models/sentiment/infer"):
@@ -120,7 +121,9 @@ def test_memory_stays_bounded_under_hostile_bodies(service, client):
     process = psutil.Process(service.process.pid)
     before = process.memory_info().rss
     for _ in range(20):
-        client.post("/project/bulk-predict", content=b"x" * (4 * 1024 * 1024), headers={"content-type": "application/json"})
+        client.post(
+            "/project/bulk-predict", content=b"x" * (4 * 1024 * 1024), headers={"content-type": "application/json"}
+        )
         client.post("/project/bulk-predict", json={"text": ["y" * 9_999] * 256})  # the largest accepted request
     after = process.memory_info().rss
     print(f"\n[hostile memory] RSS {before / 1e6:.0f} -> {after / 1e6:.0f} MB after 40 maximal requests")
@@ -138,9 +141,9 @@ def test_openapi_operations_never_answer_5xx(service):
     for operation in operations:
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy())
-        def call(case):
+        def call(case):  # runs at once, within this iteration
             response = case.call(base_url=service.url, timeout=30)
-            seen[f"{operation.method.upper()} {operation.path}"] = response.status_code
+            seen[f"{operation.method.upper()} {operation.path}"] = response.status_code  # noqa: B023
             assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
             assert "Traceback" not in response.text
 

@@ -9,7 +9,9 @@ import re
 import urllib.request
 from pathlib import Path
 
-from sentiment.stack.prometheus import ALERTS_FILE, load_prometheus_rule, prometheus_package_binary, rules_from_prometheus_rule
+from sentiment.stack.prometheus import (
+    ALERTS_FILE, load_prometheus_rule, prometheus_package_binary, rules_from_prometheus_rule,
+)
 
 # The prediction alerts on a real Prometheus within a minute: the last "hour" (and "half hour") is 10 s,
 # "one day earlier" 30 s earlier, `for` 15m/10m is 5 s. Thresholds and traffic guards (answers/s) stay.

@@ -133,6 +133,10 @@ def test_v2_rest_errors_say_what_is_wrong(body, length, fragment):
     assert fragment in raised.value.message
 
 
+def details_of(predictions: list[Prediction]) -> list[dict]:
+    return [{"tokens": p.tokens, "windows": p.windows, "truncated": False} for p in predictions]
+
+
 def test_v2_rest_response_honours_requested_outputs_and_binary_flags():
     import tritonclient.http as httpclient
 
@@ -140,7 +144,7 @@ def test_v2_rest_response_honours_requested_outputs_and_binary_flags():
     body, length = binary_body([b"a", b"b"], outputs=[{"name": "label", "parameters": {"binary_data": True}},
                                                       {"name": "probabilities"}])
     call = v2.decode_rest(body, length, DEFAULT)
-    tensors = v2.output_tensors(call, predictions, LABELS, None)
+    tensors = v2.output_tensors(call, predictions, LABELS, details_of(predictions))
     payload, headers = v2.encode_rest(call, tensors, "sentiment", "1")
     result = httpclient.InferResult.from_response_body(payload, header_length=int(headers[v2.HEADER_LENGTH]))
     assert [o["name"] for o in result.get_response()["outputs"]] == ["label", "probabilities"]
@@ -166,7 +170,8 @@ def test_grpc_contents_and_raw_inputs_decode_alike_and_answer_alike():
         message.parameters["truncation"].string_param = "head"
         call = v2.decode_grpc(message, DEFAULT)
         assert call.request.texts == ["good"] and call.request.options.truncation is Truncation.HEAD
-        response = v2.encode_grpc(call, v2.output_tensors(call, predictions, LABELS, None), "sentiment", "1")
+        response = v2.encode_grpc(call, v2.output_tensors(call, predictions, LABELS, details_of(predictions)),
+                                  "sentiment", "1")
         assert [o.name for o in response.outputs] == ["score"]
         score = (np.frombuffer(response.raw_output_contents[0], "<f4") if raw
                  else np.array(response.outputs[0].contents.fp32_contents))

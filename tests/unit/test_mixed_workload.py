@@ -15,7 +15,9 @@ from sentiment.measure.mixed import (
     pool_size,
     stack_diagnostics,
 )
-from sentiment.measure.textpool import PREDICATES, SUBJECTS, TextMix, TextPool, generate_pool, sentence, tokenizer_counter
+from sentiment.measure.textpool import (
+    PREDICATES, SUBJECTS, TextMix, TextPool, generate_pool, sentence, tokenizer_counter,
+)
 from sentiment.model.build import default_base
 from sentiment.paths import LOADTEST_DIR
 from transformer.core.tokenization import TextEncoder, normalize_text

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from transformer.core.generation import Generation
 from transformer.core.prediction import Prediction
@@ -68,7 +68,7 @@ async def _answers(generation: Generation, texts: list[str], options: ClassifyOp
     answers: list[Prediction] = []
     for start in range(0, len(texts), REPLAY_BATCH):
         batch = texts[start:start + REPLAY_BATCH]
-        for attempt in range(50):
+        for _attempt in range(50):
             try:
                 answers += await generation.classifier.classify(batch, options)
                 break
@@ -83,7 +83,7 @@ def shadow_report(texts: list[str], old: list[Prediction], new: list[Prediction]
                   labels_new: list[str], largest: int = 5) -> dict:
     """How the two versions differ on the same texts: label flips and the largest changes of the
     score of the label the old version chose."""
-    changes = []
+    changes: list[dict[str, Any]] = []
     flips = 0
     for text, before, after in zip(texts, old, new):
         label_before, label_after = labels_old[before.best], labels_new[after.best]
