@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 
 from sentiment.measure.k6 import LoadResult, LoadShape, run_k6
 from sentiment.measure.loadtest import service_healthy
-from sentiment.measure.report import MarkdownReport, markdown_table
+from sentiment.markdown import markdown_table
+from sentiment.measure.report import MarkdownReport
 from sentiment.model.triton_repository import serving_version
 from sentiment.paths import REPO_ROOT, default_model_repository
 from sentiment.stack.processes import ManagedProcess, free_port
 from sentiment.stack.redis_server import redis_process, redis_url
 
 if TYPE_CHECKING:
-    from sentiment.measure.mixed import StackProbe
+    from sentiment.measure.stack_probe import StackProbe
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def run_classic(options: BenchOptions, checkpoint: Path, out: Path, max_length: 
         service.wait_ready()
 
         def probe() -> StackProbe:  # CPU seconds of the service and the machine over each workload
-            from sentiment.measure.mixed import StackProbe
+            from sentiment.measure.stack_probe import StackProbe
 
             return StackProbe(pids={"classic service": service.pid, "redis": redis.pid})
 
@@ -179,7 +180,7 @@ def run_classic(options: BenchOptions, checkpoint: Path, out: Path, max_length: 
 def run_stack(options: BenchOptions, out: Path, special_tokens: int = 2) -> ServiceRun:
     import psutil
 
-    from sentiment.measure.mixed import StackProbe
+    from sentiment.measure.stack_probe import StackProbe
     from sentiment.stack.up import Stack, StackConfig
 
     run = ServiceRun("stack")
@@ -295,7 +296,9 @@ def bench_report(command: str, ceiling: dict[int, float], classic: ServiceRun | 
 
 def run_bench(options: BenchOptions, out: Path, command: str) -> str:
     """The whole comparison; writes the report's sections of BENCHMARKS.md and bench.json; returns them."""
-    from sentiment.measure.mixed import mixed_ceiling, mixed_report, pool_size, serving_encoder, write_pool
+    from sentiment.measure.ceiling import mixed_ceiling
+    from sentiment.measure.mixed import mixed_report
+    from sentiment.measure.textpool import pool_size, serving_encoder, write_pool
     from sentiment.model.build import build
     from transformer.bundle import ModelBundle
 

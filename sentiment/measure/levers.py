@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sentiment.measure.k6 import LoadResult, LoadShape, run_k6
-from sentiment.measure.report import MarkdownReport, markdown_table
+from sentiment.markdown import markdown_table
+from sentiment.measure.report import MarkdownReport
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, bundle_dir, serving_version, write_repository
 from sentiment.paths import default_model_repository

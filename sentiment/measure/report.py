@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from sentiment.markdown import markdown_table
 from sentiment.measure.k6 import LoadResult
 
 PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"))
@@ -28,14 +29,6 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int = 1,
-                   text_columns: Sequence[int] = ()) -> list[str]:
-    """A markdown table; columns from `numeric_from` on are right-aligned (numbers), except `text_columns`."""
-    align = ["---" if i < numeric_from or i in text_columns else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
-            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
 
 
 @dataclass

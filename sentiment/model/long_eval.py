@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sentiment.markdown import markdown_table
 from sentiment.model.data import LABELS
 from sentiment.model.long_documents import KINDS, LongDocument, build_documents
 from sentiment.model.triton_repository import bundle_dir as served_bundle
@@ -129,21 +130,15 @@ def choose(rows: Sequence[dict], tolerance: float, order: Sequence[str]) -> dict
     return min(near, key=lambda r: (r["windows_per_document"], -r["mean_accuracy"], rank.get(r["aggregation"], 99)))
 
 
-def markdown_table(rows: Sequence[dict], kinds: Sequence[str], chosen: dict | None = None) -> str:
+def accuracy_table(rows: Sequence[dict], kinds: Sequence[str], chosen: dict | None = None) -> str:
     header = ["aggregation", "stride", *kinds, "mean (± s.e.)", "windows/doc", "tokens/doc"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        mark = " **(chosen)**" if chosen is not None and r is chosen else ""
-        cells = [
-            f"`{r['aggregation']}`{mark}",
-            "-" if r["stride"] is None else str(r["stride"]),
-            *(f"{100 * r['accuracy'][k]:.1f}" for k in kinds),
-            f"{100 * r['mean_accuracy']:.1f} ± {100 * r['mean_standard_error']:.1f}",
-            f"{r['windows_per_document']:.2f}",
-            f"{r['tokens_per_document']:.0f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [(f"`{r['aggregation']}`" + (" **(chosen)**" if chosen is not None and r is chosen else ""),
+              "-" if r["stride"] is None else str(r["stride"]),
+              *(f"{100 * r['accuracy'][k]:.1f}" for k in kinds),
+              f"{100 * r['mean_accuracy']:.1f} ± {100 * r['mean_standard_error']:.1f}",
+              f"{r['windows_per_document']:.2f}",
+              f"{r['tokens_per_document']:.0f}") for r in rows]
+    return "\n".join(markdown_table(header, cells))
 
 
 def _table_for(classifier, encoders, documents, kinds, names, batch_size) -> tuple[list[dict], dict]:
@@ -256,7 +251,7 @@ def report(result: dict) -> str:
     for name, side in result["sides"].items():
         chosen = side.get("chosen_row")
         lines += [f"## Training side: `{name}` split sentences, training half of the neutral filler", "",
-                  markdown_table(side["rows"], kinds, chosen), "",
+                  accuracy_table(side["rows"], kinds, chosen), "",
                   f"Verdict past the first window: {100 * (side.get('verdict_past_first_window') or 0):.0f} % "
                   "of verdict_last documents; "
                   "words per document: " + ", ".join(f"{k} {v:.0f}" for k, v in side["words_per_document"].items()), ""]
@@ -265,7 +260,7 @@ def report(result: dict) -> str:
     if "test" in result:
         rows = [r for r in (result["test"]["head"], result["test"]["chosen"]) if r]
         lines += ["## Test side (reported once after the choice; not used to choose)", "",
-                  markdown_table(rows, kinds), ""]
+                  accuracy_table(rows, kinds), ""]
     lines.append(f"_{result['duration_s']} s_")
     return "\n".join(lines) + "\n"
 

@@ -46,7 +46,7 @@ def test_the_scripts_own_scenarios_still_run(tiny_service, tmp_path):
 
 # ---- the mixed-length workload: texts from a pool that `sentiment bench` writes ----------------------
 def _pool(repository, tmp_path, count: int):
-    from sentiment.measure.mixed import write_pool
+    from sentiment.measure.textpool import write_pool
     from sentiment.model.triton_repository import bundle_dir
 
     # a run id of its own: texts another test sent would be cache hits here

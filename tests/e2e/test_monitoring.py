@@ -41,9 +41,8 @@ from sentiment.stack.prometheus import (
 )
 from sentiment.stack.up import Stack, StackConfig
 from tests.support.model_answers import ModelAnswers
-from tests.support.prometheus import (
-    PREDICTION_RULES_IN_SECONDS, alerting_rules, rule_group, sample_lines, scaled_group, series_of,
-)
+from sentiment.measure.metrics_page import scrape, series, total
+from tests.support.prometheus import PREDICTION_RULES_IN_SECONDS, alerting_rules, rule_group, scaled_group
 
 # The stack drops Redis when its binary is missing: the cache source of the metrics needs it.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]
@@ -76,8 +75,8 @@ def monitored(default_build, tmp_path_factory):
         api = PrometheusAPI(prometheus_port)
         wait_for_targets_and_rules(api)
         base = f"http://127.0.0.1:{config.port}"
-        versions = {labels["version"] for name, labels in series_of(sample_lines(f"{base}/metrics"))
-                    if name == "sentiment_predictions_total" for labels in [dict(labels)]}
+        versions = {sample.labels["version"] for sample in scrape(f"{base}/metrics")
+                    if sample.name == "sentiment_predictions_total"}
         assert len(versions) == 1, f"the stack serves one model version, /metrics shows {versions}"
         yield Monitored(config, api, base, tmp_path / "prometheus", versions.pop())
     finally:
@@ -148,10 +147,7 @@ def poll(predicate, timeout: float, message: str, interval: float = 0.25):
 
 def scraped_total(url: str, name: str) -> float:
     """Sum of a metric's samples straight from a /metrics endpoint."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name)] in "{ ")
+    return total(scrape(url), name)
 
 
 # ---- load -----------------------------------------------------------------------------------------
@@ -333,27 +329,19 @@ NEGATIVE = ["A dull, tedious and predictable mess.", "I hated every minute of th
 def prediction_samples(base: str, version: str) -> dict[tuple[str, ...], float]:
     """The version's sentiment_predictions_total by (label, source) and its top-score histogram by
     ("le", bound), ("count",), ("sum",), straight from /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     samples: dict[tuple[str, ...], float] = {}
-    for family in text_string_to_metric_families(metrics_text(f"{base}/metrics")):
-        for sample in family.samples:
-            if sample.labels.get("version") != version:
-                continue
-            if sample.name == "sentiment_predictions_total":
-                samples[(sample.labels["label"], sample.labels["source"])] = sample.value
-            elif sample.name == "sentiment_prediction_top_score_bucket":
-                samples[("le", sample.labels["le"])] = sample.value
-            elif sample.name == "sentiment_prediction_top_score_count":
-                samples[("count",)] = sample.value
-            elif sample.name == "sentiment_prediction_top_score_sum":
-                samples[("sum",)] = sample.value
+    for sample in scrape(f"{base}/metrics"):
+        if sample.labels.get("version") != version:
+            continue
+        if sample.name == "sentiment_predictions_total":
+            samples[(sample.labels["label"], sample.labels["source"])] = sample.value
+        elif sample.name == "sentiment_prediction_top_score_bucket":
+            samples[("le", sample.labels["le"])] = sample.value
+        elif sample.name == "sentiment_prediction_top_score_count":
+            samples[("count",)] = sample.value
+        elif sample.name == "sentiment_prediction_top_score_sum":
+            samples[("sum",)] = sample.value
     return samples
-
-
-def metrics_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
 
 
 def top(ranked: list[dict]) -> tuple[str, float]:
@@ -426,7 +414,7 @@ def test_a_thousand_distinct_texts_add_no_series(monitored):
 
     # The same kind of request once first: every series it touches (route, status, buckets) exists.
     classify([f"warm-up {run} {i}: the {SUBJECTS[i % 8]} was {VERDICTS[i % 8]}" for i in range(100)])
-    before = {name: sample_lines(url) for name, url in urls.items()}
+    before = {name: scrape(url) for name, url in urls.items()}
     series_before = prometheus_series()
     model_before = scraped_total(urls["transformer"], "sentiment_texts_total")
 
@@ -434,9 +422,9 @@ def test_a_thousand_distinct_texts_add_no_series(monitored):
     assert len(set(texts)) == 1000
     classify(texts)
 
-    after = {name: sample_lines(url) for name, url in urls.items()}
-    for name in urls:  # every sample line counts: nothing excluded
-        added = series_of(after[name]) - series_of(before[name])
+    after = {name: scrape(url) for name, url in urls.items()}
+    for name in urls:  # every sample counts: nothing excluded
+        added = series(after[name]) - series(before[name])
         assert len(after[name]) == len(before[name]) and not added, f"{name}: {len(before[name])} -> " \
             f"{len(after[name])} sample lines; new series: {sorted(added)[:10]}"
     assert scraped_total(urls["transformer"], "sentiment_texts_total") - model_before == 1000
@@ -445,8 +433,8 @@ def test_a_thousand_distinct_texts_add_no_series(monitored):
     # sum and count, whatever the traffic.
     from transformer.metrics import SCORE_BUCKETS, SOURCES
 
-    per_version = [line for line in after["transformer"] if line.startswith(("sentiment_predictions_total{",
-                                                                              "sentiment_prediction_top_score_"))]
+    per_version = [sample for sample in after["transformer"] if sample.name == "sentiment_predictions_total"
+                   or sample.name.startswith("sentiment_prediction_top_score_")]
     assert len(per_version) == 2 * len(SOURCES) + len(SCORE_BUCKETS) + 1 + 2, per_version
 
 
