@@ -44,7 +44,7 @@ def add_stack_commands(commands) -> None:
                                          "Builds the default model on first use. A crashed Redis or Triton is "
                                          "restarted with backoff; the transformer's exit stops the stack. "
                                          "Environment variables of the transformer (CACHE_TTL_SECONDS, "
-                                         "MAX_TEXTS_PER_REQUEST, ...) pass through.")
+                                         "MAX_TEXTS, ...) pass through.")
     defaults = StackConfig(model_repository=Path(), logs=LOGS_DIR)
     source = up.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="serve your own HF *ForSequenceClassification checkpoint directory")

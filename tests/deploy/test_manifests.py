@@ -227,16 +227,14 @@ def test_schema_rejects_misspelt_or_misplaced_fields(mutation):
 def test_transformer_args_and_env_parse_with_the_real_settings(overlay):
     # Imported here, not at module level: kserve.model_server parses sys.argv when imported, and
     # argparse would read e.g. `pytest --co` as an abbreviation of its --configure_logging.
-    from transformer.settings import _KSERVE_SOURCES, _SOURCES, build_parser, settings_from
+    from transformer.settings import build_parser, settings_from, sources
 
     isvc = only(render(overlay), "InferenceService")
     container = transformer_container(isvc)
     environ = container_environ(container)
     unresolved = {name: value for name, value in environ.items() if "$(" in value}
     assert not unresolved, f"env references not defined earlier in the env list: {unresolved}"
-    known = (
-        {env for *_, env, _kind in _SOURCES} | {env for *_, env in _KSERVE_SOURCES} | {"REDIS_PASSWORD", "STORAGE_URI"}
-    )
+    known = {env for source in sources() for env in source.envs} | {"REDIS_PASSWORD", "STORAGE_URI"}
     assert set(environ) <= known, f"env the transformer does not read (misspelt?): {set(environ) - known}"
 
     args = with_controller_args([resolve_references(arg, environ) for arg in container["args"]], isvc)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class BulkPredictRequest(BaseModel):
-    text: list[str] = Field(min_length=1, description="texts to classify (at most MAX_TEXTS_PER_REQUEST)")
+    text: list[str] = Field(min_length=1, description="texts to classify (at most MAX_TEXTS)")
     truncation: Truncation = Field(Truncation.CHUNK, description="texts longer than the model's window: chunk "
                                    "(judge the whole text), head (first window only) or error (422)")
     details: bool = Field(False, description="add per text its token count, window count and whether it was cut")
