@@ -18,11 +18,12 @@ from tests.support.baselines import median, p99, timed
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 # A short request waits for the calls in flight (max_concurrent_batches: 3) and its own, sharing the cores
-# with them and with the clients; measured about 4 full calls' time (p99 171 ms beside calls of ~45 ms).
-SHORT_P99_CALLS = 10
-# Health never waits for a model call: its p99 under load stays under one call's time (12 ms measured).
+# with them and with the clients. Measured on the 2-core build machine under other users' load: p99 814 ms
+# beside a full call of 323 ms unloaded (2.5 calls; the old absolute 500 ms bound failed there).
+SHORT_P99_CALLS = 8
+# Health never waits for a model call: its p99 under load stays under one call's time (0.12 measured).
 HEALTH_P99_CALLS = 1
-# The maximal request (64,000 tokens: 125 full calls, 3 at a time) outlasts many calls.
+# The maximal request (64,000 tokens: 125 full calls, 3 at a time) outlasts many calls (71 measured).
 MAXIMAL_REQUEST_CALLS = 10
 
 

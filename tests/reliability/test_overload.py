@@ -20,10 +20,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]
 MAX_QUEUE_WAIT_MS = 500  # the shipped default: admitted work is expected to start within it
 TEXTS_PER_REQUEST = 10   # the k6 script's default
 # An admitted request waits up to the shedding bound and then shares the cores with 200 VUs (k6 itself
-# takes most of them): the estimate runs behind. Measured FIXME
+# takes most of them): the estimate runs behind. Measured on the 2-core build machine under other users'
+# load: served p99 4,643 ms beside an unloaded p99 of 216 ms, (4643 - 500) / 216 = 19 (the old absolute
+# bounds, 2,500 ms served and 250 ms health, failed there).
 SERVED_P99_UNLOADED = 40
-HEALTH_P99_UNLOADED = 3  # health waits for no model call: measured FIXME
-RECOVERY_UNLOADED = 5    # the first request after the load: measured FIXME
+HEALTH_P99_UNLOADED = 4  # health waits for no model call: 282 ms, 1.3 measured
+RECOVERY_UNLOADED = 5    # the first request after the load: 89 ms, 0.4 measured
 
 
 def test_200_users_are_shed_not_queued_into_timeouts(default_build, logs_dir, tmp_path):
