@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 SENTIMENT := $(BIN)/sentiment
 
-.PHONY: help venv model run test test-fast check-model upload-model bench loadtest audit clean prune-exports
+.PHONY: help venv model run test test-fast lint check-model upload-model bench loadtest audit clean prune-exports
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ test: model .venv-checkov/.installed  ## the whole test suite, end-to-end tests 
 
 test-fast: venv  ## unit tests and the tiny-model integration tests only
 	$(BIN)/python -m pytest -m "not slow"
+
+lint: venv  ## ruff over the code and tests, mypy over transformer/ (the tests run both too)
+	$(BIN)/ruff check transformer sentiment scripts tests
+	$(BIN)/mypy
 
 check-model: model  ## check model_repository/ (configs vs ONNX vs bundle) before an upload
 	$(SENTIMENT) model check

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sentiment.measure import metrics_page
 from sentiment.model.export_options import ExportOptions
 from sentiment.paths import REPO_ROOT
 from sentiment.stack.processes import ManagedProcess, free_port, http_ok
@@ -145,8 +146,9 @@ class TransformerServer:
         return self.launch().command()
 
     def start(self, wait_healthy: bool = True) -> "TransformerServer":
-        self.process = self.launch().process(self.logs / f"transformer-{self.port}.log", name=f"transformer-{self.port}",
-                                             env=self.env, ready_path=HEALTH_PATH if wait_healthy else LIVE_PATH)
+        self.process = self.launch().process(self.logs / f"transformer-{self.port}.log",
+                                             name=f"transformer-{self.port}", env=self.env,
+                                             ready_path=HEALTH_PATH if wait_healthy else LIVE_PATH)
         self.process.start().wait_ready(timeout=60)
         return self
 
@@ -161,16 +163,7 @@ class TransformerServer:
 
 def metric_total(base_url: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` (matching the given labels) from `base_url`/metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
+    return metrics_page.total(metrics_page.scrape(base_url + "/metrics"), name, **labels)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,9 @@ class ModelBundle(BaseModel):
 
     format_version: int = BUNDLE_FORMAT_VERSION
     model_name: str = "sentiment"
-    version: str = Field("1", pattern=r"^[1-9][0-9]*$", description="the model repository version this bundle belongs to")
+    version: str = Field(
+        "1", pattern=r"^[1-9][0-9]*$", description="the model repository version this bundle belongs to"
+    )
     labels: list[str] = Field(min_length=2, description="label names in id2label order")
     max_length: int = Field(gt=2, description="tokens per text, special tokens included")
     uses_token_type_ids: bool
@@ -59,7 +61,9 @@ class ModelBundle(BaseModel):
         except ValueError as error:
             raise BundleError(f"{path} is not a valid bundle: {error}") from error
         if bundle.format_version != BUNDLE_FORMAT_VERSION:
-            raise BundleError(f"{path} has format {bundle.format_version}, this transformer reads {BUNDLE_FORMAT_VERSION}")
+            raise BundleError(
+                f"{path} has format {bundle.format_version}, this transformer reads {BUNDLE_FORMAT_VERSION}"
+            )
         if not (Path(directory) / bundle.tokenizer_file).is_file():
             raise BundleError(f"{path} names {bundle.tokenizer_file}, which is missing")
         return bundle

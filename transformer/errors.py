@@ -38,17 +38,6 @@ ERROR_TABLE: dict[str, ErrorKind] = {
 }
 # What a client that went away is counted as (never answered): nginx's 499, gRPC's CANCELLED.
 CLIENT_CLOSED_STATUS = 499
-_GRPC_TO_HTTP = {
-    grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 422, grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.UNIMPLEMENTED: 404, grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.CANCELLED: CLIENT_CLOSED_STATUS,
-}
-
-
-def http_status_of(grpc_status: grpc.StatusCode) -> int:
-    """The HTTP status a gRPC status is counted as in `sentiment_requests_total` (one set of
-    status labels for both transports, so one alert covers both)."""
-    return _GRPC_TO_HTTP.get(grpc_status, 500)
 
 
 def echo(value: str) -> str:
@@ -104,10 +93,6 @@ class ModelNotFound(ServiceError):
     """Another model name or version than the one this transformer serves."""
 
     code = "model_not_found"
-
-
-class NotFound(ServiceError):
-    code = "not_found"
 
 
 class NotServed(ServiceError):

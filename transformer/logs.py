@@ -76,7 +76,9 @@ class PredictionLog:
         self.version = version
         self._chance = chance
 
-    def record(self, started: float, answers: Sequence[tuple[str, Mapping]], texts: Mapping[str, str] | None = None) -> None:
+    def record(
+        self, started: float, answers: Sequence[tuple[str, Mapping]], texts: Mapping[str, str] | None = None
+    ) -> None:
         """`answers`: (source, {cache key: Prediction}) pairs; `texts`: cache key -> raw text, only
         needed with `with_text`."""
         latency_ms = round((time.perf_counter() - started) * 1000, 3)

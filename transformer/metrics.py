@@ -26,25 +26,36 @@ QUEUED_TOKENS = Gauge("sentiment_queued_tokens", "Tokens of windows waiting for 
 THROUGHPUT = Gauge("sentiment_model_throughput_tokens_per_second", "Measured model throughput (EWMA) used for shedding")
 TEXTS_PER_REQUEST = Histogram("sentiment_texts_per_request", "Texts in one classification request",
                               buckets=(1, 2, 5, 10, 20, 50, 100, 256))
-TEXTS_RECEIVED = Counter("sentiment_texts_received_total", "Texts sent by clients in admitted requests (repeats included)")
+TEXTS_RECEIVED = Counter(
+    "sentiment_texts_received_total", "Texts sent by clients in admitted requests (repeats included)"
+)
 TEXTS = Counter("sentiment_texts_total", "Distinct texts of each request by where the answer came from: cache, model "
                 "(computed for this request) or shared (an identical text another request was computing)", ["source"])
 TEXT_TOKENS = Histogram("sentiment_text_tokens", "Tokens of each text the model computed",
                         buckets=(8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384))
-WINDOWS = Counter("sentiment_windows_total", "Windows the model computed (a text longer than the model's window has several)")
+WINDOWS = Counter(
+    "sentiment_windows_total", "Windows the model computed (a text longer than the model's window has several)"
+)
 LONG_TEXTS = Counter("sentiment_long_texts_total", "Computed texts longer than the model's window, by truncation mode",
                      ["mode"])
-CACHE_LOOKUPS = Counter("sentiment_cache_lookups_total", "Cache lookups per text by tier and result", ["tier", "result"])
+CACHE_LOOKUPS = Counter(
+    "sentiment_cache_lookups_total", "Cache lookups per text by tier and result", ["tier", "result"]
+)
 CACHE_ERRORS = Counter("sentiment_cache_errors_total", "Cache operations that failed (served without cache)",
                        ["operation", "reason"])
-CACHE_CORRUPT = Counter("sentiment_cache_corrupt_values_total", "Cache values that could not be decoded (treated as misses)")
+CACHE_CORRUPT = Counter(
+    "sentiment_cache_corrupt_values_total", "Cache values that could not be decoded (treated as misses)"
+)
 SINGLE_FLIGHT_JOINS = Counter("sentiment_singleflight_joins_total", "Texts that waited for an identical in-flight miss")
 TOKENIZE_SECONDS = Histogram("sentiment_tokenize_seconds", "Tokenization time per batch of misses",
                              buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0))
 PREDICTOR_BATCH_SIZE = Histogram("sentiment_predictor_batch_size", "Windows per call to the predictor",
                                  buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-PREDICTOR_BATCH_TOKENS = Histogram("sentiment_predictor_batch_tokens", "Padded tokens (rows x length) per predictor call",
-                                   buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384))
+PREDICTOR_BATCH_TOKENS = Histogram(
+    "sentiment_predictor_batch_tokens",
+    "Padded tokens (rows x length) per predictor call",
+    buckets=(64, 256, 512, 1024, 2048, 4096, 8192, 16384),
+)
 PREDICTOR_LATENCY = Histogram("sentiment_predictor_latency_seconds", "Predictor call latency", buckets=_LATENCY_BUCKETS)
 PREDICTOR_ERRORS = Counter("sentiment_predictor_errors_total", "Failed predictor calls", ["reason"])
 PREDICTOR_READY = Gauge("sentiment_predictor_ready", "1 when the predictor is ready and serves our model fingerprint")

@@ -39,7 +39,7 @@ class SentimentModelServer(kserve.ModelServer):
         self.settings = settings
         self._serve_grpc = grpc_enabled
 
-    def start(self, models: list[SentimentModel]) -> None:  # type: ignore[override]
+    def start(self, models: list[SentimentModel]) -> None:
         model = models[0]
         core = model.core
         assert core is not None, "load() the model before starting the server"

@@ -1,5 +1,13 @@
 """The one settings object of the transformer, built from flags, then environment, then defaults.
 
+Each setting is declared once, as a field of `Settings`: its type, default, bounds and the line that
+documents it. Its flag and environment variable follow from its name: `--name` and `NAME`, where a
+trailing `_s` (seconds) is dropped from the flag and spelled `_SECONDS` in the variable
+(`predictor_timeout_s`: `--predictor_timeout`, `PREDICTOR_TIMEOUT_SECONDS`). A setting whose variable
+was once named otherwise keeps reading that name too (`earlier=`). The settings table of
+docs/configuration.md is generated from the same fields (`python -m transformer.settings`), and a
+test holds the page to it.
+
 KServe's own flags (`--model_name`, `--predictor_host`, `--predictor_protocol`, `--http_port`,
 `--grpc_port`, ...) come from `kserve.model_server.parser`, which the KServe controller fills in a
 pod; ours extend it with the same underscore style. No other module reads the environment, with
@@ -11,11 +19,25 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Literal, Mapping
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, field_validator
+from pydantic import Field as _Field
+from pydantic.fields import FieldInfo
 
 DEFAULT_BUNDLE = "model_repository/sentiment/1/bundle"
+
+
+def setting(default: Any, doc: str, *, earlier: tuple[str, ...] = (), kserve: bool = False,
+            env: str | None = None, **bounds: Any) -> Any:
+    """A setting's one declaration: its default, the line that documents it, pydantic's bounds
+    (`gt`, `ge`, `le`); `earlier`: environment variables it was read from before (still read);
+    `kserve`: KServe's parser declares its flag; `env`: a variable of another standard, and no flag."""
+    return _Field(default, description=doc, json_schema_extra={"earlier": list(earlier), "kserve": kserve,
+                                                                "env": env}, **bounds)
 
 
 class Settings(BaseModel):
@@ -23,48 +45,78 @@ class Settings(BaseModel):
 
     model_config = {"frozen": True, "protected_namespaces": ()}
 
-    model_name: str = "sentiment"
-    model_bundle: str = Field(DEFAULT_BUNDLE, description="directory with bundle.json and tokenizer.json")
-    predictor_host: str = Field("127.0.0.1:8001", description="Triton host:port (gRPC port for grpc-v2)")
-    predictor_protocol: Literal["grpc-v2", "v2"] = "grpc-v2"
-    predictor_use_ssl: bool = False
-    predictor_timeout_s: float = Field(10.0, gt=0, description="per predictor call; requests never wait longer")
-    predictor_check_interval_s: float = Field(1.0, gt=0, description="predictor readiness / fingerprint probe period")
-    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset -> in-process LRU")
-    redis_timeout_ms: int = Field(50, gt=0, le=1000, description="socket timeout of every Redis call")
-    redis_pool_size: int = Field(32, gt=0)
-    cache_ttl_s: int = Field(86400, gt=0)
-    cache_prefix: str = "sentiment"
-    local_cache_size: int = Field(50_000, ge=0, description="entries of the in-process LRU (no Redis); about 550 B each")
-    hot_cache_size: int = Field(10_000, ge=0, description="entries of the in-process tier in front of Redis; 0 = off")
-    breaker_failures: int = Field(3, gt=0, description="consecutive Redis errors that open the circuit")
-    breaker_reset_s: float = Field(2.0, gt=0, description="seconds the circuit stays open before a retry")
-    max_texts: int = Field(256, gt=0, description="texts per request (413 above)")
-    max_text_chars: int = Field(50_000, gt=0, description="characters per text (413 above); a whole review or article")
-    max_request_tokens: int = Field(65_536, gt=0, description="tokens the model runs for one request's new texts (413 above)")
-    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body bytes, HTTP and gRPC (413 above)")
-    max_inflight: int = Field(256, gt=0, description="requests being served at once before shedding with 503")
-    max_queue_wait_ms: int = Field(500, gt=0, description="shed new work (503) when its expected wait for the model is longer")
-    request_timeout_s: float = Field(30.0, gt=0, description="an admitted request is answered within this (504 after)")
-    body_timeout_s: float = Field(10.0, gt=0, description="a request body must arrive within this (408 after)")
-    header_timeout_s: float = Field(10.0, gt=0, description="request headers must arrive within this (connection closed)")
-    truncation: Literal["chunk", "head", "error"] = Field("chunk", description="default for texts over the model's window")
-    window_stride: int = Field(0, ge=0, description="tokens shared by consecutive windows of a long text (measured: 0)")
-    aggregation: str = Field("mean_logits", description="how a long text's windows are combined (measured: mean_logits)")
-    max_batch_tokens: int = Field(512, gt=0, description="padded tokens per predictor call (rows x length)")
-    max_concurrent_batches: int = Field(3, gt=0, description="predictor calls in flight at once")
-    pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
-    tokenizer_threads: int = Field(1, ge=0, description="threads that tokenize off the event loop; 0 = on the loop")
-    access_log: bool = Field(False, description="one log line per request (uvicorn's access log)")
-    control_file: str | None = Field(None, description="on SIGHUP, switch to the bundle this JSON file names (rollout)")
-    replay_sample_size: int = Field(1000, ge=0, description="recent texts kept in memory to warm and compare a new version")
-    switch_timeout_s: float = Field(60.0, gt=0, description="how long a switch waits for the predictor to serve the version")
-    traces_exporter: str = Field("none", description="OTEL_TRACES_EXPORTER: otlp (OTLP/HTTP protobuf) and/or console "
-                                 "turn tracing on; none = off")
-    prediction_log_sample_rate: float = Field(0.0, ge=0, le=1, description="fraction of answers written to the "
-                                              "prediction log (JSON lines); 0 = off")
-    prediction_log_text: bool = Field(False, description="put the raw text in prediction log lines (off: only its "
-                                      "hashed cache key)")
+    model_name: str = setting("sentiment", "model name on the routes; must equal the Triton model name",
+                              kserve=True)
+    predictor_host: str = setting("127.0.0.1:8001", "Triton `host:port` (its gRPC port for `grpc-v2`, HTTP port "
+                                  "for `v2`)", kserve=True)
+    predictor_protocol: Literal["grpc-v2", "v2"] = setting("grpc-v2", "`grpc-v2` or `v2` (REST)", kserve=True)
+    predictor_use_ssl: bool = setting(False, "TLS to the predictor", kserve=True)
+    model_bundle: str = setting(DEFAULT_BUNDLE, "directory with `bundle.json` and `tokenizer.json`; the bundle "
+                                "names the model version every predictor call asks for")
+    predictor_timeout_s: float = setting(10.0, "limit of one predictor call; a request never waits longer", gt=0)
+    predictor_check_interval_s: float = setting(1.0, "period of the predictor readiness / fingerprint probe", gt=0)
+    redis_url: str | None = setting(None, "`redis://[:password@]host:port/db`, or TLS: "
+                                    "`rediss://:password@host:6380/0?ssl_ca_certs=/path/ca.crt&ssl_cert_reqs=required`;"
+                                    " unset → in-process LRU")
+    redis_timeout_ms: int = setting(50, "socket timeout of every Redis call (fail open beyond it)", gt=0, le=1000)
+    redis_pool_size: int = setting(32, "Redis connections (a blocking pool: bursts wait, bounded by the timeout)",
+                                   gt=0)
+    cache_ttl_s: int = setting(86400, "TTL of a cached result", gt=0)
+    cache_prefix: str = setting("sentiment", "key prefix (`prefix:fingerprint:mode:sha256`; `mode` names the window "
+                                "length, and for `chunk` the stride and aggregation)")
+    local_cache_size: int = setting(50_000, "entries of the in-process LRU used when there is no Redis (about 550 "
+                                    "bytes each)", ge=0)
+    hot_cache_size: int = setting(10_000, "entries of the in-process tier in front of Redis (decoded, ready to "
+                                  "serve); `0` turns it off", ge=0)
+    breaker_failures: int = setting(3, "consecutive Redis errors that open the circuit breaker", gt=0,
+                                    earlier=("CACHE_BREAKER_FAILURES",))
+    breaker_reset_s: float = setting(2.0, "seconds the breaker stays open before one trial call", gt=0,
+                                     earlier=("CACHE_BREAKER_RESET_SECONDS",))
+    max_texts: int = setting(256, "texts per request (413 above)", gt=0, earlier=("MAX_TEXTS_PER_REQUEST",))
+    max_text_chars: int = setting(50_000, "characters per text (413 above): a whole review or article is one text",
+                                  gt=0)
+    max_request_tokens: int = setting(65_536, "tokens of model work for one request's new texts, every window "
+                                      "counted (413 above)", gt=0)
+    max_body_bytes: int = setting(4 * 1024 * 1024, "request body bytes, and gRPC message bytes (413 / "
+                                  "RESOURCE_EXHAUSTED above)", gt=0)
+    max_inflight: int = setting(256, "requests being served at once (bodies complete); more are shed with 503 + "
+                                "`Retry-After`", gt=0, earlier=("MAX_INFLIGHT_REQUESTS",))
+    max_queue_wait_ms: int = setting(
+        500, "new texts whose expected wait for the model is longer are shed with 503 + `Retry-After`: the tokens "
+        "queued ahead of them divided by the throughput the transformer measures, so the bound means the same "
+        "latency on a fast and a slow machine; never while the waiting work fits in the next round of calls "
+        "(`MAX_CONCURRENT_BATCHES` x `MAX_BATCH_TOKENS` tokens); cache hits are still served", gt=0)
+    request_timeout_s: float = setting(30.0, "an admitted request not answered within this gets 504", gt=0)
+    body_timeout_s: float = setting(10.0, "a request body must arrive within this (408)", gt=0)
+    header_timeout_s: float = setting(10.0, "request headers must arrive within this (408, connection closed)", gt=0)
+    truncation: Literal["chunk", "head", "error"] = setting(
+        "chunk", "default for texts longer than the model's window: `chunk`, `head` or `error`")
+    window_stride: int = setting(0, "tokens shared by consecutive windows of a long text (0 measured best)", ge=0)
+    aggregation: str = setting("mean_logits", "how a long text's windows are combined: `mean_logits`, "
+                               "`mean_probabilities`, `length_weighted`, `confidence_weighted`, `most_confident`, "
+                               "`first_window`")
+    max_batch_tokens: int = setting(512, "padded tokens (rows × length) per Triton call, besides the model's "
+                                    "`max_batch_size` rows: small calls keep a short request's wait short", gt=0)
+    max_concurrent_batches: int = setting(3, "Triton calls in flight at once (one per instance, plus one queued so "
+                                          "no instance idles)", gt=0)
+    pad_to_multiple: int = setting(8, "pad token length to a multiple of this (fewer distinct shapes for Triton)",
+                                   ge=1)
+    tokenizer_threads: int = setting(1, "threads that tokenize off the event loop (`0`: on the loop)", ge=0)
+    access_log: bool = setting(False, "one log line per request (uvicorn's access log; about 15 % of a cache hit's "
+                               "CPU)")
+    prediction_log_sample_rate: float = setting(0.0, "fraction of answers written to the prediction log (JSON "
+                                                "lines: hashed cache key, label, score, version, source, latency); "
+                                                "`0` = off", ge=0, le=1)
+    prediction_log_text: bool = setting(False, "also put the raw text in prediction log lines")
+    control_file: str | None = setting(None, "JSON file naming the bundle to switch to on SIGHUP (the rollout's "
+                                       "in-process switch; `sentiment up` sets it)")
+    replay_sample_size: int = setting(1000, "recent distinct texts kept in memory (never logged) to warm the cache "
+                                      "of a new version and compare its answers", ge=0)
+    switch_timeout_s: float = setting(60.0, "how long a switch waits for the predictor to serve the new version "
+                                      "before it gives up and keeps the old one", gt=0)
+    traces_exporter: str = setting("none", "`otlp` or `console` turns tracing on; the SDK reads the other `OTEL_*` "
+                                   "variables itself ([docs/tracing.md](tracing.md))",
+                                   env="OTEL_TRACES_EXPORTER")
 
     @field_validator("aggregation")
     @classmethod
@@ -110,53 +162,47 @@ def _boolean(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
 
 
-# (field, flag, environment variable, type)
-_SOURCES: list[tuple[str, str, str, type]] = [
-    ("model_bundle", "--model_bundle", "MODEL_BUNDLE", str),
-    ("predictor_timeout_s", "--predictor_timeout", "PREDICTOR_TIMEOUT_SECONDS", float),
-    ("predictor_check_interval_s", "--predictor_check_interval", "PREDICTOR_CHECK_INTERVAL_SECONDS", float),
-    ("redis_url", "--redis_url", "REDIS_URL", str),
-    ("redis_timeout_ms", "--redis_timeout_ms", "REDIS_TIMEOUT_MS", int),
-    ("redis_pool_size", "--redis_pool_size", "REDIS_POOL_SIZE", int),
-    ("cache_ttl_s", "--cache_ttl", "CACHE_TTL_SECONDS", int),
-    ("cache_prefix", "--cache_prefix", "CACHE_PREFIX", str),
-    ("local_cache_size", "--local_cache_size", "LOCAL_CACHE_SIZE", int),
-    ("hot_cache_size", "--hot_cache_size", "HOT_CACHE_SIZE", int),
-    ("breaker_failures", "--breaker_failures", "CACHE_BREAKER_FAILURES", int),
-    ("breaker_reset_s", "--breaker_reset", "CACHE_BREAKER_RESET_SECONDS", float),
-    ("max_texts", "--max_texts", "MAX_TEXTS_PER_REQUEST", int),
-    ("max_text_chars", "--max_text_chars", "MAX_TEXT_CHARS", int),
-    ("max_body_bytes", "--max_body_bytes", "MAX_BODY_BYTES", int),
-    ("max_request_tokens", "--max_request_tokens", "MAX_REQUEST_TOKENS", int),
-    ("max_inflight", "--max_inflight", "MAX_INFLIGHT_REQUESTS", int),
-    ("max_queue_wait_ms", "--max_queue_wait_ms", "MAX_QUEUE_WAIT_MS", int),
-    ("request_timeout_s", "--request_timeout", "REQUEST_TIMEOUT_SECONDS", float),
-    ("body_timeout_s", "--body_timeout", "BODY_TIMEOUT_SECONDS", float),
-    ("header_timeout_s", "--header_timeout", "HEADER_TIMEOUT_SECONDS", float),
-    ("truncation", "--truncation", "TRUNCATION", str),
-    ("window_stride", "--window_stride", "WINDOW_STRIDE", int),
-    ("aggregation", "--aggregation", "AGGREGATION", str),
-    ("max_batch_tokens", "--max_batch_tokens", "MAX_BATCH_TOKENS", int),
-    ("max_concurrent_batches", "--max_concurrent_batches", "MAX_CONCURRENT_BATCHES", int),
-    ("pad_to_multiple", "--pad_to_multiple", "PAD_TO_MULTIPLE", int),
-    ("tokenizer_threads", "--tokenizer_threads", "TOKENIZER_THREADS", int),
-    ("access_log", "--access_log", "ACCESS_LOG", _boolean),
-    ("control_file", "--control_file", "CONTROL_FILE", str),
-    ("replay_sample_size", "--replay_sample_size", "REPLAY_SAMPLE_SIZE", int),
-    ("switch_timeout_s", "--switch_timeout", "SWITCH_TIMEOUT_SECONDS", float),
-    ("prediction_log_sample_rate", "--prediction_log_sample_rate", "PREDICTION_LOG_SAMPLE_RATE", float),
-    ("prediction_log_text", "--prediction_log_text", "PREDICTION_LOG_TEXT", _boolean),
-]
-# OpenTelemetry's standard variables that decide whether tracing is on (environment only, no flag).
-TRACES_EXPORTER_ENV = "OTEL_TRACES_EXPORTER"
+@dataclass(frozen=True)
+class Source:
+    """Where one setting is read from, all of it derived from its field (see the module's docstring)."""
+
+    field: str
+    flag: str | None          # None: no flag (a standard's variable); KServe's parser declares `kserve` ones
+    envs: tuple[str, ...]     # the first is its name; the rest are earlier names, still read
+    parse: Callable[[str], Any]
+    kserve: bool
+
+    @property
+    def env(self) -> str:
+        return self.envs[0]
+
+
+def _parser_of(annotation: Any) -> Callable[[str], Any]:
+    """How a flag's text becomes the field's type (pydantic checks bounds and choices after)."""
+    kinds = set(typing.get_args(annotation)) - {type(None)} or {annotation}
+    if bool in kinds:
+        return _boolean
+    return int if int in kinds else float if float in kinds else str
+
+
+def _source(name: str, field: FieldInfo) -> Source:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if extra.get("env"):
+        return Source(name, None, (str(extra["env"]),), str, False)
+    stem = name[:-2] if name.endswith("_s") else name
+    env = f"{stem.upper()}_SECONDS" if name.endswith("_s") else name.upper()
+    earlier = tuple(str(e) for e in extra.get("earlier") or ())  # type: ignore[union-attr]
+    return Source(name, f"--{stem}", (env, *earlier), _parser_of(field.annotation), bool(extra.get("kserve")))
+
+
+@cache
+def sources() -> tuple[Source, ...]:
+    """Every setting's flag and variables, in declaration order."""
+    return tuple(_source(name, field) for name, field in Settings.model_fields.items())
+
+
+# OpenTelemetry's switch-off (environment only, no flag): it beats OTEL_TRACES_EXPORTER.
 SDK_DISABLED_ENV = "OTEL_SDK_DISABLED"
-# KServe's flags we also read, with the environment variable that may stand in for them.
-_KSERVE_SOURCES: list[tuple[str, str, str]] = [
-    ("model_name", "model_name", "MODEL_NAME"),
-    ("predictor_host", "predictor_host", "PREDICTOR_HOST"),
-    ("predictor_protocol", "predictor_protocol", "PREDICTOR_PROTOCOL"),
-    ("predictor_use_ssl", "predictor_use_ssl", "PREDICTOR_USE_SSL"),
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,10 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m transformer", parents=[kserve_parser],
         description="Sentiment transformer: tokenization, per-text cache, KServe V1/V2 and /project routes.",
     )
-    for field_name, flag, env, kind in _SOURCES:
-        description = Settings.model_fields[field_name].description or ""
-        parser.add_argument(flag, dest=field_name, type=kind, default=None,
-                            help=f"{description} [env {env}; default {Settings.model_fields[field_name].default}]")
+    for source in sources():
+        if source.flag is None or source.kserve:
+            continue
+        field = Settings.model_fields[source.field]
+        parser.add_argument(source.flag, dest=source.field, type=source.parse, default=None,
+                            help=f"{field.description} [env {' or '.join(source.envs)}; default {field.default}]")
     # None = "not given": the environment, then our defaults, fill in. Per-request latency log lines
     # cost CPU on the hot path, so they are off unless asked for.
     parser.set_defaults(model_name=None, predictor_host=None, predictor_protocol=None, enable_latency_logging=False)
@@ -178,25 +226,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-    """Merge: explicit flag > environment variable > default."""
+    """Merge: explicit flag > environment variable (its name, then earlier names) > default."""
     environ = os.environ if environ is None else environ
-    values: dict[str, object] = {}
-    for field_name, _flag, env, _kind in _SOURCES:
-        value = getattr(args, field_name, None)
-        if value is None and environ.get(env) not in (None, ""):
-            value = environ[env]
+    values: dict[str, Any] = {}
+    for source in sources():
+        value = getattr(args, source.field, None)
+        if source.kserve and value is False:  # KServe's store_true flags default to False: not given
+            value = None
+        if value is None:
+            value = next((environ[env] for env in source.envs if environ.get(env)), None)
         if value is not None:
-            values[field_name] = value
-    for field_name, attribute, env in _KSERVE_SOURCES:
-        value = getattr(args, attribute, None)
-        if value is None or (attribute == "predictor_use_ssl" and value is False):
-            value = environ.get(env) or None
-        if value is not None:
-            values[field_name] = value
-    if environ.get(TRACES_EXPORTER_ENV):
-        values["traces_exporter"] = environ[TRACES_EXPORTER_ENV]
+            values[source.field] = value
     if environ.get(SDK_DISABLED_ENV, "").strip().lower() == "true":
         values["traces_exporter"] = "none"
     if values.get("predictor_protocol") == "v1":
         raise ValueError("--predictor_protocol v1 is not supported: Triton speaks v2 (use grpc-v2 or v2)")
     return Settings(**values)
+
+
+# ---- the settings table of docs/configuration.md -----------------------------------------------------------------
+TABLE_START = "<!-- settings table: generated by `python -m transformer.settings`; edit transformer/settings.py -->"
+TABLE_END = "<!-- end of the settings table -->"
+
+
+def _shown(default: Any) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, float) and default.is_integer():
+        return f"`{int(default)}`"
+    return f"`{default}`"
+
+
+def settings_table() -> str:
+    """docs/configuration.md's table of every setting: flag, environment variable (earlier names after it),
+    default and meaning, from the declarations."""
+    lines = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for source in sources():
+        field = Settings.model_fields[source.field]
+        envs = f"`{source.env}`" + "".join(f" (or `{env}`)" for env in source.envs[1:])
+        flag = f" `{source.flag}` " if source.flag else " "
+        default = "unset (off)" if source.field == "traces_exporter" else _shown(field.default)
+        lines.append(f"|{flag}| {envs} | {default} | {field.description} |")
+    return "\n".join([TABLE_START, *lines, TABLE_END])
+
+
+if __name__ == "__main__":
+    print(settings_table())

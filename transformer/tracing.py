@@ -90,14 +90,6 @@ def _exporter(name: str):
     raise ValueError(f"unknown traces exporter {name!r}: use one of {', '.join(EXPORTERS)}")
 
 
-def shutdown() -> None:
-    """Export what is left and turn tracing off (tests; the SDK also flushes at exit)."""
-    global tracer, _provider
-    if _provider is not None:
-        _provider.shutdown()
-    tracer, _provider = None, None
-
-
 # ---- the request ---------------------------------------------------------------------------------------
 _PROPAGATION = ("traceparent", "tracestate", "baggage")
 _PROPAGATION_BYTES = tuple(name.encode() for name in _PROPAGATION)

@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 
 from sentiment.measure.k6 import LoadResult, LoadShape, run_k6
 from sentiment.measure.loadtest import service_healthy
-from sentiment.measure.report import MarkdownReport, markdown_table
+from sentiment.markdown import markdown_table
+from sentiment.measure.report import MarkdownReport
 from sentiment.model.triton_repository import serving_version
 from sentiment.paths import REPO_ROOT, default_model_repository
 from sentiment.stack.processes import ManagedProcess, free_port
 from sentiment.stack.redis_server import redis_process, redis_url
 
 if TYPE_CHECKING:
-    from sentiment.measure.mixed import StackProbe
+    from sentiment.measure.stack_probe import StackProbe
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ def bench_texts(count: int, seed: int = 1764300000) -> list[str]:
             for i in range(count)]
 
 
-def model_alone(onnx_file: Path, bundle_dir: Path, threads: int, batches=(1, 8, 32, 64), seconds: float = 3.0) -> dict[int, float]:
+def model_alone(
+    onnx_file: Path, bundle_dir: Path, threads: int, batches=(1, 8, 32, 64), seconds: float = 3.0
+) -> dict[int, float]:
     from sentiment.model.export import OnnxClassifier
     from transformer.bundle import ModelBundle
     from transformer.core.tokenization import TextEncoder
@@ -111,14 +114,21 @@ def model_alone(onnx_file: Path, bundle_dir: Path, threads: int, batches=(1, 8, 
 
 def print_result(result: LoadResult) -> None:
     health = result.health_p99_ms if result.health_p99_ms is not None else float("nan")
-    print(f"  {result.requests_per_s:.1f} req/s, {result.texts_per_s:.0f} texts/s, p50 {result.p50_ms:.1f} ms, "
-          f"p99 {result.p99_ms:.1f} ms, failed {result.failed_rate * 100:.2f} %, health p99 {health:.1f} ms", flush=True)
+    print(
+        f"  {result.requests_per_s:.1f} req/s, {result.texts_per_s:.0f} texts/s, p50 {result.p50_ms:.1f} ms, "
+        f"p99 {result.p99_ms:.1f} ms, failed {result.failed_rate * 100:.2f} %, health p99 {health:.1f} ms",
+        flush=True,
+    )
     if result.tokens_per_s is not None:
         short = f"{result.short_p99_ms:.1f} ms" if result.short_p99_ms is not None else "-"
         whole = f"{result.request_p99_ms:.1f} ms" if result.request_p99_ms is not None else "-"
-        print(f"  {result.tokens_per_s:,.0f} tokens/s, request p99 {whole} (retries included), short-request p99 "
-              f"{short} ({result.short_requests} requests), shed attempts {result.shed_by_size or {}}, given up {result.given_up}, "
-              f"texts sent twice {result.wrapped_texts}", flush=True)
+        print(
+            f"  {result.tokens_per_s:,.0f} tokens/s, request p99 {whole} (retries included), short-request p99 "
+            f"{short} ({result.short_requests} requests), shed attempts {result.shed_by_size or {}}, "
+            f"given up {result.given_up}, "
+            f"texts sent twice {result.wrapped_texts}",
+            flush=True,
+        )
 
 
 def run_workloads(run: ServiceRun, options: BenchOptions, url: str, out: Path, who: str,
@@ -135,7 +145,9 @@ def run_workloads(run: ServiceRun, options: BenchOptions, url: str, out: Path, w
         with watcher:
             run.results[name] = run_k6(out / name, workload.description, environment, html_report=False)
         if probe is not None:
-            run.extra.setdefault("diagnostics", {})[name] = watcher.summary(run.results[name].duration_s, special_tokens)
+            run.extra.setdefault("diagnostics", {})[name] = watcher.summary(
+                run.results[name].duration_s, special_tokens
+            )
         print_result(run.results[name])
 
 
@@ -154,7 +166,7 @@ def run_classic(options: BenchOptions, checkpoint: Path, out: Path, max_length: 
         service.wait_ready()
 
         def probe() -> StackProbe:  # CPU seconds of the service and the machine over each workload
-            from sentiment.measure.mixed import StackProbe
+            from sentiment.measure.stack_probe import StackProbe
 
             return StackProbe(pids={"classic service": service.pid, "redis": redis.pid})
 
@@ -168,7 +180,7 @@ def run_classic(options: BenchOptions, checkpoint: Path, out: Path, max_length: 
 def run_stack(options: BenchOptions, out: Path, special_tokens: int = 2) -> ServiceRun:
     import psutil
 
-    from sentiment.measure.mixed import StackProbe
+    from sentiment.measure.stack_probe import StackProbe
     from sentiment.stack.up import Stack, StackConfig
 
     run = ServiceRun("stack")
@@ -185,9 +197,13 @@ def run_stack(options: BenchOptions, out: Path, special_tokens: int = 2) -> Serv
             return StackProbe(f"{stack.url}/metrics", f"http://127.0.0.1:{stack.config.triton.metrics}/metrics", pids)
 
         run_workloads(run, options, stack.url, out / "stack", "this stack", probe, special_tokens)
-        run.extra["transformer_rss_mb"] = round(psutil.Process(stack.process("transformer").pid).memory_info().rss / 1e6, 1)
+        run.extra["transformer_rss_mb"] = round(
+            psutil.Process(stack.process("transformer").pid).memory_info().rss / 1e6, 1
+        )
         if options.saturation:
-            run.extra["saturation"] = run_saturation(options, options.saturation, stack.url, out / "stack" / "saturation")
+            run.extra["saturation"] = run_saturation(
+                options, options.saturation, stack.url, out / "stack" / "saturation"
+            )
     finally:
         stack.stop()
     return run
@@ -263,8 +279,10 @@ def bench_report(command: str, ceiling: dict[int, float], classic: ServiceRun | 
         "model": f"the default model, {variant} ONNX (`model_repository/sentiment/1/model.onnx`) for this stack and "
                  f"the model-alone runs; the same checkpoint in PyTorch for the classic service; {threads} threads"})
     report.heading("Model alone (ONNX Runtime, tokenization included, sentences like the k6 texts)")
-    report.add(markdown_table(("batch", *map(str, ceiling)), [("sentences/s", *(f"{v:.0f}" for v in ceiling.values()))]),
-               f"Ceiling: **{best:.0f} sentences/s** (batch {best_batch}).")
+    report.add(
+        markdown_table(("batch", *map(str, ceiling)), [("sentences/s", *(f"{v:.0f}" for v in ceiling.values()))]),
+        f"Ceiling: **{best:.0f} sentences/s** (batch {best_batch}).",
+    )
     report.heading("Services under k6 (10 texts per request, closed loop)").add(_services_table(classic, stack))
     report.heading("Ratios (this stack / classic service, same run)")
     if classic is not None:
@@ -278,7 +296,9 @@ def bench_report(command: str, ceiling: dict[int, float], classic: ServiceRun | 
 
 def run_bench(options: BenchOptions, out: Path, command: str) -> str:
     """The whole comparison; writes the report's sections of BENCHMARKS.md and bench.json; returns them."""
-    from sentiment.measure.mixed import mixed_ceiling, mixed_report, pool_size, serving_encoder, write_pool
+    from sentiment.measure.ceiling import mixed_ceiling
+    from sentiment.measure.mixed import mixed_report
+    from sentiment.measure.textpool import pool_size, serving_encoder, write_pool
     from sentiment.model.build import build
     from transformer.bundle import ModelBundle
 

@@ -7,7 +7,8 @@ servers it truncates: a text longer than the model's window (`--max-length`, 128
 tokens included) is cut to its first window (without truncation a text over the model's 512
 positions would crash the pipeline).
 
-Run: python -m sentiment.measure.classic_service --checkpoint DIR --port 8100 [--redis-url redis://...] [--max-length 128]
+Run: python -m sentiment.measure.classic_service --checkpoint DIR --port 8100 [--redis-url redis://...]
+     [--max-length 128]
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per text (special tokens included); longer ones are cut")
+    parser.add_argument(
+        "--max-length", type=int, default=128, help="tokens per text (special tokens included); longer ones are cut"
+    )
     args = parser.parse_args()
-    uvicorn.run(create_app(args.checkpoint, args.redis_url, args.threads, args.max_length), host="127.0.0.1", port=args.port,
-                log_level="warning")
+    uvicorn.run(create_app(args.checkpoint, args.redis_url, args.threads, args.max_length), host="127.0.0.1",
+                port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def _command_line(name: str) -> str:
 
 def _results_folder(explicit: str | None, prefix: str = "") -> Path:
     """The raw results of one run: --out, else loadtest/results/<prefix><timestamp> (git-ignored)."""
-    return Path(explicit) if explicit else LOADTEST_DIR / "results" / (prefix + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return (
+        Path(explicit) if explicit else LOADTEST_DIR / "results" / (prefix + datetime.now().strftime("%Y%m%d-%H%M%S"))
+    )
 
 
 # ---- loadtest -------------------------------------------------------------------------------------
@@ -58,7 +60,8 @@ def add_loadtest_command(commands) -> None:
                         help="closed: ramp up to --vus users, hold, ramp down (default); open: constant arrival rate; "
                              "saturation: arrival rate stepped up; smoke: a few seconds")
     parser.add_argument("--vus", type=int, default=defaults.shape.vus,
-                        help="virtual users, each sending its next request when the last is answered (default %(default)s)")
+                        help="virtual users, each sending its next request when the last is answered "
+                             "(default %(default)s)")
     parser.add_argument("--texts", type=int, default=defaults.shape.texts_per_request,
                         help="texts per request (default %(default)s)")
     parser.add_argument("--ramp-up", default=defaults.shape.ramp_up,
@@ -116,14 +119,19 @@ def add_bench_command(commands) -> None:
     parser.add_argument("--skip-classic", action="store_true", help="only this stack (and the model alone)")
     parser.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True,
                         help="also step the arrival rate up past capacity (default on)")
-    parser.add_argument("--saturation-start", type=int, default=SaturationSteps.start, help="first arrival rate, requests/s")
+    parser.add_argument("--saturation-start", type=int, default=SaturationSteps.start,
+                        help="first arrival rate, requests/s")
     parser.add_argument("--saturation-step", type=int, default=SaturationSteps.step, help="requests/s added per step")
     parser.add_argument("--saturation-steps", type=int, default=SaturationSteps.steps, help="number of steps")
     parser.add_argument("--transformer-arg", action="append", metavar="ARG", help="extra transformer flag (repeatable)")
     parser.add_argument("--levers", action="store_true", help="instead: measure each serving knob on its own")
     parser.add_argument("--lever", action="append", help="with --levers: only these levers (repeatable)")
-    parser.add_argument("--lever-hold", default=levers.hold, help="with --levers: hold of each run (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=levers.rounds, help="with --levers: interleaved rounds, median shown")
+    parser.add_argument(
+        "--lever-hold", default=levers.hold, help="with --levers: hold of each run (default %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=levers.rounds, help="with --levers: interleaved rounds, median shown"
+    )
     parser.add_argument("--section", default=levers.section,
                         help="with --levers: the BENCHMARKS.md section (marker) to write (default %(default)s)")
     parser.add_argument("--report", default=str(defaults.report), help="the markdown file to write (default BENCHMARKS.md)")

@@ -115,7 +115,7 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
     duration = _values(metrics, "http_req_duration{scenario:load}")
     requests = _values(metrics, "http_reqs{scenario:load}")
     thresholds_ok = all(
-        not threshold.get("ok") is False
+        threshold.get("ok") is not False
         for metric in metrics.values() for threshold in (metric.get("thresholds") or {}).values()
     )
     health = _values(metrics, "http_req_duration{scenario:health}") if _values(
@@ -124,7 +124,9 @@ def parse_summary(summary: dict, label: str) -> LoadResult:
     whole = _values(metrics, "pool_request_duration")
     short = _values(metrics, "pool_request_duration{size:short}")
     shed_by_size = _by_size(metrics, "shed_requests", "count")
-    by_size = {size: values for size, values in _by_size(metrics, "pool_request_duration").items() if values.get("count")}
+    by_size = {
+        size: values for size, values in _by_size(metrics, "pool_request_duration").items() if values.get("count")
+    }
     run_ms = summary.get("state", {}).get("testRunDurationMs")
     return LoadResult(
         label=label,

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sentiment.measure.k6 import LoadResult, LoadShape, run_k6
-from sentiment.measure.report import MarkdownReport, markdown_table
+from sentiment.markdown import markdown_table
+from sentiment.measure.report import MarkdownReport
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.triton_repository import MODEL_NAME, TritonModelSpec, bundle_dir, serving_version, write_repository
 from sentiment.paths import default_model_repository
@@ -44,7 +45,8 @@ LEVERS = [
     Lever("pad-32", "pad token length to multiples of 32", transformer_args=("--pad_to_multiple", "32")),
     Lever("rest", "REST v2 to Triton instead of gRPC", protocol="v2"),
     Lever("asyncio", "asyncio event loop instead of uvloop", transformer_args=("--event-loop", "asyncio")),
-    Lever("inline-tokenize", "tokenize on the event loop instead of a thread", transformer_args=("--tokenizer_threads", "0")),
+    Lever("inline-tokenize", "tokenize on the event loop instead of a thread",
+          transformer_args=("--tokenizer_threads", "0")),
     Lever("call-512", "at most 512 padded tokens per Triton call", transformer_args=("--max_batch_tokens", "512")),
     Lever("call-4096", "at most 4,096 padded tokens per Triton call", transformer_args=("--max_batch_tokens", "4096")),
     Lever("calls-2", "2 Triton calls in flight (one per instance)", transformer_args=("--max_concurrent_batches", "2")),

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from sentiment.markdown import markdown_table
 from sentiment.measure.k6 import LoadResult
 
 PERCENTILES = (("p50", "p50_ms"), ("p90", "p90_ms"), ("p95", "p95_ms"), ("p99", "p99_ms"))
@@ -29,14 +30,6 @@ def machine_description() -> str:
     except OSError:
         pass
     return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int = 1,
-                   text_columns: Sequence[int] = ()) -> list[str]:
-    """A markdown table; columns from `numeric_from` on are right-aligned (numbers), except `text_columns`."""
-    align = ["---" if i < numeric_from or i in text_columns else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
-            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
 
 
 @dataclass
@@ -101,7 +94,9 @@ def reduction_table(baseline: LoadResult, other: LoadResult) -> str:
         reduction = (1 - after / before) * 100 if before else 0.0
         rows.append((name, f"{before:.1f} ms", f"{after:.1f} ms", f"{reduction:.1f} %"))
     ratio = other.requests_per_s / baseline.requests_per_s if baseline.requests_per_s else float("nan")
-    rows.append(("throughput", f"{baseline.requests_per_s:.1f} req/s", f"{other.requests_per_s:.1f} req/s", f"×{ratio:.1f}"))
+    rows.append(
+        ("throughput", f"{baseline.requests_per_s:.1f} req/s", f"{other.requests_per_s:.1f} req/s", f"×{ratio:.1f}")
+    )
     return "\n".join(markdown_table(("percentile", baseline.label, other.label, "reduction"), rows))
 
 

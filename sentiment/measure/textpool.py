@@ -12,10 +12,18 @@ the same count the transformer's `sentiment_text_tokens` histogram records).
 from __future__ import annotations
 
 import json
+import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sentiment.durations import duration_seconds
+
+if TYPE_CHECKING:
+    from sentiment.measure.k6 import LoadShape
 
 # The same sentences as loadtest/simulate.js (a unit test keeps the two lists equal).
 SUBJECTS = ("The film", "This movie", "The plot", "The acting", "The soundtrack", "The script", "The ending",
@@ -24,10 +32,12 @@ SUBJECTS = ("The film", "This movie", "The plot", "The acting", "The soundtrack"
             "The premise", "The final act", "The villain", "The score", "The editing", "The remake")
 PREDICATES = ("is a joy from start to finish", "is a tedious, muddled mess", "left me cold and bored",
               "is warm, funny and beautifully made", "never rises above its clichés", "is one of the best of the year",
-              "feels lazy and overlong", "is sharp, moving and smart", "wastes a talented cast", "is a delightful surprise",
+              "feels lazy and overlong", "is sharp, moving and smart", "wastes a talented cast",
+              "is a delightful surprise",
               "falls apart in the second half", "is gripping and heartfelt", "is dull and predictable",
               "deserves a much wider audience", "is an embarrassing misfire", "works beautifully on every level",
-              "is too long by half an hour", "made me laugh out loud", "is hollow and forgettable", "is a small triumph")
+              "is too long by half an hour", "made me laugh out loud", "is hollow and forgettable",
+              "is a small triumph")
 SENTENCE_COUNT = len(SUBJECTS) * len(PREDICATES)
 
 TokenCounter = Callable[[Sequence[str]], "list[int]"]
@@ -148,3 +158,31 @@ def tokenizer_counter(encoder) -> TokenCounter:
     def count(texts: Sequence[str]) -> list[int]:
         return [w.token_count for w in encoder.windows(texts)]
     return count
+
+
+# ---- the pool of one bench run -------------------------------------------------------------------
+POOL_FILE = "text-pool.json"
+POOL_TEXTS_PER_SECOND = 200  # more than any service here answers with this mix: the pool never runs out
+
+
+def pool_size(shape: LoadShape, texts_per_second: int = POOL_TEXTS_PER_SECOND) -> int:
+    """Texts enough for one k6 run of `shape` (ramps included) at `texts_per_second`."""
+    seconds = sum(duration_seconds(part) for part in (shape.ramp_up, shape.hold, shape.ramp_down)) + 10
+    return max(2000, math.ceil(seconds * texts_per_second / 100) * 100)
+
+
+def serving_encoder(bundle_dir: Path):
+    """The transformer's TextEncoder for this bundle (windows of max_length, stride 0)."""
+    from transformer.bundle import ModelBundle
+    from transformer.core.tokenization import TextEncoder
+
+    bundle = ModelBundle.load(bundle_dir)
+    return TextEncoder(bundle_dir / bundle.tokenizer_file, bundle.max_length, bundle.uses_token_type_ids, stride=0)
+
+
+def write_pool(out: Path, bundle_dir: Path, count: int, mix: TextMix = TextMix(), seed: int = 12,
+               run_id: str | None = None) -> tuple[Path, TextPool]:
+    """Generate the pool with the serving tokenizer and write it where k6 reads it (TEXT_POOL_FILE)."""
+    pool = generate_pool(count, tokenizer_counter(serving_encoder(bundle_dir)), mix, seed,
+                         run_id or str(int(time.time())))
+    return pool.write(out / POOL_FILE), pool

@@ -137,7 +137,8 @@ class BuildStamp:
     options: ExportOptions
 
     def as_dict(self) -> dict:
-        return {"checkpoint_key": self.checkpoint_key, "export_code": self.export_code, "options": self.options.as_dict()}
+        return {"checkpoint_key": self.checkpoint_key, "export_code": self.export_code,
+                "options": self.options.as_dict()}
 
     @classmethod
     def of_repository(cls, repository: Path) -> "BuildStamp | None":

@@ -73,7 +73,9 @@ def _tensor_problems(configs, onnx_signature) -> list[str]:
     for name, config in configs:
         triton_signature = _tensor_signature(config)
         if set(triton_signature) != set(onnx_signature):
-            problems.append(f"{name} tensors {sorted(triton_signature)} differ from the ONNX graph's {sorted(onnx_signature)}")
+            problems.append(
+                f"{name} tensors {sorted(triton_signature)} differ from the ONNX graph's {sorted(onnx_signature)}"
+            )
             continue
         for tensor, (dtype, dims) in triton_signature.items():
             onnx_dtype, onnx_dims = onnx_signature[tensor]
@@ -81,7 +83,9 @@ def _tensor_problems(configs, onnx_signature) -> list[str]:
                 problems.append(f"{name}: {tensor} is {dtype}, the ONNX graph says {onnx_dtype}")
             # Triton dims exclude the batch dimension when max_batch_size > 0.
             if len(onnx_dims) != len(dims) + 1 or any(d != o for d, o in zip(dims, onnx_dims[1:]) if o != -1):
-                problems.append(f"{name}: {tensor} dims [batch]+{list(dims)} do not fit the ONNX shape {list(onnx_dims)}")
+                problems.append(
+                    f"{name}: {tensor} dims [batch]+{list(dims)} do not fit the ONNX shape {list(onnx_dims)}"
+                )
     return problems
 
 

@@ -201,6 +201,8 @@ def read_split(path: Path) -> list[Example]:
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
         return [
-            Example(text=row["text"], label=LABELS.index(row["label"]), rating=float(row["rating"]), source=row["source"])
+            Example(
+                text=row["text"], label=LABELS.index(row["label"]), rating=float(row["rating"]), source=row["source"]
+            )
             for row in reader
         ]

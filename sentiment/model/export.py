@@ -98,7 +98,7 @@ class OnnxClassifier:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         batch = self.encoder.encode_batch(texts)
-        return self.session.run([OUTPUT_NAME], batch.arrays)[0]
+        return self.session.run([OUTPUT_NAME], batch)[0]
 
     def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[int]:
         return predict_in_length_order(texts, len, self.logits, batch_size)
@@ -129,7 +129,8 @@ class VariantReport:
     sentences_per_second: dict[str, float] | None = None
 
 
-def _evaluate(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: Path | None, speed_batches: Sequence[int], threads: int) -> VariantReport:
+def _evaluate(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: Path | None, speed_batches: Sequence[int],
+              threads: int) -> VariantReport:
     report = VariantReport(name=name, size_mb=round(onnx_file.stat().st_size / 1e6, 1))
     if splits_dir is None:
         return report

@@ -51,7 +51,10 @@ MIN_FILLER_WORDS = 120     # the guarantee the integration tests rely on
 FILLER_WORDS = (150, 250)  # each verdict document draws its filler length from this range
 SENTENCES_PER_DOCUMENT = 10
 MINORITY_SENTENCES = 3     # in a `majority` document
-MAJORITY_SHAPES = {"majority": (SENTENCES_PER_DOCUMENT, MINORITY_SENTENCES), "long_majority": (40, 12)}  # (sentences, minority)
+MAJORITY_SHAPES = {
+    "majority": (SENTENCES_PER_DOCUMENT, MINORITY_SENTENCES),
+    "long_majority": (40, 12),
+}  # (sentences, minority)
 CORPUS_SOURCE = "movies"   # filler and sentences: the movie-review snippets (the test split's source)
 
 
@@ -153,7 +156,9 @@ def make_documents(
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown kinds {sorted(unknown)}; known: {KINDS}")
-    by_label = [sorted((e for e in sentences if e.label == label), key=lambda e: e.text) for label in range(len(LABELS))]
+    by_label = [
+        sorted((e for e in sentences if e.label == label), key=lambda e: e.text) for label in range(len(LABELS))
+    ]
     verdicts = [[e for e in group if abs(e.rating) >= VERDICT_MIN_RATING] for group in by_label]
     low, high = FILLER_WORDS
     documents: list[LongDocument] = []
@@ -199,7 +204,8 @@ def build_documents(
     `cache_dir` holds the VADER sdist (default: `sentiment.paths.cache_home() / "data"`)."""
     _filler_side(side)
     splits_dir = Path(splits_dir)
-    split_texts = [e.text for name in SIDES if (splits_dir / f"{name}.tsv").is_file() for e in read_split(splits_dir / f"{name}.tsv")]
+    split_texts = [e.text for name in SIDES if (splits_dir / f"{name}.tsv").is_file()
+                   for e in read_split(splits_dir / f"{name}.tsv")]
     sentences = [e for e in read_split(splits_dir / f"{side}.tsv") if e.source == CORPUS_SOURCE]
     filler = load_neutral_filler(side, cache_dir, exclude=split_texts)
     return make_documents(sentences, filler, kinds, count, seed)

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sentiment.markdown import markdown_table
 from sentiment.model.data import LABELS
 from sentiment.model.long_documents import KINDS, LongDocument, build_documents
 from sentiment.model.triton_repository import bundle_dir as served_bundle
@@ -62,7 +63,7 @@ def _classify_windows(classifier, encoder, documents: Sequence[LongDocument], ba
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
         batch = encoder.pad([window for _, _, window in chunk])
-        out = classifier.session.run(["logits"], batch.arrays)[0]
+        out = classifier.session.run(["logits"], batch)[0]
         for (doc, index, _), row in zip(chunk, out):
             logits[doc][index] = row
     past = []
@@ -72,7 +73,10 @@ def _classify_windows(classifier, encoder, documents: Sequence[LongDocument], ba
             continue
         # Character offsets of the verdict in the text; the first window's last content offset.
         start = sum(len(p) + 1 for p in document.parts[: document.verdict])
-        head_end = max((end for (_, end), special in zip(w.windows[0].offsets, w.windows[0].special_tokens_mask) if not special), default=0)
+        head_end = max(
+            (end for (_, end), special in zip(w.windows[0].offsets, w.windows[0].special_tokens_mask) if not special),
+            default=0,
+        )
         past.append(start >= head_end)
     return WindowedLogits(
         stride=encoder.stride,
@@ -88,8 +92,9 @@ def _predict(name: str, windowed: WindowedLogits) -> np.ndarray:
     from transformer.core.windows import aggregate, softmax
 
     if name == HEAD:
-        return np.array([int(softmax(l[0]).argmax()) for l in windowed.logits])
-    return np.array([int(aggregate(name, l, n).argmax()) for l, n in zip(windowed.logits, windowed.new_tokens)])
+        return np.array([int(softmax(logits[0]).argmax()) for logits in windowed.logits])
+    return np.array([int(aggregate(name, logits, n).argmax())
+                     for logits, n in zip(windowed.logits, windowed.new_tokens)])
 
 
 def _row(name: str, windowed: WindowedLogits, documents: Sequence[LongDocument], kinds: Sequence[str]) -> dict:
@@ -101,7 +106,7 @@ def _row(name: str, windowed: WindowedLogits, documents: Sequence[LongDocument],
     sizes = {k: int((kind_of == k).sum()) for k in kinds}
     # Binomial standard error of the mean over kinds (documents are independent draws).
     error = float(np.sqrt(sum(a * (1 - a) / sizes[k] for k, a in accuracy.items())) / len(kinds))
-    windows = [1 if head_only else len(l) for l in windowed.logits]
+    windows = [1 if head_only else len(logits) for logits in windowed.logits]
     tokens = windowed.first_tokens if head_only else windowed.tokens
     return {
         "aggregation": name,
@@ -125,33 +130,29 @@ def choose(rows: Sequence[dict], tolerance: float, order: Sequence[str]) -> dict
     return min(near, key=lambda r: (r["windows_per_document"], -r["mean_accuracy"], rank.get(r["aggregation"], 99)))
 
 
-def markdown_table(rows: Sequence[dict], kinds: Sequence[str], chosen: dict | None = None) -> str:
+def accuracy_table(rows: Sequence[dict], kinds: Sequence[str], chosen: dict | None = None) -> str:
     header = ["aggregation", "stride", *kinds, "mean (± s.e.)", "windows/doc", "tokens/doc"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        mark = " **(chosen)**" if chosen is not None and r is chosen else ""
-        cells = [
-            f"`{r['aggregation']}`{mark}",
-            "-" if r["stride"] is None else str(r["stride"]),
-            *(f"{100 * r['accuracy'][k]:.1f}" for k in kinds),
-            f"{100 * r['mean_accuracy']:.1f} ± {100 * r['mean_standard_error']:.1f}",
-            f"{r['windows_per_document']:.2f}",
-            f"{r['tokens_per_document']:.0f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [(f"`{r['aggregation']}`" + (" **(chosen)**" if chosen is not None and r is chosen else ""),
+              "-" if r["stride"] is None else str(r["stride"]),
+              *(f"{100 * r['accuracy'][k]:.1f}" for k in kinds),
+              f"{100 * r['mean_accuracy']:.1f} ± {100 * r['mean_standard_error']:.1f}",
+              f"{r['windows_per_document']:.2f}",
+              f"{r['tokens_per_document']:.0f}") for r in rows]
+    return "\n".join(markdown_table(header, cells))
 
 
 def _table_for(classifier, encoders, documents, kinds, names, batch_size) -> tuple[list[dict], dict]:
     rows: list[dict] = []
     extra: dict = {}
-    for stride, encoder in encoders.items():
+    for encoder in encoders.values():
         windowed = _classify_windows(classifier, encoder, documents, batch_size)
         if not rows:
             rows.append(_row(HEAD, windowed, documents, kinds))
             flags = [p for p in windowed.verdict_past_head if p is not None]
             extra["verdict_past_first_window"] = float(np.mean(flags)) if flags else None
-            extra["words_per_document"] = {k: float(np.mean([d.words for d in documents if d.kind == k])) for k in kinds}
+            extra["words_per_document"] = {
+                k: float(np.mean([d.words for d in documents if d.kind == k])) for k in kinds
+            }
         rows.extend(_row(name, windowed, documents, kinds) for name in names)
     return rows, extra
 
@@ -187,7 +188,9 @@ def evaluate(
     bundle = ModelBundle.load(bundle_dir)
     tokenizer_file = bundle_dir / bundle.tokenizer_file
     splits_dir = Path(splits_dir) if splits_dir else Path(bundle.source["checkpoint"]) / "splits"
-    encoders = {s: TextEncoder(tokenizer_file, bundle.max_length, bundle.uses_token_type_ids, stride=s) for s in strides}
+    encoders = {
+        s: TextEncoder(tokenizer_file, bundle.max_length, bundle.uses_token_type_ids, stride=s) for s in strides
+    }
     classifier = OnnxClassifier(repository / "sentiment" / "1" / "model.onnx", encoders[strides[0]], threads=threads)
     names = [name for name in AGGREGATIONS if name != "first_window"]  # first_window == head, listed once
 
@@ -210,10 +213,13 @@ def evaluate(
     rows = result["sides"][choose_on]["rows"]
     chosen = choose(rows, tolerance, list(AGGREGATIONS))
     result["chosen"] = {"aggregation": chosen["aggregation"], "stride": chosen["stride"],
-                        "mean_accuracy": chosen["mean_accuracy"], "windows_per_document": chosen["windows_per_document"]}
+                        "mean_accuracy": chosen["mean_accuracy"],
+                        "windows_per_document": chosen["windows_per_document"]}
     for side in result["sides"].values():
         side["chosen_row"] = next(
-            (r for r in side["rows"] if r["aggregation"] == chosen["aggregation"] and r["stride"] == chosen["stride"]), None)
+            (r for r in side["rows"] if r["aggregation"] == chosen["aggregation"] and r["stride"] == chosen["stride"]),
+            None,
+        )
 
     if test:
         # Once, after the choice: what the integration tests will see. Never fed back into the choice.
@@ -223,8 +229,10 @@ def evaluate(
         windowed = _classify_windows(classifier, encoder, documents, batch_size)
         result["test"] = {
             "head": _row(HEAD, windowed, documents, kinds),
-            "chosen": _row(chosen["aggregation"], windowed, documents, kinds) if chosen["aggregation"] != HEAD else None,
-            "verdict_past_first_window": float(np.mean([p for p in windowed.verdict_past_head if p is not None] or [0])),
+            "chosen": None if chosen["aggregation"] == HEAD
+            else _row(chosen["aggregation"], windowed, documents, kinds),
+            "verdict_past_first_window":
+                float(np.mean([p for p in windowed.verdict_past_head if p is not None] or [0])),
         }
     result["duration_s"] = round(time.monotonic() - started, 1)
     return result
@@ -243,15 +251,16 @@ def report(result: dict) -> str:
     for name, side in result["sides"].items():
         chosen = side.get("chosen_row")
         lines += [f"## Training side: `{name}` split sentences, training half of the neutral filler", "",
-                  markdown_table(side["rows"], kinds, chosen), "",
-                  f"Verdict past the first window: {100 * (side.get('verdict_past_first_window') or 0):.0f} % of verdict_last documents; "
+                  accuracy_table(side["rows"], kinds, chosen), "",
+                  f"Verdict past the first window: {100 * (side.get('verdict_past_first_window') or 0):.0f} % "
+                  "of verdict_last documents; "
                   "words per document: " + ", ".join(f"{k} {v:.0f}" for k, v in side["words_per_document"].items()), ""]
     c = result["chosen"]
     lines += [f"**Chosen: `{c['aggregation']}`, stride {c['stride']}** (rule: {result['rule']}).", ""]
     if "test" in result:
         rows = [r for r in (result["test"]["head"], result["test"]["chosen"]) if r]
         lines += ["## Test side (reported once after the choice; not used to choose)", "",
-                  markdown_table(rows, kinds), ""]
+                  accuracy_table(rows, kinds), ""]
     lines.append(f"_{result['duration_s']} s_")
     return "\n".join(lines) + "\n"
 
@@ -259,7 +268,8 @@ def report(result: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"),
                         help="the exported model repository whose version 1 is evaluated (default: model_repository)")
-    parser.add_argument("--splits", type=Path, default=None, help="splits dir (default: <bundle source.checkpoint>/splits)")
+    parser.add_argument("--splits", type=Path, default=None,
+                        help="splits dir (default: <bundle source.checkpoint>/splits)")
     parser.add_argument("--count", type=int, default=300, help="documents per kind and side")
     parser.add_argument("--seed", type=int, default=0, help="seed of the document builder (default %(default)s)")
     parser.add_argument("--strides", default=",".join(map(str, DEFAULT_STRIDES)),
@@ -267,11 +277,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     parser.add_argument("--choose-on", default="dev", choices=("train", "dev"),
                         help="the split whose documents choose the aggregation (default %(default)s)")
-    parser.add_argument("--check-on", default="", help="comma-separated training-side splits to repeat the table on ('' for none)")
-    parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points within the best that count as a tie")
+    parser.add_argument("--check-on", default="",
+                        help="comma-separated training-side splits to repeat the table on ('' for none)")
+    parser.add_argument("--tolerance", type=float, default=0.5,
+                        help="accuracy points within the best that count as a tie")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default %(default)s)")
     parser.add_argument("--no-test", action="store_true", help="skip the test-side report")
-    parser.add_argument("--out", type=Path, default=None, help="write the markdown here and the JSON next to it (.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the markdown here and the JSON next to it (.json)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,9 @@ class TritonPythonModel:
         # One ONNX Runtime call for every request Triton hands over. Triton merges equal shapes, but
         # any request may carry padding columns (the transformer rounds lengths up), so the batch is
         # trimmed to the longest real text and narrower requests right-padded (mask 0 is inert).
-        arrays = [[pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names] for r in requests]
+        arrays = [
+            [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for name in self.input_names] for r in requests
+        ]
         rows = [a[0].shape[0] for a in arrays]
         # Only as wide as the longest real text: columns that are padding in every row cost compute.
         mask_position = self.input_names.index("attention_mask")

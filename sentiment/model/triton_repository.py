@@ -195,7 +195,10 @@ def write_configs(model_dir: Path, spec: TritonModelSpec) -> None:
     (model_dir / "config.pbtxt").write_text(onnxruntime_config(spec))
     (model_dir / "configs" / f"{LOCAL_CONFIG_NAME}.pbtxt").write_text(python_backend_config(spec))
     (model_dir / "configs" / f"{GPU_CONFIG_NAME}.pbtxt").write_text(gpu_config(spec))
-    state = asdict(spec) | {"input_names": list(spec.input_names), "preferred_batch_sizes": list(spec.preferred_batch_sizes)}
+    state = asdict(spec) | {
+        "input_names": list(spec.input_names),
+        "preferred_batch_sizes": list(spec.preferred_batch_sizes),
+    }
     (model_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
 
@@ -229,7 +232,9 @@ def write_repository(repository: Path, onnx_file: Path, spec: TritonModelSpec, v
 def versions(repository: Path) -> list[str]:
     """The version folders on disk, in order."""
     model_dir = Path(repository) / MODEL_NAME
-    return sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int) if model_dir.is_dir() else []
+    if not model_dir.is_dir():
+        return []
+    return sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
 
 
 def served_versions(repository: Path) -> list[str]:

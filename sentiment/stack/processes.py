@@ -185,7 +185,9 @@ class ManagedProcess:
                 if probe():
                     return self
             time.sleep(interval)
-        raise ProcessFailed(f"{self.name} was not ready after {timeout:.0f} s; log {self.log_file}:\n{tail(self.log_file)}")
+        raise ProcessFailed(
+            f"{self.name} was not ready after {timeout:.0f} s; log {self.log_file}:\n{tail(self.log_file)}"
+        )
 
     def signal(self, signum: int) -> None:
         if self.alive():

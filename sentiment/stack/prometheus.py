@@ -11,7 +11,6 @@ Prometheus rules file for the local server. Uses Debian's `prometheus` binary
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from sentiment.durations import duration_seconds
 from sentiment.paths import MONITORING_DIR, REPO_ROOT
 from sentiment.stack.processes import ManagedProcess, ProcessFailed, http_ok, port_is_free
 
@@ -29,8 +29,6 @@ TRANSFORMER_JOB = "sentiment-transformer"
 TRITON_JOB = "sentiment-triton"
 INSTALL_HINT = "apt-get install -y prometheus"
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h)$")
-_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
 class PrometheusNotInstalled(RuntimeError):
@@ -98,13 +96,6 @@ def write_rules_file(path: Path, source: Path = ALERTS_FILE) -> Path:
 
 
 # ---- config ---------------------------------------------------------------------------------------
-def duration_seconds(duration: str) -> float:
-    match = _DURATION.match(duration)
-    if not match:
-        raise ValueError(f"{duration!r} is not a Prometheus duration such as 1s, 5s, 1m")
-    return int(match.group(1)) * _SECONDS[match.group(2)]
-
-
 def prometheus_config(targets: PrometheusTargets, rules_file: Path | None, scrape_interval: str = "5s") -> dict:
     """The scrape configuration as a dict (rules are evaluated as often as targets are scraped)."""
     # The scrape timeout may not exceed the interval (Prometheus' default timeout is 10 s).

@@ -107,7 +107,9 @@ def _target_version(options: RolloutOptions, state: StackState, say: Callable[[s
         return version
     version = str(options.to_version)
     if not (bundle_dir(repository, version) / "bundle.json").is_file():
-        raise RolloutError(f"version {version} is not in {repository}: versions there are {', '.join(versions(repository))}")
+        raise RolloutError(
+            f"version {version} is not in {repository}: versions there are {', '.join(versions(repository))}"
+        )
     return version
 
 
@@ -120,7 +122,9 @@ def _switch_transformer(state: StackState, target: str, logs: Path, timeout_s: f
     try:
         os.kill(state.transformer_pid, signal.SIGHUP)
     except ProcessLookupError:
-        raise RolloutError(f"the transformer (PID {state.transformer_pid}) is gone: is `sentiment up` running?") from None
+        raise RolloutError(
+            f"the transformer (PID {state.transformer_pid}) is gone: is `sentiment up` running?"
+        ) from None
     _wait(report_file.is_file, timeout_s, "the transformer's switch report")
     return json.loads(report_file.read_text())
 
@@ -150,7 +154,9 @@ def rollout(options: RolloutOptions, say: Callable[[str], None] = print) -> Roll
     say(f"Triton: retiring version {current} (its files stay: roll back with --to-version {current}) ...")
     serve(repository, [target])
     triton.load()
-    timings["retire_s"] = _wait(lambda: not triton.version_ready(current), options.timeout_s, f"version {current} unloaded")
+    timings["retire_s"] = _wait(
+        lambda: not triton.version_ready(current), options.timeout_s, f"version {current} unloaded"
+    )
     timings["total_s"] = round(time.monotonic() - started, 2)
     assert served_versions(repository) == [target]
     return RolloutResult(current, target, report, timings)

@@ -247,8 +247,10 @@ def render_tree(spans: list[dict]) -> Iterator[str]:
         span = node.span
         status = " ERROR" if span["status"] == "ERROR" else ""
         links = f" links={len(span['links'])}" if span.get("links") else ""
-        yield (f"{(span['start_ns'] - origin) / 1e6:8.2f} ms {span['duration_ms']:8.2f} ms  {'  ' * depth}{span['name']}"
-               f" [{span['service']}]{status} {_shown_attributes(span['attributes'])}{links}").rstrip()
+        yield (
+            f"{(span['start_ns'] - origin) / 1e6:8.2f} ms {span['duration_ms']:8.2f} ms  {'  ' * depth}{span['name']}"
+            f" [{span['service']}]{status} {_shown_attributes(span['attributes'])}{links}"
+        ).rstrip()
         for child in node.children:
             yield from lines(child, depth + 1)
 

@@ -71,7 +71,9 @@ def triton_environment() -> dict[str, str]:
 TRITON_SERVICE_NAME = "sentiment-triton"  # service.name of Triton's spans
 
 
-def triton_tracing_args(traces_url: str, service_name: str = TRITON_SERVICE_NAME, schedule_delay_ms: int = 5000) -> list[str]:
+def triton_tracing_args(
+    traces_url: str, service_name: str = TRITON_SERVICE_NAME, schedule_delay_ms: int = 5000
+) -> list[str]:
     """Triton's OpenTelemetry tracing (checked on the bundled 2.51 binary, the version of the cluster's
     24.10 image): spans exported as OTLP/HTTP JSON to `traces_url` (.../v1/traces). Triton traces
     every call that carries a valid `traceparent` (sampled flag or not: it forces sampling) and
@@ -117,7 +119,9 @@ def model_ready(ports: TritonPorts, host: str = "127.0.0.1") -> bool:
     return http_ok(f"http://{host}:{ports.http}/v2/models/{MODEL_NAME}/ready", timeout=1)
 
 
-def triton_process(repository: Path, ports: TritonPorts, log_file: Path, traces_url: str | None = None) -> ManagedProcess:
+def triton_process(
+    repository: Path, ports: TritonPorts, log_file: Path, traces_url: str | None = None
+) -> ManagedProcess:
     """Triton serving `repository` on loopback, not yet started; ready once the model is."""
     return ManagedProcess("triton", triton_command(repository, ports, traces_url=traces_url), log_file,
                           env=triton_environment(),

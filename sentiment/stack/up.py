@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from sentiment.paths import default_model_repository
 from sentiment.stack.processes import ManagedProcess, ProcessFailed, busy_ports, free_port, http_ok, port_is_free
@@ -32,6 +32,11 @@ TRANSFORMER = "transformer"  # the essential part: its death ends the stack
 
 @dataclass(frozen=True)
 class StackConfig:
+    """Where the stack runs: every default here is the `sentiment up` flag's default too."""
+
+    PROMETHEUS_PORT: ClassVar[int] = 9090  # --with-prometheus
+    TRACES_PORT: ClassVar[int] = 4318      # --with-tracing: the OTLP/HTTP receiver (OTLP's own default port)
+
     model_repository: Path
     logs: Path
     port: int = 8000
@@ -290,7 +295,8 @@ The stack is up. Logs: {config.logs}
   Crashed parts (Redis, Triton) are restarted; the transformer's exit stops the stack.{_tracing_lines(config)}
 
 Try:
-  curl -X POST "{base}/project/bulk-predict" -H "Content-Type: application/json" -d '{{"text":["i love this","this is bad"]}}'
+  curl -X POST "{base}/project/bulk-predict" -H "Content-Type: application/json" \\
+       -d '{{"text":["i love this","this is bad"]}}'
 
 Press Ctrl-C to stop.
 """

@@ -203,7 +203,8 @@ MUTATIONS = {
         maxReplicas=isvc["spec"]["transformer"].pop("maxReplicas")), "spec.transformer.containers.0", "maxReplicas"),
     "probe misspelt": (lambda isvc: _rename(transformer_container(isvc), "readinessProbe", "readinessprobe"),
                        "spec.transformer.containers.0", "readinessprobe"),
-    "resource name misspelt": (lambda isvc: _rename(transformer_container(isvc)["resources"]["limits"], "memory", "memroy"),
+    "resource name misspelt": (lambda isvc: _rename(transformer_container(isvc)["resources"]["limits"], "memory",
+                                                    "memroy"),
                                "spec.transformer.containers.0.resources.limits", "memroy"),
     "annotation misspelt": (lambda isvc: _rename(isvc["metadata"]["annotations"], "serving.kserve.io/autoscalerClass",
                                                  "serving.kserve.io/autoscalerclass"),
@@ -226,14 +227,14 @@ def test_schema_rejects_misspelt_or_misplaced_fields(mutation):
 def test_transformer_args_and_env_parse_with_the_real_settings(overlay):
     # Imported here, not at module level: kserve.model_server parses sys.argv when imported, and
     # argparse would read e.g. `pytest --co` as an abbreviation of its --configure_logging.
-    from transformer.settings import _KSERVE_SOURCES, _SOURCES, build_parser, settings_from
+    from transformer.settings import build_parser, settings_from, sources
 
     isvc = only(render(overlay), "InferenceService")
     container = transformer_container(isvc)
     environ = container_environ(container)
     unresolved = {name: value for name, value in environ.items() if "$(" in value}
     assert not unresolved, f"env references not defined earlier in the env list: {unresolved}"
-    known = {env for *_, env, _kind in _SOURCES} | {env for *_, env in _KSERVE_SOURCES} | {"REDIS_PASSWORD", "STORAGE_URI"}
+    known = {env for source in sources() for env in source.envs} | {"REDIS_PASSWORD", "STORAGE_URI"}
     assert set(environ) <= known, f"env the transformer does not read (misspelt?): {set(environ) - known}"
 
     args = with_controller_args([resolve_references(arg, environ) for arg in container["args"]], isvc)
@@ -378,9 +379,13 @@ def test_selectors_match_the_pods_kserve_creates(overlay):
             matched = [group for group, labels in groups.items() if selects(selector, labels)]
             assert len(matched) == 1, f"{doc['kind']}/{doc['metadata']['name']} selects {matched} with {selector}"
 
-    redis_policy = next(doc for doc in of_kind(docs, "NetworkPolicy") if selects(doc["spec"]["podSelector"], groups["redis"]))
+    redis_policy = next(
+        doc for doc in of_kind(docs, "NetworkPolicy") if selects(doc["spec"]["podSelector"], groups["redis"])
+    )
     (rule,) = redis_policy["spec"]["ingress"]
-    allowed = [group for group, labels in groups.items() if any(selects(peer["podSelector"], labels) for peer in rule["from"])]
+    allowed = [
+        group for group, labels in groups.items() if any(selects(peer["podSelector"], labels) for peer in rule["from"])
+    ]
     assert allowed == ["transformer"]
     assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
 
@@ -474,11 +479,16 @@ def test_the_generated_redis_secret_is_referenced_everywhere(overlay):
     docs = render(overlay)
     (secret,) = [doc for doc in of_kind(docs, "Secret") if doc["metadata"]["name"].startswith("redis-auth")]
     isvc, redis = only(docs, "InferenceService"), only(docs, "Deployment")
-    refs = {item["valueFrom"]["secretKeyRef"]["name"] for item in transformer_container(isvc)["env"] if "valueFrom" in item}
-    refs |= {volume["secret"]["secretName"] for volume in redis["spec"]["template"]["spec"]["volumes"] if "secret" in volume}
+    refs = {
+        item["valueFrom"]["secretKeyRef"]["name"] for item in transformer_container(isvc)["env"] if "valueFrom" in item
+    }
+    refs |= {
+        volume["secret"]["secretName"] for volume in redis["spec"]["template"]["spec"]["volumes"] if "secret" in volume
+    }
     assert refs == {secret["metadata"]["name"]}
     redis_args = " ".join(redis["spec"]["template"]["spec"]["containers"][0]["args"])
-    for flag in ("--maxmemory 256mb", "--maxmemory-policy allkeys-lru", "--save ''", "--appendonly no", "--requirepass"):
+    for flag in ("--maxmemory 256mb", "--maxmemory-policy allkeys-lru", "--save ''", "--appendonly no",
+                 "--requirepass"):
         assert flag in redis_args
 
 
@@ -500,7 +510,9 @@ def test_image_matches_the_manifests_and_bakes_in_no_model():
     assert not re.search(r"^(COPY|ADD)\b.*model_repository", text, re.MULTILINE)
     for stage in re.findall(r"^FROM (\S+)", text, re.MULTILINE):
         assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", stage), stage
-    ignored = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    ignored = [
+        line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")
+    ]
     assert ignored[0] == "*" and not any("model_repository" in line for line in ignored)
     isvc = only(render("prod"), "InferenceService")
     assert isvc["spec"]["transformer"]["securityContext"]["runAsUser"] == 10001
@@ -526,7 +538,9 @@ def test_checkov_finds_no_failed_check(tmp_path):
     try:
         reports = json.loads(result.stdout)
     except json.JSONDecodeError:
-        pytest.fail(f"checkov printed no JSON (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        pytest.fail(
+            f"checkov printed no JSON (exit {result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     reports = reports if isinstance(reports, list) else [reports]
     by_type = {report["check_type"]: report for report in reports}
     assert set(by_type) == {"kubernetes", "dockerfile"}, f"checkov scanned {set(by_type)}"
@@ -539,7 +553,9 @@ def test_checkov_finds_no_failed_check(tmp_path):
         for skipped in report["results"]["skipped_checks"]:
             where = f"{skipped['check_id']} on {skipped['resource']}"
             assert skipped["check_result"].get("suppress_comment", "").strip(), f"{where}: skipped without a reason"
-            owner = skipped["resource"].split(".")[-1] if check_type == "kubernetes" else Path(skipped["file_path"]).name
+            owner = (
+                skipped["resource"].split(".")[-1] if check_type == "kubernetes" else Path(skipped["file_path"]).name
+            )
             assert skipped["check_id"] in ALLOWED_SKIPS.get((check_type, owner), ()), \
                 f"{where}: a new skip; fix the finding, or add it to ALLOWED_SKIPS with its reason in the manifest"
     assert result.returncode == 0, result.stderr[-2000:]
@@ -678,7 +694,9 @@ def test_the_tracing_component_points_the_transformer_at_tritons_collector(tmp_p
     args = with_controller_args([resolve_references(arg, environ) for arg in container["args"]], isvc)
     settings = settings_from(build_parser().parse_args(args), environ)
     assert settings.trace_exporters == ("otlp",)
-    assert float(environ["OTEL_TRACES_SAMPLER_ARG"]) <= 0.1 and environ["OTEL_TRACES_SAMPLER"].startswith("parentbased_")
+    assert float(environ["OTEL_TRACES_SAMPLER_ARG"]) <= 0.1 and environ["OTEL_TRACES_SAMPLER"].startswith(
+        "parentbased_"
+    )
     triton = container_environ(runtime_container(docs))["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
     assert environ["OTEL_EXPORTER_OTLP_ENDPOINT"] + "/v1/traces" == triton
     # Everything else of the overlay is unchanged: only env entries were added.

@@ -25,7 +25,8 @@ def tiny_service(tiny_repositories, logs_dir):
 
 def test_k6_flags_vus_and_duration_run_the_default_export(tiny_service, tmp_path):
     summary_file = tmp_path / "summary.json"
-    environment = os.environ | {"BASE_URL": tiny_service.url, "SUMMARY_FILE": str(summary_file), "TEXTS_PER_REQUEST": "2"}
+    environment = os.environ | {"BASE_URL": tiny_service.url, "SUMMARY_FILE": str(summary_file),
+                                "TEXTS_PER_REQUEST": "2"}
     result = subprocess.run([k6_binary(), "run", "--quiet", "--no-usage-report", "--vus", "2", "--duration", "3s",
                              str(SCRIPT)], env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -70,7 +71,7 @@ def test_the_scripts_own_scenarios_still_run(tiny_service, tmp_path):
 
 # ---- the mixed-length workload: texts from a pool that `sentiment bench` writes ----------------------
 def _pool(repository, tmp_path, count: int):
-    from sentiment.measure.mixed import write_pool
+    from sentiment.measure.textpool import write_pool
     from sentiment.model.triton_repository import bundle_dir
 
     # a run id of its own: texts another test sent would be cache hits here
@@ -106,7 +107,9 @@ def test_the_mixed_workload_sends_the_pool_in_order_and_counts_its_tokens(tiny_s
     assert metrics["tokens_classified"]["values"]["count"] == sum(t.tokens for t in sent)
     # the transformer computed exactly these texts and counts their tokens the same way
     assert tiny_service.metric("sentiment_text_tokens_count") - before["sentiment_text_tokens_count"] == 400
-    assert tiny_service.metric("sentiment_text_tokens_sum") - before["sentiment_text_tokens_sum"] == sum(t.tokens for t in sent)
+    assert tiny_service.metric("sentiment_text_tokens_sum") - before["sentiment_text_tokens_sum"] == sum(
+        t.tokens for t in sent
+    )
     sizes = {"short": 0, "medium": 0, "long": 0}
     order = list(sizes)
     for first in range(0, 400, 10):

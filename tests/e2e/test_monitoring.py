@@ -4,6 +4,8 @@ ports, scraping every second, shared by the tests of this module (in file order)
 1. a short mixed load, then every Grafana panel query and every alert expression through Prometheus'
    HTTP API;
 2. the prediction metrics move by exactly the answers to known texts (each label; model and cache);
+   the texts are chosen at fixture time from the served model's own answers (tests.support.model_answers),
+   so a retrained model does not break them;
 3. 1,000 distinct texts add no series (/metrics of the transformer and of Triton, and Prometheus);
 4. the label mix is forced to shift (texts the model calls POSITIVE, then only NEGATIVE ones, then texts
    it is unsure about) and the prediction alerts fire in Prometheus: a copy of their group with
@@ -22,11 +24,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from bisect import bisect_left
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -36,11 +40,12 @@ from sentiment.stack.prometheus import (
     TRANSFORMER_JOB, TRITON_JOB, PrometheusNotInstalled, PrometheusTargets, prometheus_binary, start_prometheus,
 )
 from sentiment.stack.up import Stack, StackConfig
-from tests.support.prometheus import (
-    PREDICTION_RULES_IN_SECONDS, alerting_rules, rule_group, sample_lines, scaled_group, series_of,
-)
+from tests.support.model_answers import ModelAnswers
+from sentiment.measure.metrics_page import scrape, series, total
+from tests.support.prometheus import PREDICTION_RULES_IN_SECONDS, alerting_rules, rule_group, scaled_group
 
-pytestmark = pytest.mark.slow
+# The stack drops Redis when its binary is missing: the cache source of the metrics needs it.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]
 
 DASHBOARD = MONITORING_DIR / "sentiment-dashboard.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
@@ -70,8 +75,8 @@ def monitored(default_build, tmp_path_factory):
         api = PrometheusAPI(prometheus_port)
         wait_for_targets_and_rules(api)
         base = f"http://127.0.0.1:{config.port}"
-        versions = {labels["version"] for name, labels in series_of(sample_lines(f"{base}/metrics"))
-                    if name == "sentiment_predictions_total" for labels in [dict(labels)]}
+        versions = {sample.labels["version"] for sample in scrape(f"{base}/metrics")
+                    if sample.name == "sentiment_predictions_total"}
         assert len(versions) == 1, f"the stack serves one model version, /metrics shows {versions}"
         yield Monitored(config, api, base, tmp_path / "prometheus", versions.pop())
     finally:
@@ -142,16 +147,24 @@ def poll(predicate, timeout: float, message: str, interval: float = 0.25):
 
 def scraped_total(url: str, name: str) -> float:
     """Sum of a metric's samples straight from a /metrics endpoint."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
-               if line.startswith(name) and line[len(name)] in "{ ")
+    return total(scrape(url), name)
 
 
 # ---- load -----------------------------------------------------------------------------------------
-def drive_load(base: str, seconds: float, workers: int = 2) -> Counter:
-    """New texts (misses), repeated texts (cache hits), V1/V2 calls and bad requests (4xx)."""
+def answers_of(response: httpx.Response) -> list[tuple[str, float]]:
+    """(top label, top score) of each text of a 200 answer: bulk-predict, V1 or V2 JSON."""
+    body = response.json()
+    if "predictions" in body:
+        return [top(ranked) for ranked in body["predictions"]]
+    outputs = {output["name"]: output["data"] for output in body["outputs"]}
+    return list(zip(outputs["label"], outputs["score"]))
+
+
+def drive_load(base: str, seconds: float, workers: int = 2) -> tuple[Counter, list[tuple[str, float]]]:
+    """New texts (misses), repeated texts (cache hits), V1/V2 calls and bad requests (4xx); the status
+    counts and the answers the clients got."""
     statuses: Counter = Counter()
+    answers: list[tuple[str, float]] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
     json_headers = {"Content-Type": "application/json"}
@@ -187,12 +200,14 @@ def drive_load(base: str, seconds: float, workers: int = 2) -> Counter:
                         response = client.post("/project/bulk-predict", json={"text": ["x"] * 257})  # 413
                 with lock:
                     statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        answers.extend(answers_of(response))
                 i += 1
 
     with ThreadPoolExecutor(workers) as pool:
         for future in [pool.submit(worker, n) for n in range(workers)]:
             future.result()
-    return statuses
+    return statuses, answers
 
 
 # ---- the test -------------------------------------------------------------------------------------
@@ -249,7 +264,8 @@ def failed_panel_queries(api: PrometheusAPI) -> list[str]:
     return failures
 
 
-def assert_the_numbers_mean_what_the_panels_say(api: PrometheusAPI) -> None:
+def assert_the_numbers_mean_what_the_panels_say(api: PrometheusAPI, answers: list[tuple[str, float]]) -> None:
+    """`answers`: what the clients were answered during the load, the only answers of the window."""
     by_status = api.query('sum by (status) (rate(sentiment_requests_total{route="/project/bulk-predict"}[1m]))')
     assert {"200", "413", "415", "422"} <= {s["metric"]["status"] for s in by_status["data"]["result"]}
     hit_ratio = api.value('sum(rate(sentiment_texts_total{source="cache"}[1m])) / sum(rate(sentiment_texts_total[1m]))')
@@ -257,6 +273,8 @@ def assert_the_numbers_mean_what_the_panels_say(api: PrometheusAPI) -> None:
     replicas = api.query('sum by (job) (up{job=~".*sentiment.*"})')["data"]["result"]
     assert {s["metric"]["job"]: float(s["value"][1]) for s in replicas} == {TRANSFORMER_JOB: 1, TRITON_JOB: 1}
     assert api.value("sum(rate(nv_inference_count[1m])) / sum(rate(nv_inference_exec_count[1m]))") >= 1
+    # Triton ran every window the transformer sent, no more: its rows are the transformer's batch rows.
+    assert api.value("sum(nv_inference_count)") == api.value("sum(sentiment_predictor_batch_size_sum)") > 0
     long_texts = api.query("sum by (mode) (increase(sentiment_long_texts_total[1m]))")["data"]["result"]
     assert {s["metric"]["mode"] for s in long_texts if float(s["value"][1]) > 0} == {"chunk", "head"}, long_texts
     assert api.value("sum(rate(sentiment_windows_total[1m])) / sum(rate(sentiment_text_tokens_count[1m]))") > 1
@@ -265,15 +283,24 @@ def assert_the_numbers_mean_what_the_panels_say(api: PrometheusAPI) -> None:
     shares = {s["metric"]["label"]: float(s["value"][1]) for s in mix}
     assert set(shares) == {"NEGATIVE", "POSITIVE"} and sum(shares.values()) == pytest.approx(1), shares
     assert 0 < shares["POSITIVE"] < 1, shares  # WARM holds both kinds
+    answered_positive = sum(label == "POSITIVE" for label, _ in answers) / len(answers)
+    assert shares["POSITIVE"] == pytest.approx(answered_positive, abs=0.03), (shares, answered_positive)
     median = api.value("histogram_quantile(0.5, sum by (le) (rate(sentiment_prediction_top_score_bucket[1m])))")
     assert 0.5 <= median <= 1, median
+    # In the histogram bucket of the median of the answers the clients got (a bucket next to it where that
+    # median sits on a bound).
+    from transformer.metrics import SCORE_BUCKETS
+
+    answered = float(np.median([score for _, score in answers]))
+    buckets = {bisect_left(SCORE_BUCKETS, score) for score in (answered - 0.002, answered, answered + 0.002)}
+    assert bisect_left(SCORE_BUCKETS, median) in buckets, (median, answered)
     firing = [a for a in api.get("/api/v1/alerts")["data"]["alerts"] if a["state"] == "firing"]
     assert not firing, f"alerts fire on a healthy stack: {firing}"
 
 
 def test_dashboard_queries_and_alert_rules_run_against_a_real_prometheus(monitored):
     api, base = monitored.api, monitored.base
-    statuses = drive_load(base, LOAD_SECONDS)
+    statuses, answers = drive_load(base, LOAD_SECONDS)
     assert statuses[200] > 20, statuses
     assert {413, 415, 422} <= set(statuses), statuses
     assert not any(code >= 500 for code in statuses), statuses
@@ -284,41 +311,37 @@ def test_dashboard_queries_and_alert_rules_run_against_a_real_prometheus(monitor
     for rule in alerting_rules():  # every alert expression parses and runs
         answer = api.query(rule["expr"])
         assert answer.get("status") == "success", f"{rule['alert']}: {answer.get('error')}\n{rule['expr']}"
-    assert_the_numbers_mean_what_the_panels_say(api)
+    assert_the_numbers_mean_what_the_panels_say(api, answers)
 
 
 # ---- the prediction metrics -----------------------------------------------------------------------
-# Texts the default model labels clearly (over 0.99 for their label; its test split has 49.5 % POSITIVE).
+# Candidates for texts the model labels clearly; `chosen` keeps those the served model answers over 0.97.
 POSITIVE = ["What a wonderful, warm and moving film.", "An absolute delight: brilliant acting and a beautiful score.",
-            "I loved every minute of it, a triumph.", "Funny, charming and beautifully made."]
+            "I loved every minute of it, a triumph.", "Funny, charming and beautifully made.",
+            "A masterpiece: moving, funny and gorgeous to look at.", "The best film I have seen this year, a joy.",
+            "Brilliant, heartfelt and wonderfully acted."]
 NEGATIVE = ["A dull, tedious and predictable mess.", "I hated every minute of this awful film.",
-            "Boring, stupid and far too long.", "The worst film of the year: a painful waste of time."]
+            "Boring, stupid and far too long.", "The worst film of the year: a painful waste of time.",
+            "Awful acting and a plot that makes no sense.", "A dreary, lifeless and badly written bore.",
+            "Terrible from start to finish, avoid it."]
 
 
 def prediction_samples(base: str, version: str) -> dict[tuple[str, ...], float]:
     """The version's sentiment_predictions_total by (label, source) and its top-score histogram by
     ("le", bound), ("count",), ("sum",), straight from /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     samples: dict[tuple[str, ...], float] = {}
-    for family in text_string_to_metric_families(metrics_text(f"{base}/metrics")):
-        for sample in family.samples:
-            if sample.labels.get("version") != version:
-                continue
-            if sample.name == "sentiment_predictions_total":
-                samples[(sample.labels["label"], sample.labels["source"])] = sample.value
-            elif sample.name == "sentiment_prediction_top_score_bucket":
-                samples[("le", sample.labels["le"])] = sample.value
-            elif sample.name == "sentiment_prediction_top_score_count":
-                samples[("count",)] = sample.value
-            elif sample.name == "sentiment_prediction_top_score_sum":
-                samples[("sum",)] = sample.value
+    for sample in scrape(f"{base}/metrics"):
+        if sample.labels.get("version") != version:
+            continue
+        if sample.name == "sentiment_predictions_total":
+            samples[(sample.labels["label"], sample.labels["source"])] = sample.value
+        elif sample.name == "sentiment_prediction_top_score_bucket":
+            samples[("le", sample.labels["le"])] = sample.value
+        elif sample.name == "sentiment_prediction_top_score_count":
+            samples[("count",)] = sample.value
+        elif sample.name == "sentiment_prediction_top_score_sum":
+            samples[("sum",)] = sample.value
     return samples
-
-
-def metrics_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
 
 
 def top(ranked: list[dict]) -> tuple[str, float]:
@@ -326,12 +349,10 @@ def top(ranked: list[dict]) -> tuple[str, float]:
     return best["label"], best["score"]
 
 
-def test_the_prediction_metrics_move_by_exactly_the_answers_to_known_texts(monitored):
-    from bisect import bisect_left
-
+def test_the_prediction_metrics_move_by_exactly_the_answers_to_known_texts(monitored, chosen):
     from transformer.metrics import SCORE_BUCKETS
 
-    (p0, p1, p2, p3), (n0, n1, n2, _) = POSITIVE, NEGATIVE
+    (p0, p1, p2, p3), (n0, n1, n2, _) = chosen.positive, chosen.negative
     before = prediction_samples(monitored.base, monitored.version)
     assert len([key for key in before if len(key) == 2 and key[0] != "le"]) == 6  # 2 labels x 3 sources
     answers: list[tuple[str, float]] = []  # one per distinct text of each request, as the metrics count
@@ -393,7 +414,7 @@ def test_a_thousand_distinct_texts_add_no_series(monitored):
 
     # The same kind of request once first: every series it touches (route, status, buckets) exists.
     classify([f"warm-up {run} {i}: the {SUBJECTS[i % 8]} was {VERDICTS[i % 8]}" for i in range(100)])
-    before = {name: sample_lines(url) for name, url in urls.items()}
+    before = {name: scrape(url) for name, url in urls.items()}
     series_before = prometheus_series()
     model_before = scraped_total(urls["transformer"], "sentiment_texts_total")
 
@@ -401,9 +422,9 @@ def test_a_thousand_distinct_texts_add_no_series(monitored):
     assert len(set(texts)) == 1000
     classify(texts)
 
-    after = {name: sample_lines(url) for name, url in urls.items()}
-    for name in urls:  # every sample line counts: nothing excluded
-        added = series_of(after[name]) - series_of(before[name])
+    after = {name: scrape(url) for name, url in urls.items()}
+    for name in urls:  # every sample counts: nothing excluded
+        added = series(after[name]) - series(before[name])
         assert len(after[name]) == len(before[name]) and not added, f"{name}: {len(before[name])} -> " \
             f"{len(after[name])} sample lines; new series: {sorted(added)[:10]}"
     assert scraped_total(urls["transformer"], "sentiment_texts_total") - model_before == 1000
@@ -412,45 +433,76 @@ def test_a_thousand_distinct_texts_add_no_series(monitored):
     # sum and count, whatever the traffic.
     from transformer.metrics import SCORE_BUCKETS, SOURCES
 
-    per_version = [line for line in after["transformer"] if line.startswith(("sentiment_predictions_total{",
-                                                                              "sentiment_prediction_top_score_"))]
+    per_version = [sample for sample in after["transformer"] if sample.name == "sentiment_predictions_total"
+                   or sample.name.startswith("sentiment_prediction_top_score_")]
     assert len(per_version) == 2 * len(SOURCES) + len(SCORE_BUCKETS) + 1 + 2, per_version
 
 
 # ---- the prediction alerts on the real stack ------------------------------------------------------
 # They run scaled from hours to seconds (tests.support.prometheus.PREDICTION_RULES_IN_SECONDS).
+# Candidate phrases; `chosen` keeps those whose texts the served model labels right every time.
 POSITIVE_PHRASES = ["a joy from start to finish", "warm, funny and beautifully made", "a small triumph",
                     "brilliant and moving", "a delight", "wonderful"]
 NEGATIVE_PHRASES = ["a tedious, muddled mess", "dull and predictable", "a painful waste of time",
                     "boring and far too long", "awful", "a stupid mess"]
-# Lukewarm or off-topic texts the default model is unsure about (top score 0.52 to 0.88; median 0.79).
-# Repeated (cache hits count as answers too): the model's confidence on new texts with numbers in them
-# swings with the numbers.
+# Candidate lukewarm or off-topic texts; `chosen` keeps those the served model is unsure about (the
+# default model of 2026-12: top score 0.52 to 0.88, median 0.79). Repeated (cache hits count as answers
+# too): the model's confidence on new texts with numbers in them swings with the numbers.
 UNSURE = ["It is what it is.", "It has a beginning, a middle and an end.", "Passable.", "It was okay, I guess.",
           "It exists.", "table river seven", "blue paper city", "Okay.", "I have seen it.", "Hard to say.",
           "Not sure what to think of it.", "The cast includes several actors.", "The sequel came out in spring.",
           "It is a film."]
+UNSURE_BELOW = 0.9   # a top score under this is "unsure"
+PHRASE_SAMPLES = 40  # texts of each phrase the model must label right to keep it
 
 
-def positive_text(i: int) -> str:  # the default model: 99 % POSITIVE, median top score 0.997
-    rng = random.Random(i)
-    return f"The {rng.choice(SUBJECTS)} of review {i} is {rng.choice(POSITIVE_PHRASES)}."
+class ChosenTexts:
+    """Texts picked from the served model's own answers: clear ones of each label, phrases whose texts it
+    labels right, texts it is unsure about, and the median top score of the clear NEGATIVE traffic."""
+
+    def __init__(self, answers: ModelAnswers):
+        self.positive = answers.clear(POSITIVE, "POSITIVE", 0.97, 4)
+        self.negative = answers.clear(NEGATIVE, "NEGATIVE", 0.97, 4)
+        self.positive_phrases = self._phrases(answers, POSITIVE_PHRASES, "POSITIVE")
+        self.negative_phrases = self._phrases(answers, NEGATIVE_PHRASES, "NEGATIVE")
+        self.unsure = [text for text, (_, score) in zip(UNSURE, answers(UNSURE)) if score < UNSURE_BELOW]
+        assert len(self.unsure) >= 6, f"the model is unsure about only {self.unsure}"
+        self.confident_median = float(np.median([score for _, score in answers(
+            [self.negative_text(i) for i in range(200)])]))
+
+    @staticmethod
+    def _phrases(answers: ModelAnswers, phrases: list[str], label: str) -> list[str]:
+        kept = [phrase for phrase in phrases if all(top == label for top, _ in answers(
+            [_review(random.Random(i), i, phrase) for i in range(PHRASE_SAMPLES)]))]
+        assert len(kept) >= 3, f"the model labels the texts of only {kept} {label} every time"
+        return kept
+
+    def positive_text(self, i: int) -> str:
+        rng = random.Random(i)
+        return _review(rng, i, rng.choice(self.positive_phrases))
+
+    def negative_text(self, i: int) -> str:
+        rng = random.Random(i)
+        return _review(rng, i, rng.choice(self.negative_phrases))
+
+    def unsure_text(self, i: int) -> str:
+        return self.unsure[i % len(self.unsure)]
 
 
-def negative_text(i: int) -> str:  # 100 % NEGATIVE, median 0.996
-    rng = random.Random(i)
-    return f"The {rng.choice(SUBJECTS)} of review {i} is {rng.choice(NEGATIVE_PHRASES)}."
+def _review(rng: random.Random, i: int, phrase: str) -> str:
+    return f"The {rng.choice(SUBJECTS)} of review {i} is {phrase}."
 
 
-def unsure_text(i: int) -> str:
-    return UNSURE[i % len(UNSURE)]
+@pytest.fixture(scope="module")
+def chosen(default_build) -> ChosenTexts:
+    return ChosenTexts(ModelAnswers(default_build.repository))
 
 
 class Traffic:
     """One client sending 4 new texts of the current kind every ~0.1 s (about 30 answers/s)."""
 
-    def __init__(self, base: str):
-        self.base, self.kind, self.stop = base, positive_text, threading.Event()
+    def __init__(self, base: str, chosen: ChosenTexts):
+        self.base, self.kind, self.stop = base, chosen.positive_text, threading.Event()
         self.labels: Counter = Counter()
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -486,7 +538,7 @@ def firing(api: PrometheusAPI, alertname: str) -> list[dict]:
     return [a for a in api.alerts(alertname=alertname, scaled="true") if a["state"] == "firing"]
 
 
-def test_the_prediction_alerts_fire_when_the_label_mix_shifts(monitored):
+def test_the_prediction_alerts_fire_when_the_label_mix_shifts(monitored, chosen):
     api = monitored.api
     group = "sentiment-predictions-scaled"
     scaled = scaled_group(rule_group("sentiment-predictions"), **PREDICTION_RULES_IN_SECONDS, name=group,
@@ -499,9 +551,14 @@ def test_the_prediction_alerts_fire_when_the_label_mix_shifts(monitored):
     shift, confidence = "SentimentLabelMixShiftedFromYesterday", "SentimentConfidenceDropped"
     try:
         assert api.post("/-/reload") == 200
-        poll(lambda: len(rule_states(api, group)) == 3 and all(r["health"] == "ok" for r in rule_states(api, group).values()),
-             20, "the scaled rules were not loaded")
-        with Traffic(monitored.base) as traffic:
+        poll(
+            lambda: (
+                len(rule_states(api, group)) == 3 and all(r["health"] == "ok" for r in rule_states(api, group).values())
+            ),
+            20,
+            "the scaled rules were not loaded",
+        )
+        with Traffic(monitored.base, chosen) as traffic:
             # POSITIVE texts for 45 s: then both windows of the day-over-day comparison (the last 10 s, and
             # 10 s 30 s earlier) hold only them: traffic on both sides, the same mix, no alert (a near miss).
             time.sleep(45)
@@ -512,7 +569,7 @@ def test_the_prediction_alerts_fire_when_the_label_mix_shifts(monitored):
 
             # Only NEGATIVE texts: within seconds the last 10 s hold NEGATIVE answers, 30 s earlier POSITIVE
             # ones; the alert is pending, then fires 5 s later.
-            traffic.kind, started = negative_text, time.monotonic()
+            traffic.kind, started = chosen.negative_text, time.monotonic()
             alerts = poll(lambda: firing(api, shift), 25, f"{shift} (scaled) did not fire")
             fired_after = time.monotonic() - started
             assert {a["labels"]["label"] for a in alerts} == {"NEGATIVE", "POSITIVE"}, alerts
@@ -521,12 +578,12 @@ def test_the_prediction_alerts_fire_when_the_label_mix_shifts(monitored):
             assert "%" in description and "error" not in description.lower(), description
             assert not firing(api, confidence), "the NEGATIVE texts are answered as confidently as the POSITIVE ones"
 
-            # Lukewarm and off-topic texts: the model is unsure (median top score about 0.8 against 0.995 30 s
-            # earlier): the confidence alert fires.
-            traffic.kind, started = unsure_text, time.monotonic()
+            # Lukewarm and off-topic texts: the model is unsure (median top score about 0.8 against the clear
+            # texts' median 30 s earlier, about 0.995): the confidence alert fires.
+            traffic.kind, started = chosen.unsure_text, time.monotonic()
             dropped = poll(lambda: firing(api, confidence), 25, f"{confidence} (scaled) did not fire")
             dropped_after = time.monotonic() - started
-            assert float(dropped[0]["value"]) < 0.995 - 0.05, dropped
+            assert float(dropped[0]["value"]) < chosen.confident_median - 0.05, (dropped, chosen.confident_median)
             assert "error" not in dropped[0]["annotations"]["description"].lower(), dropped[0]["annotations"]
         assert not traffic.errors, traffic.errors[:3]
         assert traffic.labels[("positive_text", "POSITIVE")] > 0.95 * sum(

@@ -1,7 +1,6 @@
 """The default build exports only when something changed, and says what: `make run` (the CLI's
 `sentiment model build`, then `sentiment up`'s own check) must not export twice."""
 
-import json
 import shutil
 import subprocess
 import sys
@@ -10,12 +9,13 @@ import time
 import pytest
 
 from sentiment.cli import build_parser
-from sentiment.model import export as export_module
 from sentiment.model.build import BuildStamp, build
 from sentiment.model.cli import export_options
 from sentiment.model.export_options import ExportOptions
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+UP_TO_DATE_CHECK_STARTS = 4  # times the process start alone (--help): 1.0 measured, 0.7 s each
 
 
 def test_the_cli_defaults_are_the_export_options_defaults():
@@ -35,6 +35,10 @@ def built_copy(default_build, tmp_path):
 def test_two_builds_in_a_row_the_second_exports_nothing(built_copy):
     onnx = built_copy / "sentiment" / "1" / "model.onnx"
     before = onnx.stat().st_mtime_ns
+    started = time.monotonic()  # the baseline: the same process start and imports, with nothing to check
+    assert subprocess.run([sys.executable, "-m", "sentiment.cli", "model", "build", "--help"],
+                          capture_output=True, timeout=120).returncode == 0
+    start_seconds = time.monotonic() - started
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "sentiment.cli", "model", "build", "--out", str(built_copy)],
                             capture_output=True, text=True, timeout=120)
@@ -45,28 +49,10 @@ def test_two_builds_in_a_row_the_second_exports_nothing(built_copy):
     again = build(built_copy)  # what `sentiment up` runs next
     assert (again.exported, again.trained) == (False, False)
     assert onnx.stat().st_mtime_ns == before
-    print(f"\n[build] up-to-date check through the CLI: {cli_seconds:.1f} s (process start included)")
-    assert cli_seconds < 15
-
-
-def test_a_build_says_why_it_exports(built_copy, monkeypatch):
-    calls = []
-    monkeypatch.setattr(export_module, "export", lambda checkpoint, repository, options, **kw: calls.append(options))
-    bundle_file = built_copy / "sentiment" / "1" / "bundle" / "bundle.json"
-    bundle = json.loads(bundle_file.read_text())
-    bundle["source"]["build"]["options"]["max_queue_delay_us"] = 3000
-    bundle_file.write_text(json.dumps(bundle))
-    result = build(built_copy)
-    assert result.exported and result.reasons == ("options changed: max_queue_delay_us: 3000 -> 2000",)
-    assert calls == [ExportOptions().resolved(result.checkpoint)]
-
-    bundle["source"]["build"]["export_code"] = "0" * 16
-    bundle["source"]["build"]["checkpoint_key"] = "another"
-    bundle_file.write_text(json.dumps(bundle))
-    assert build(built_copy).reasons == ("checkpoint changed", "export code changed",
-                                         "options changed: max_queue_delay_us: 3000 -> 2000")
-    shutil.rmtree(built_copy / "sentiment" / "1" / "bundle")
-    assert build(built_copy).reasons == ("no built model repository yet",)
+    print(f"\n[build] up-to-date check through the CLI: {cli_seconds:.1f} s (process start included; "
+          f"the same process with --help: {start_seconds:.1f} s)")
+    # Reading a few files and hashing the base encoder: no export (a minute), no torch import.
+    assert cli_seconds < UP_TO_DATE_CHECK_STARTS * start_seconds
 
 
 def test_the_stamp_reads_back_what_it_wrote(default_build):

@@ -11,7 +11,9 @@ def test_the_classic_service_truncates_long_texts(tiny_checkpoints):
     response = client.post("/project/bulk-predict", json={"text": [long_text, "too short to cut"]})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert len(predictions) == 2 and all({p["label"] for p in ranked} == {"NEGATIVE", "POSITIVE"} for ranked in predictions)
+    assert len(predictions) == 2 and all(
+        {p["label"] for p in ranked} == {"NEGATIVE", "POSITIVE"} for ranked in predictions
+    )
     # what it reads of a long text is its first window: the same answer as for that window alone
     cut = client.post("/project/bulk-predict", json={"text": [long_text[:2000]]}).json()["predictions"][0]
     assert predictions[0] == cut

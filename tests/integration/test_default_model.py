@@ -29,7 +29,9 @@ def fp32_accuracy(default_build, test_split) -> float:
 
 
 def test_splits_are_disjoint_and_sized(default_build, test_split):
-    splits = {name: read_split(default_build.checkpoint / "splits" / f"{name}.tsv") for name in ("train", "dev", "test")}
+    splits = {
+        name: read_split(default_build.checkpoint / "splits" / f"{name}.tsv") for name in ("train", "dev", "test")
+    }
     texts = {name: {e.text.casefold() for e in part} for name, part in splits.items()}
     assert not texts["test"] & texts["train"] and not texts["test"] & texts["dev"] and not texts["dev"] & texts["train"]
     assert len(test_split) >= 1000

@@ -23,22 +23,26 @@ def _onnx_and_torch_logits(checkpoint, repository, texts):
 
     model_dir = repository / "sentiment"
     bundle = ModelBundle.load(model_dir / "1" / "bundle")
-    batch = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids).encode_batch(texts)
+    batch = TextEncoder(
+        model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids
+    ).encode_batch(texts)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], batch.arrays)[0]
+    onnx_logits = session.run(["logits"], batch)[0]
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
     with torch.inference_mode():
-        torch_logits = model(**{k: torch.from_numpy(v) for k, v in batch.arrays.items()}).logits.numpy()
+        torch_logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
     return batch, onnx_logits, torch_logits
 
 
 @pytest.mark.parametrize("kind", ["distilbert", "bert"])
 @pytest.mark.parametrize("size", [1, 7])
 def test_onnx_logits_equal_pytorch(kind, size, tiny_checkpoints, tiny_repositories):
-    batch, onnx_logits, torch_logits = _onnx_and_torch_logits(tiny_checkpoints[kind], tiny_repositories[kind], TEXTS[:size])
+    batch, onnx_logits, torch_logits = _onnx_and_torch_logits(
+        tiny_checkpoints[kind], tiny_repositories[kind], TEXTS[:size]
+    )
     assert onnx_logits.shape == (size, 2)
     if size > 1:
-        assert (batch.arrays["attention_mask"] == 0).any()  # the batch really has padding
+        assert (batch["attention_mask"] == 0).any()  # the batch really has padding
         assert np.ptp(onnx_logits[:, 1]) > 1e-2  # the logits differ between texts: the comparison means something
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4, rtol=0)
 
@@ -68,9 +72,11 @@ def test_check_accepts_the_exported_repository(kind, tiny_repositories):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda text: text.replace('name: "attention_mask" data_type: TYPE_INT64', 'name: "attention_mask" data_type: TYPE_INT32'),
+    (lambda text: text.replace('name: "attention_mask" data_type: TYPE_INT64',
+                               'name: "attention_mask" data_type: TYPE_INT32'),
      "attention_mask is TYPE_INT32"),
-    (lambda text: text.replace('"logits" data_type: TYPE_FP32 dims: [ 2 ]', '"logits" data_type: TYPE_FP32 dims: [ 3 ]'),
+    (lambda text: text.replace('"logits" data_type: TYPE_FP32 dims: [ 2 ]',
+                               '"logits" data_type: TYPE_FP32 dims: [ 3 ]'),
      "logits dims"),
     (lambda text: text.replace('name: "input_ids"', 'name: "ids"'), "tensors"),
     (lambda text: text.replace('string_value: "', 'string_value: "0', 1), "fingerprint"),

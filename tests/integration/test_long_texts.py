@@ -120,8 +120,9 @@ def modes_over_grpc(port, text):
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            contents = pb.InferTensorContents(bytes_contents=[text.encode()])
             request = pb.ModelInferRequest(model_name="sentiment", inputs=[pb.ModelInferRequest.InferInputTensor(
-                name="text", datatype="BYTES", shape=[1], contents=pb.InferTensorContents(bytes_contents=[text.encode()]))])
+                name="text", datatype="BYTES", shape=[1], contents=contents)])
             request.parameters["truncation"].string_param = mode
             request.parameters["details"].bool_param = True
             try:

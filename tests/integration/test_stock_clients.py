@@ -341,7 +341,8 @@ def test_tritonclient_grpc(transformer, http, grpc_address):
     ]
     with counted(transformer, ("grpc", "ModelInfer", "200", len(calls))):
         results = tritonclient_grpc(grpc_address, calls)
-    for call, result in zip(calls, results):
+    assert len(results) == len(calls)
+    for result in results:
         assert result["ok"], result
         assert result["model_name"] == "sentiment" and result["model_version"] == "1"
     for result, sent in zip(results[:3], (COMMON, texts, texts)):

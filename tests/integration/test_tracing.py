@@ -47,8 +47,14 @@ def traced_triton(tiny_repositories, receiver, logs_dir):
 @pytest.fixture(scope="module")
 def traced(traced_triton, module_redis, receiver, logs_dir):
     """The transformer with tracing on, as `sentiment up --with-tracing` configures it."""
-    yield from started(TransformerServer(traced_triton, logs_dir / "tracing-on", env=tracing_environment(receiver.endpoint),
-                                         extra_args=["--redis_url", module_redis.url]))
+    yield from started(
+        TransformerServer(
+            traced_triton,
+            logs_dir / "tracing-on",
+            env=tracing_environment(receiver.endpoint),
+            extra_args=["--redis_url", module_redis.url],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +111,9 @@ def test_one_request_is_one_trace_from_the_client_down_to_tritons_compute(traced
     request, lookup, tokenize, compute, call, write = (one(spans, name) for name in (
         REQUEST, "sentiment.cache.lookup", "sentiment.tokenize", "sentiment.compute", "sentiment.predictor.infer",
         "sentiment.cache.write"))
-    infer_request, triton_model, triton_compute = (one(spans, name) for name in ("InferRequest", "sentiment", "compute"))
+    infer_request, triton_model, triton_compute = (
+        one(spans, name) for name in ("InferRequest", "sentiment", "compute")
+    )
 
     # The tree: the client's span -> our request -> lookup, tokenize, compute (-> call -> Triton), write.
     assert request["parent_span_id"] == client_span and request["kind"] == "SERVER"
@@ -125,7 +133,10 @@ def test_one_request_is_one_trace_from_the_client_down_to_tritons_compute(traced
     assert attributes["sentiment.texts"] == 2 and attributes["sentiment.model.version"] == "1"
     assert (attributes["sentiment.texts.cache"], attributes["sentiment.texts.model"]) == (0, 2)
     assert lookup["attributes"]["sentiment.cache.tiers"] == ["hot", "redis"]
-    assert lookup["attributes"]["sentiment.cache.misses"] == 2 and lookup["attributes"]["sentiment.cache.redis.misses"] == 2
+    assert (
+        lookup["attributes"]["sentiment.cache.misses"] == 2
+        and lookup["attributes"]["sentiment.cache.redis.misses"] == 2
+    )
     assert tokenize["attributes"]["sentiment.texts"] == 2 and tokenize["attributes"]["sentiment.windows"] == 2
     assert tokenize["attributes"]["sentiment.tokens"] > 2
     assert call["attributes"]["sentiment.batch.rows"] == 2 and call["attributes"]["sentiment.model.version"] == "1"
@@ -154,8 +165,13 @@ def test_a_cache_hit_has_no_predictor_span(traced, receiver):
 
 def grpc_infer(server: TransformerServer, texts: list[str], traceparent: str) -> dict:
     calls = [{"op": "infer", "texts": texts, "headers": {"traceparent": traceparent}}]
-    result = subprocess.run([sys.executable, str(GRPC_SCRIPT), f"127.0.0.1:{server.grpc_port}"], input=json.dumps(calls),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(GRPC_SCRIPT), f"127.0.0.1:{server.grpc_port}"],
+        input=json.dumps(calls),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)[0]
 
@@ -191,22 +207,28 @@ def test_an_error_answer_is_one_json_log_line_with_the_trace_id(traced, receiver
     assert secret not in traced.process.log_file.read_text()
 
 
-def test_with_tracing_off_nothing_is_exported_and_logs_carry_no_trace(untraced, receiver):
-    import time
-
+def test_with_tracing_off_nothing_is_exported_and_logs_carry_no_trace(untraced, traced, receiver):
     def triton_requests() -> int:
         return sum(span["name"] == "InferRequest" for span in read_spans(receiver.spans.path)) \
             if receiver.spans.path.exists() else 0
 
+    def marker_arrived() -> None:
+        """A request through the traced transformer, and its spans in: every exporter on the same schedule
+        (0.2 s) has flushed what came before it, and Triton exports in order."""
+        marker, _client, marker_parent = new_trace()
+        assert post(traced, {"text": [f"marker {marker}"]}, marker_parent).status_code == 200
+        wait_for_spans(receiver, marker, {REQUEST, "InferRequest"})
+
+    marker_arrived()
     before = triton_requests()
     trace_id, _client, traceparent = new_trace()
     assert post(untraced, {"text": [f"untraced {trace_id}"]}, traceparent).status_code == 200
     assert post(untraced, {"text": []}, traceparent).status_code == 422
     wait_until(lambda: error_lines(untraced), 10)
     assert all("trace_id" not in line for line in error_lines(untraced))
-    # Well past both exporters' schedule (0.2 s): no span of this trace, none of this service; and with no
-    # traceparent sent, Triton (which traces every call that carries one) started no trace either.
-    time.sleep(1.5)
+    # Once a later marker arrived: no span of this trace, none of this service; and with no traceparent
+    # sent, Triton (which traces every call that carries one) started no trace either.
+    marker_arrived()
     assert spans_of(receiver, trace_id) == []
     assert all(span["service"] != "must-not-appear" for span in read_spans(receiver.spans.path))
-    assert triton_requests() == before
+    assert triton_requests() == before + 1  # the marker's alone

@@ -196,13 +196,20 @@ def test_bad_bulk_requests_get_a_clear_4xx(client, body, status, fragment):
 def test_not_json_wrong_type_and_oversized_bodies(client, transformer):
     not_json = client.post("/project/bulk-predict", content=b'{"text": [', headers={"content-type": "application/json"})
     assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
-    form = client.post("/project/bulk-predict", content=b"text=hello", headers={"content-type": "application/x-www-form-urlencoded"})
+    form = client.post(
+        "/project/bulk-predict", content=b"text=hello", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert form.status_code == 415 and "application/json" in form.json()["error"]
-    huge = client.post("/project/bulk-predict", content=b"x" * (4 * 1024 * 1024 + 1), headers={"content-type": "application/json"})
+    huge = client.post(
+        "/project/bulk-predict", content=b"x" * (4 * 1024 * 1024 + 1), headers={"content-type": "application/json"}
+    )
     assert huge.status_code == 413
     v1 = client.post("/v1/models/sentiment:predict", json={"instances": "nope"})
     assert v1.status_code == 422
-    v2 = client.post("/v2/models/sentiment/infer", json={"inputs": [{"name": "text", "datatype": "INT64", "shape": [1], "data": [1]}]})
+    v2 = client.post(
+        "/v2/models/sentiment/infer",
+        json={"inputs": [{"name": "text", "datatype": "INT64", "shape": [1], "data": [1]}]},
+    )
     assert v2.status_code == 422 and "BYTES" in v2.json()["error"]
     for response in (not_json, form, huge, v1, v2):
         assert "Traceback" not in response.text
@@ -213,7 +220,8 @@ def test_metrics_cover_requests_cache_and_predictor(client, transformer):
     bulk(client, [unique("metric")])
     text = client.get("/metrics").text
     for family in ("sentiment_requests_total", "sentiment_request_duration_seconds", "sentiment_cache_lookups_total",
-                   "sentiment_texts_per_request", "sentiment_predictor_batch_size", "sentiment_predictor_latency_seconds",
+                   "sentiment_texts_per_request", "sentiment_predictor_batch_size",
+                   "sentiment_predictor_latency_seconds",
                    "sentiment_tokenize_seconds", "sentiment_predictor_ready"):
         assert family in text
     assert transformer.metric("sentiment_requests_total", route="/project/bulk-predict", status="200") > 0
@@ -295,7 +303,9 @@ def test_fingerprint_mismatch_keeps_the_transformer_not_ready(triton, logs_dir, 
     bundle = json.loads((bundle_dir / BUNDLE_FILE).read_text())
     bundle["fingerprint"] = "0" * 64
     (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle))
-    server = TransformerServer(triton, logs_dir, extra_args=["--model_bundle", str(bundle_dir)]).start(wait_healthy=False)
+    server = TransformerServer(triton, logs_dir, extra_args=["--model_bundle", str(bundle_dir)]).start(
+        wait_healthy=False
+    )
     try:
         with httpx.Client(base_url=server.url, timeout=10) as http:
             def mismatch_reported():

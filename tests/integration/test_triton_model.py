@@ -3,13 +3,14 @@ V2 HTTP (tritonclient.http) and V2 gRPC (kserve's client), with dynamic batching
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import TritonServer
+from tests.conftest import TritonServer, wait_until
 from transformer.bundle import ModelBundle
 from transformer.core.tokenization import TextEncoder
 
@@ -47,7 +48,7 @@ def _http_infer(triton, arrays):
 def test_http_logits_equal_onnxruntime(triton):
     encoder, session = _expected(triton)
     batch = encoder.encode_batch(TEXTS)
-    np.testing.assert_allclose(_http_infer(triton, batch.arrays), session.run(["logits"], batch.arrays)[0], atol=1e-5)
+    np.testing.assert_allclose(_http_infer(triton, batch), session.run(["logits"], batch)[0], atol=1e-5)
 
 
 def test_grpc_logits_equal_onnxruntime(triton):
@@ -59,7 +60,7 @@ def test_grpc_logits_equal_onnxruntime(triton):
     async def call():
         client = InferenceGRPCClient(triton.grpc_address, retries=0)
         inputs = []
-        for name, array in batch.arrays.items():
+        for name, array in batch.items():
             tensor = InferInput(name, list(array.shape), "INT64")
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
@@ -67,13 +68,36 @@ def test_grpc_logits_equal_onnxruntime(triton):
         await client.close()
         return response.get_output_by_name("logits").as_numpy()
 
-    np.testing.assert_allclose(asyncio.run(call()), session.run(["logits"], batch.arrays)[0], atol=1e-5)
+    np.testing.assert_allclose(asyncio.run(call()), session.run(["logits"], batch)[0], atol=1e-5)
 
 
 def test_dynamic_batching_merges_concurrent_requests(triton):
     """48 single-text requests sent at once, padded to a common width as the transformer does
     (Triton's dynamic batcher merges equal shapes): fewer executions than requests, and every
     answer equals ONNX Runtime's for that text alone (padding is inert, and trimmed)."""
+    batches, results, session = _merged_requests(triton)
+    for batch, logits in zip(batches, results):
+        np.testing.assert_allclose(logits, session.run(["logits"], batch)[0], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_dynamic_batching_merges_with_the_shipped_queue_delay(default_build, logs_dir):
+    """The tiny exports wait 10 ms for a batch to fill; the default build ships its own (shorter) delay:
+    concurrent requests merge with it too, and each answer's label is the one for that text alone
+    (int8 scales activations per batch: the logits may move in their last digits)."""
+    triton = TritonServer(default_build.repository, logs_dir / "triton-default-batching").start()
+    try:
+        batches, results, session = _merged_requests(triton)
+    finally:
+        triton.stop()
+    for batch, logits in zip(batches, results):
+        assert logits.argmax(axis=1).tolist() == session.run(["logits"], batch)[0].argmax(axis=1).tolist()
+
+
+def _merged_requests(triton):
+    """Send the 48 requests at once; assert Triton ran each and merged some; return the batches sent,
+    Triton's logits for each, and an ONNX Runtime session on the same model."""
     from kserve import InferenceGRPCClient, InferInput, InferRequest
 
     _, session = _expected(triton)
@@ -94,7 +118,7 @@ def test_dynamic_batching_merges_concurrent_requests(triton):
         requests = []
         for batch in batches:
             inputs = []
-            for name, array in batch.arrays.items():
+            for name, array in batch.items():
                 tensor = InferInput(name, list(array.shape), "INT64")
                 tensor.set_data_from_numpy(array)
                 inputs.append(tensor)
@@ -103,14 +127,24 @@ def test_dynamic_batching_merges_concurrent_requests(triton):
         await client.close()
         return [r.get_output_by_name("logits").as_numpy() for r in responses]
 
-    before = stats()
+    def settled_stats():  # Triton updates its statistics after the responses are sent: wait for them to settle
+        last, deadline = stats(), time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.15)
+            current = stats()
+            if current == last:
+                return current
+            last = current
+        return last
+
+    before = settled_stats()
     results = asyncio.run(fire())
-    inferences, executions = (a - b for a, b in zip(stats(), before))
+    wait_until(lambda: stats()[0] - before[0] >= len(texts), 10, message="Triton's statistics count every request")
+    inferences, executions = (a - b for a, b in zip(settled_stats(), before))
     assert inferences == len(texts)
     assert executions < len(texts), "dynamic batching never merged two requests"
-    assert len({int(b.arrays["attention_mask"].sum()) for b in batches}) > 1  # the texts really differ in length
-    for batch, logits in zip(batches, results):
-        np.testing.assert_allclose(logits, session.run(["logits"], batch.arrays)[0], atol=1e-4)
+    assert len({int(b["attention_mask"].sum()) for b in batches}) > 1  # the texts really differ in length
+    return batches, results, session
 
 
 def test_triton_reports_the_fingerprint_in_the_model_config(triton):

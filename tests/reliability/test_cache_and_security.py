@@ -72,7 +72,8 @@ def test_a_corrupt_redis_value_is_a_miss_and_gets_repaired(tiny_repositories, lo
             assert response.status_code == 200
             assert response.json() == good
             assert triton.settled_inference_count() == before + 1  # recomputed ...
-            wait_until(lambda: connection.get(key) != garbage, 2, 0.02, message="entry repaired")  # ... and repaired
+            wait_until(lambda key=key, garbage=garbage: connection.get(key) != garbage, 2, 0.02,
+                       message="entry repaired")  # ... and repaired
         assert server.metric("sentiment_cache_corrupt_values_total") == 4
     finally:
         for process in (server, triton, redis):
@@ -94,8 +95,9 @@ def wait_for_a_redis_hit(server, text: str, message: str) -> None:
 
 def test_redis_auth_with_a_password(tiny_repositories, logs_dir):
     port = free_port()
-    redis = ManagedProcess("redis-auth", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                          "--requirepass", "s3cret-pass"], logs_dir / "redis-auth.log").start()
+    redis = ManagedProcess("redis-auth", [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+                                          "--save", "", "--requirepass", "s3cret-pass"],
+                           logs_dir / "redis-auth.log").start()
     redis.wait_ready(lambda: redis_ping(port, password="s3cret-pass"), 20)
     triton = TritonServer(tiny_repositories["bert"], logs_dir / "auth-triton").start()
     good = TransformerServer(triton, logs_dir, extra_args=[
@@ -119,17 +121,22 @@ def test_redis_over_tls(tiny_repositories, logs_dir, tmp_path):
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
             "-subj", "/CN=sentiment-test-ca")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=localhost")
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "redis.key", "-out", "redis.csr", "-subj", "/CN=localhost"
+    )
     (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     openssl("x509", "-req", "-in", "redis.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
             "redis.crt", "-days", "1", "-extfile", "ext.cnf")
     port = free_port()
-    redis = ManagedProcess("redis-tls", [redis_server_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                                         "--tls-cert-file", str(tmp_path / "redis.crt"), "--tls-key-file",
-                                         str(tmp_path / "redis.key"), "--tls-ca-cert-file", str(tmp_path / "ca.crt"),
+    redis = ManagedProcess("redis-tls", [redis_server_binary(), "--port", "0", "--tls-port", str(port),
+                                         "--bind", "127.0.0.1", "--tls-cert-file", str(tmp_path / "redis.crt"),
+                                         "--tls-key-file", str(tmp_path / "redis.key"),
+                                         "--tls-ca-cert-file", str(tmp_path / "ca.crt"),
                                          "--tls-auth-clients", "no", "--requirepass", "tls-pass", "--save", ""],
                            logs_dir / "redis-tls.log").start()
-    wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, 20, message="TLS redis")
+    wait_until(
+        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, 20, message="TLS redis"
+    )
     triton = TritonServer(tiny_repositories["bert"], logs_dir / "tls-triton").start()
     url = f"rediss://:tls-pass@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.crt'}&ssl_cert_reqs=required"
     server = TransformerServer(triton, logs_dir, extra_args=["--redis_url", url, "--hot_cache_size", "0",

@@ -18,7 +18,8 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=20,
 )
-NASTY_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=200) | st.sampled_from([
+NASTY_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=200) | \
+    st.sampled_from([
     "", " ", "\x00\x01\x02", "\u200b\u200c\u200d\ufeff", "\u202e\u05e9\u05dc\u05d5\u05dd", "👍🏽🔥" * 50,
     "مرحبا بالعالم", "a\nb\tc\r\n", "\\" * 100, '"quoted"', "<script>alert(1)</script>", "' OR 1=1 --",
 ])
@@ -69,8 +70,8 @@ def test_any_json_body_gets_200_or_a_clear_4xx(client, body):
 
 @FAST
 @given(raw=st.binary(max_size=300), content_type=st.sampled_from(
-    ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "", "application/xml",
-     "application/json; charset=latin-1", "application/octet-stream"]))
+    ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "",
+     "application/xml", "application/json; charset=latin-1", "application/octet-stream"]))
 def test_any_bytes_with_any_content_type(client, raw, content_type):
     headers = {"content-type": content_type} if content_type else {}
     for path in ("/project/bulk-predict", "/v1/models/sentiment:predict", "/v2/models/sentiment/infer"):
@@ -119,7 +120,9 @@ def test_memory_stays_bounded_under_hostile_bodies(service, client):
     process = psutil.Process(service.process.pid)
     before = process.memory_info().rss
     for _ in range(20):
-        client.post("/project/bulk-predict", content=b"x" * (4 * 1024 * 1024), headers={"content-type": "application/json"})
+        client.post(
+            "/project/bulk-predict", content=b"x" * (4 * 1024 * 1024), headers={"content-type": "application/json"}
+        )
         client.post("/project/bulk-predict", json={"text": ["y" * 9_999] * 256})  # the largest accepted request
     after = process.memory_info().rss
     print(f"\n[hostile memory] RSS {before / 1e6:.0f} -> {after / 1e6:.0f} MB after 40 maximal requests")

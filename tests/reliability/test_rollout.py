@@ -80,7 +80,9 @@ def redis_answers(redis_url: str, repository, version: str, texts) -> dict[str, 
     bundle = ModelBundle.load(bundle_dir(repository, version))
     settings = Settings()
     mode = answer_mode("chunk", bundle.max_length, settings.window_stride, settings.aggregation)
-    keys = [cache_key(settings.cache_prefix, bundle.fingerprint, mode, normalize_text(t, bundle.lowercase)) for t in texts]
+    keys = [
+        cache_key(settings.cache_prefix, bundle.fingerprint, mode, normalize_text(t, bundle.lowercase)) for t in texts
+    ]
     values = redis.Redis.from_url(redis_url).mget(keys)
     return {text: (decoded.probabilities if (decoded := decode_value(raw, bundle.labels)) else None)
             for text, raw in zip(texts, values)}

@@ -1,15 +1,16 @@
 """What only the tests ask of the monitoring files: every alerting rule, promtool, a time-scaled copy
 of a rule group (so that an alert written for hours and days can fire on a real Prometheus within a
-minute), and the sample lines of a /metrics page."""
+minute). A /metrics page is read with sentiment.measure.metrics_page."""
 
 from __future__ import annotations
 
 import copy
 import re
-import urllib.request
 from pathlib import Path
 
-from sentiment.stack.prometheus import ALERTS_FILE, load_prometheus_rule, prometheus_package_binary, rules_from_prometheus_rule
+from sentiment.stack.prometheus import (
+    ALERTS_FILE, load_prometheus_rule, prometheus_package_binary, rules_from_prometheus_rule,
+)
 
 # The prediction alerts on a real Prometheus within a minute: the last "hour" (and "half hour") is 10 s,
 # "one day earlier" 30 s earlier, `for` 15m/10m is 5 s. Thresholds and traffic guards (answers/s) stay.
@@ -55,21 +56,3 @@ def scaled_group(group: dict, ranges: dict[str, str], offsets: dict[str, str], f
             rule["for"] = fors[rule["for"]]
         rule["labels"] = {**rule.get("labels", {}), **label}
     return scaled
-
-
-def metrics_page(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
-
-
-def sample_lines(url: str) -> list[str]:
-    """Every sample line of a Prometheus text exposition (all lines but comments and blank ones)."""
-    return [line for line in metrics_page(url).splitlines() if line.strip() and not line.startswith("#")]
-
-
-def series_of(lines: list[str]) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
-    """The series of sample lines: (name, sorted labels) of each."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {(sample.name, tuple(sorted(sample.labels.items())))
-            for family in text_string_to_metric_families("\n".join(lines) + "\n") for sample in family.samples}

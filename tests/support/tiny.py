@@ -13,12 +13,14 @@ TINY_LABELS = ("NEGATIVE", "POSITIVE")
 def build_tiny_checkpoint(kind: str, out_dir: Path, seed: int = 0, tokenizer_dir: Path | None = None) -> Path:
     """Write a tiny `kind` ('bert' or 'distilbert') sequence classifier checkpoint to `out_dir`."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import (
+        BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification,
+    )
 
     from sentiment.model.build import default_base
 
     torch.manual_seed(seed)
-    labels = {"id2label": dict(enumerate(TINY_LABELS)), "label2id": {l: i for i, l in enumerate(TINY_LABELS)}}
+    labels = {"id2label": dict(enumerate(TINY_LABELS)), "label2id": {label: i for i, label in enumerate(TINY_LABELS)}}
     if kind == "bert":
         config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=64, max_position_embeddings=128, initializer_range=0.3, **labels)

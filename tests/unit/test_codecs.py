@@ -4,6 +4,7 @@ exception allowed out is InvalidRequest (a 422 that says what is wrong)."""
 
 import json
 import struct
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -79,7 +80,9 @@ def test_bulk_body_with_options_and_unknown_fields():
 
 def test_v1_accepts_strings_and_objects_with_text():
     request = json_api.decode_v1(b'{"instances": ["a", {"text": "b"}], "parameters": {"truncation": "head"}}', DEFAULT)
-    assert request.texts == ["a", "b"] and request.field == "instances" and request.options.truncation is Truncation.HEAD
+    assert (
+        request.texts == ["a", "b"] and request.field == "instances" and request.options.truncation is Truncation.HEAD
+    )
     with pytest.raises(InvalidRequest, match="instances"):
         json_api.decode_v1(b'{"inputs": ["a"]}', DEFAULT)
 
@@ -130,6 +133,10 @@ def test_v2_rest_errors_say_what_is_wrong(body, length, fragment):
     assert fragment in raised.value.message
 
 
+def details_of(predictions: list[Prediction]) -> list[dict]:
+    return [{"tokens": p.tokens, "windows": p.windows, "truncated": False} for p in predictions]
+
+
 def test_v2_rest_response_honours_requested_outputs_and_binary_flags():
     import tritonclient.http as httpclient
 
@@ -137,7 +144,7 @@ def test_v2_rest_response_honours_requested_outputs_and_binary_flags():
     body, length = binary_body([b"a", b"b"], outputs=[{"name": "label", "parameters": {"binary_data": True}},
                                                       {"name": "probabilities"}])
     call = v2.decode_rest(body, length, DEFAULT)
-    tensors = v2.output_tensors(call, predictions, LABELS, None)
+    tensors = v2.output_tensors(call, predictions, LABELS, details_of(predictions))
     payload, headers = v2.encode_rest(call, tensors, "sentiment", "1")
     result = httpclient.InferResult.from_response_body(payload, header_length=int(headers[v2.HEADER_LENGTH]))
     assert [o["name"] for o in result.get_response()["outputs"]] == ["label", "probabilities"]
@@ -163,7 +170,8 @@ def test_grpc_contents_and_raw_inputs_decode_alike_and_answer_alike():
         message.parameters["truncation"].string_param = "head"
         call = v2.decode_grpc(message, DEFAULT)
         assert call.request.texts == ["good"] and call.request.options.truncation is Truncation.HEAD
-        response = v2.encode_grpc(call, v2.output_tensors(call, predictions, LABELS, None), "sentiment", "1")
+        response = v2.encode_grpc(call, v2.output_tensors(call, predictions, LABELS, details_of(predictions)),
+                                  "sentiment", "1")
         assert [o.name for o in response.outputs] == ["score"]
         score = (np.frombuffer(response.raw_output_contents[0], "<f4") if raw
                  else np.array(response.outputs[0].contents.fp32_contents))
@@ -181,9 +189,11 @@ def test_grpc_errors_say_what_is_wrong(message, fragment):
 
 
 # ---- fuzzing -------------------------------------------------------------------------------------
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                           max_leaves=10)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
 tensor_headers = st.fixed_dictionaries({
     "name": st.sampled_from(["text", "input", ""]) | st.text(max_size=5),
     "datatype": st.sampled_from(["BYTES", "INT64", "FP32"]) | json_values,
@@ -192,32 +202,67 @@ tensor_headers = st.fixed_dictionaries({
              "data": json_values})
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(header=st.fixed_dictionaries({"inputs": st.lists(tensor_headers, max_size=2) | json_values},
-                                    optional={"outputs": json_values, "parameters": json_values, "id": json_values}),
-       tail=st.binary(max_size=40), length=st.none() | st.text(max_size=4) | st.integers(-3, 400).map(str))
-def test_v2_rest_decoder_only_ever_refuses_with_invalid_request(header, tail, length):
-    body = json.dumps(header).encode() + tail
-    try:
-        call = v2.decode_rest(body, length, DEFAULT)
-    except InvalidRequest:
-        return
-    assert all(isinstance(text, str) for text in call.request.texts)
+# Valid requests among the fuzzed ones: a decoder that refused everything would pass on fuzz alone.
+texts = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=3)
+valid_rest = texts.map(
+    lambda data: ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(data)], "data": data}]}, b"", None)
+)
+fuzzed_rest = st.tuples(
+    st.fixed_dictionaries({"inputs": st.lists(tensor_headers, max_size=2) | json_values},
+                          optional={"outputs": json_values, "parameters": json_values, "id": json_values}),
+    st.binary(max_size=40), st.none() | st.text(max_size=4) | st.integers(-3, 400).map(str))
 
 
-@settings(max_examples=300, deadline=None)
-@given(name=st.text(max_size=5), datatype=st.text(max_size=6), shape=st.lists(st.integers(-3, 4), max_size=3),
-       contents=st.lists(st.binary(max_size=6), max_size=4), raw=st.lists(st.binary(max_size=20), max_size=2),
-       outputs=st.lists(st.text(max_size=6), max_size=3), truncation=st.none() | st.text(max_size=6))
-def test_grpc_decoder_only_ever_refuses_with_invalid_request(name, datatype, shape, contents, raw, outputs, truncation):
-    tensor = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
-    tensor.contents.bytes_contents.extend(contents)
-    message = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=raw,
-                                   outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs])
-    if truncation is not None:
-        message.parameters["truncation"].string_param = truncation
-    try:
-        call = v2.decode_grpc(message, DEFAULT)
-    except InvalidRequest:
-        return
-    assert all(isinstance(text, str) for text in call.request.texts)
+def test_v2_rest_decoder_only_ever_refuses_with_invalid_request():
+    outcomes = Counter()
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(case=valid_rest | fuzzed_rest)
+    def decode(case):
+        header, tail, length = case
+        body = json.dumps(header).encode() + tail
+        try:
+            call = v2.decode_rest(body, length, DEFAULT)
+        except InvalidRequest:
+            outcomes["refused"] += 1
+            return
+        outcomes["decoded"] += 1
+        assert all(isinstance(text, str) for text in call.request.texts)
+
+    decode()
+    assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes
+
+
+valid_grpc = st.lists(st.binary(min_size=1, max_size=6).filter(lambda b: b.isascii()), min_size=1, max_size=4).map(
+    lambda contents: dict(name="text", datatype="BYTES", shape=[len(contents)], contents=contents, raw=[], outputs=[],
+                          truncation=None))
+fuzzed_grpc = st.fixed_dictionaries(dict(
+    name=st.text(max_size=5), datatype=st.text(max_size=6), shape=st.lists(st.integers(-3, 4), max_size=3),
+    contents=st.lists(st.binary(max_size=6), max_size=4), raw=st.lists(st.binary(max_size=20), max_size=2),
+    outputs=st.lists(st.text(max_size=6), max_size=3), truncation=st.none() | st.text(max_size=6)))
+
+
+def test_grpc_decoder_only_ever_refuses_with_invalid_request():
+    outcomes = Counter()
+
+    @settings(max_examples=300, deadline=None)
+    @given(case=valid_grpc | fuzzed_grpc)
+    def decode(case):
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name=case["name"], datatype=case["datatype"], shape=case["shape"]
+        )
+        tensor.contents.bytes_contents.extend(case["contents"])
+        message = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=case["raw"], outputs=[
+            pb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in case["outputs"]])
+        if case["truncation"] is not None:
+            message.parameters["truncation"].string_param = case["truncation"]
+        try:
+            call = v2.decode_grpc(message, DEFAULT)
+        except InvalidRequest:
+            outcomes["refused"] += 1
+            return
+        outcomes["decoded"] += 1
+        assert all(isinstance(text, str) for text in call.request.texts)
+
+    decode()
+    assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes

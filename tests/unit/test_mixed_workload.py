@@ -8,14 +8,14 @@ import pytest
 
 from sentiment.measure.bench import WORKLOADS, BenchOptions
 from sentiment.measure.k6 import LoadResult, LoadShape, parse_summary
-from sentiment.measure.mixed import (
-    Ceiling,
-    mixed_report,
-    parse_metrics,
-    pool_size,
-    stack_diagnostics,
+from sentiment.durations import duration_seconds
+from sentiment.measure.ceiling import Ceiling
+from sentiment.measure.metrics_page import parse, series, total, totals
+from sentiment.measure.mixed import mixed_report
+from sentiment.measure.stack_probe import stack_diagnostics
+from sentiment.measure.textpool import (
+    PREDICATES, SUBJECTS, TextMix, TextPool, generate_pool, pool_size, sentence, tokenizer_counter,
 )
-from sentiment.measure.textpool import PREDICATES, SUBJECTS, TextMix, TextPool, generate_pool, sentence, tokenizer_counter
 from sentiment.model.build import default_base
 from sentiment.paths import LOADTEST_DIR
 from transformer.core.tokenization import TextEncoder, normalize_text
@@ -144,14 +144,31 @@ def test_a_summary_without_a_pool_has_no_pool_numbers():
 
 
 def test_prometheus_text_keeps_names_as_exposed_and_sums_label_sets():
-    values = parse_metrics('# HELP nv_inference_count x\n# TYPE nv_inference_count counter\n'
-                           'nv_inference_count{model="sentiment",version="1"} 7\n'
-                           'sentiment_text_tokens_bucket{le="8.0"} 3.0\nsentiment_text_tokens_sum 123.0\n'
-                           'sentiment_texts_total{source="model"} 5.0\nsentiment_texts_total{source="cache"} 2.0\n'
-                           'sentiment_text_tokens_created 1.7e+09\n')
-    assert values["nv_inference_count"] == 7 and values["sentiment_text_tokens_sum"] == 123
-    assert values["sentiment_texts_total"] == 7 and values['sentiment_texts_total{source="model"}'] == 5
+    samples = parse('# HELP nv_inference_count x\n# TYPE nv_inference_count counter\n'
+                    'nv_inference_count{model="sentiment",version="1"} 7\n'
+                    '# TYPE sentiment_text_tokens histogram\n'
+                    'sentiment_text_tokens_bucket{le="8.0"} 3.0\nsentiment_text_tokens_bucket{le="+Inf"} 4.0\n'
+                    'sentiment_text_tokens_sum 123.0\nsentiment_text_tokens_count 4.0\n'
+                    '# TYPE sentiment_texts_total counter\n'
+                    'sentiment_texts_total{source="model"} 5.0\nsentiment_texts_total{source="cache"} 2.0\n'
+                    'sentiment_text_tokens_created 1.7e+09\n')
+    values = totals(samples)
+    assert values["nv_inference_count"] == 7 and values["sentiment_text_tokens_sum"] == 123  # as PromQL names them
+    assert values["sentiment_texts_total"] == 7 and total(samples, "sentiment_texts_total", source="model") == 5
     assert not any(name.endswith(("_bucket", "_created")) for name in values)
+    assert ("sentiment_texts_total", (("source", "cache"),)) in series(samples) and len(samples) == 8
+
+
+@pytest.mark.parametrize("duration, seconds", [("500ms", 0.5), ("5s", 5), ("2m", 120), ("1m30s", 90), ("1h", 3600),
+                                               ("2.5s", 2.5), ("7", 7)])
+def test_k6_and_prometheus_durations_in_seconds(duration, seconds):
+    assert duration_seconds(duration) == seconds
+
+
+@pytest.mark.parametrize("duration", ["", "5x", "1m 30s", "s", "-1s", "1s5"])
+def test_a_duration_that_is_none_says_so(duration):
+    with pytest.raises(ValueError, match="is not a duration"):
+        duration_seconds(duration)
 
 
 def test_stack_diagnostics_from_counter_deltas():

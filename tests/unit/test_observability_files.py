@@ -58,7 +58,9 @@ def declared_metrics() -> set[str]:
     text = (REPO_ROOT / "transformer" / "metrics.py").read_text()
     names: set[str] = set()
     # prometheus_client's metrics, and the families a custom collector yields (PredictionStats).
-    for kind, name in re.findall(r'\b(Counter|Gauge|Histogram)(?:MetricFamily)?\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', text):
+    for kind, name in re.findall(
+        r'\b(Counter|Gauge|Histogram)(?:MetricFamily)?\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', text
+    ):
         if kind == "Histogram":
             names |= {name, f"{name}_bucket", f"{name}_sum", f"{name}_count"}
         elif kind == "Counter":
@@ -216,7 +218,9 @@ def counter(*segments: tuple[float, int], start: int = 0, step: int = STEP) -> s
 def answers(version: str, per_minute: dict[str, list[tuple[float, int]]], source: str = "model",
             start: int = 0) -> dict[str, str]:
     """Series of sentiment_predictions_total for one version: label -> counter segments."""
-    return {ANSWERS % (version, label, source): counter(*segments, start=start) for label, segments in per_minute.items()}
+    return {
+        ANSWERS % (version, label, source): counter(*segments, start=start) for label, segments in per_minute.items()
+    }
 
 
 def top_scores(*segments: tuple[tuple[float, ...], int]) -> dict[str, str]:
@@ -265,16 +269,17 @@ ALERT_CASES: dict[str, list[tuple[dict[str, str], str, dict | list[dict] | None]
         ({'sentiment_cache_errors_total{operation="get",reason="TimeoutError"}': "0+5x20"}, "15m",
          {"reason": "TimeoutError"}),
         ({'sentiment_cache_errors_total{operation="get",reason="TimeoutError"}': "5+0x20"}, "15m", None),
-        ({'sentiment_cache_errors_total{operation="get",reason="TimeoutError"}': "0 0 0 5 5+0x20"}, "7m", None),  # a blip
+        # a blip
+        ({'sentiment_cache_errors_total{operation="get",reason="TimeoutError"}': "0 0 0 5 5+0x20"}, "7m", None),
     ],
     "SentimentPredictorQueueTimeHigh": [
         ({QUEUE: "0+9000000x30", SUCCESS: "0+60x30"}, "25m", {"model": "sentiment"}),  # 150 ms per request
         ({QUEUE: "0+600000x30", SUCCESS: "0+60x30"}, "25m", None),                     # 10 ms
     ],
     "SentimentPredictorQueueTimeDoubled": [
-        ({QUEUE: "0+1200000x70 87000000+3000000x49", SUCCESS: "0+60x120"}, "120m", {"model": "sentiment"}),  # 20 -> 50 ms
-        ({QUEUE: "0+1200000x120", SUCCESS: "0+60x120"}, "120m", None),                                    # steady 20 ms
-        ({QUEUE: "0+120000x70 8700000+300000x49", SUCCESS: "0+60x120"}, "120m", None),                    # 2 -> 5 ms: noise
+        ({QUEUE: "0+1200000x70 87000000+3000000x49", SUCCESS: "0+60x120"}, "120m", {"model": "sentiment"}),  # 20->50
+        ({QUEUE: "0+1200000x120", SUCCESS: "0+60x120"}, "120m", None),                        # steady 20 ms
+        ({QUEUE: "0+120000x70 8700000+300000x49", SUCCESS: "0+60x120"}, "120m", None),        # 2 -> 5 ms: noise
     ],
     "SentimentPredictorNotReady": [
         ({READY: "1 1 0 0 0 0 0 0"}, "6m", {"instance": "10.0.0.7:8080", "job": "sentiment-transformer"}),
@@ -447,7 +452,9 @@ def test_every_panel_has_a_unique_id_a_title_targets_and_the_datasource_variable
             assert target["datasource"] == {"type": "prometheus", "uid": DS}, panel["title"]
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24, panel["title"]
-        mine = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        mine = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not mine & cells, f"{panel['title']} overlaps another panel"
         cells |= mine
 
@@ -456,7 +463,8 @@ def test_dashboard_covers_what_the_issue_asks_for():
     used = set().union(*(metric_names(expr) for _, expr in dashboard_targets()))
     for name in ("sentiment_requests_total", "sentiment_request_duration_seconds_bucket",
                  "sentiment_request_size_bytes_bucket", "sentiment_texts_per_request_bucket", "sentiment_texts_total",
-                 "sentiment_cache_lookups_total", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
+                 "sentiment_cache_lookups_total", "nv_inference_queue_duration_us",
+                 "nv_inference_compute_infer_duration_us",
                  "nv_inference_request_success", "nv_inference_count", "nv_inference_exec_count",
                  "sentiment_predictor_batch_size_sum", "sentiment_predictor_errors_total", "sentiment_predictor_ready",
                  "sentiment_inflight_requests", "sentiment_shed_requests_total", "up",
@@ -465,7 +473,8 @@ def test_dashboard_covers_what_the_issue_asks_for():
         assert name in used, f"no panel uses {name}"
     exprs = " ".join(expr for _, expr in dashboard_targets())
     for quantile in ("0.5", "0.9", "0.99"):
-        assert f'histogram_quantile({quantile}, sum by (le) (rate(sentiment_request_duration_seconds_bucket{{route="/project/bulk-predict"}}' in exprs
+        assert (f"histogram_quantile({quantile}, sum by (le) "
+                '(rate(sentiment_request_duration_seconds_bucket{route="/project/bulk-predict"}') in exprs
 
 
 def test_the_prediction_panels_show_label_mix_and_confidence_per_model_version():
@@ -490,8 +499,11 @@ def test_the_prediction_alerts_aggregate_the_version_away_and_compare_like_with_
         windows = set(re.findall(r"\[(\d+[smhd])\]", rule["expr"]))
         assert len(windows) == 1, f"{rule['alert']}: windows {windows}"
     offsets = {rule["alert"]: set(re.findall(r"offset (\w+)", rule["expr"])) for rule in group["rules"]}
-    assert offsets == {"SentimentLabelMixShiftedFromYesterday": {"1d"}, "SentimentLabelMixDiffersBetweenVersions": set(),
-                       "SentimentConfidenceDropped": {"1d"}}
+    assert offsets == {
+        "SentimentLabelMixShiftedFromYesterday": {"1d"},
+        "SentimentLabelMixDiffersBetweenVersions": set(),
+        "SentimentConfidenceDropped": {"1d"},
+    }
 
 
 def test_every_metric_in_the_dashboard_and_the_alerts_exists():
@@ -510,7 +522,9 @@ def test_every_metric_in_the_dashboard_and_the_alerts_exists():
 
 
 def test_metric_name_parser():
-    assert metric_names('histogram_quantile(0.99, sum by (le) (rate(a_bucket{route="/x{name}"}[5m] offset 1h))) > 2') == {"a_bucket"}
+    assert metric_names(
+        'histogram_quantile(0.99, sum by (le) (rate(a_bucket{route="/x{name}"}[5m] offset 1h))) > 2'
+    ) == {"a_bucket"}
     assert metric_names("sum(rate(b[$__rate_interval])) / sum(rate(c[1m])) or on() vector(0)") == {"b", "c"}
     assert metric_names('up{job=~".*sentiment.*"} == 0 and max by (instance) (d) > 1e3') == {"up", "d"}
 

@@ -100,15 +100,20 @@ def test_one_header_for_every_report_and_sections_replaced_in_place(tmp_path):
     levers = levers_report([(LEVERS[0], result, [850.0]), (LEVERS[1], result, [850.0])], "sentiment bench --levers", 1)
     for report in (bench, levers):
         text = report.render()
-        assert text.startswith("## ") and "- date: " in text and "- machine: " in text and "- command: `sentiment bench" in text
+        assert text.startswith("## ") and "- date: " in text and "- machine: " in text
+        assert "- command: `sentiment bench" in text
     assert "| every text new (CACHE_HIT_RATE 0) | stack | 85.0 | 850 |" in bench.render()
     assert "| fp32 ONNX instead of int8 | 850 | ×1.00 |" in levers.render()
 
     document = tmp_path / "BENCHMARKS.md"
-    document.write_text("# Benchmarks\n\nintro\n\n<!-- bench-results -->\nold results\n\n<!-- lever-results -->\nold levers\n")
+    document.write_text(
+        "# Benchmarks\n\nintro\n\n<!-- bench-results -->\nold results\n\n<!-- lever-results -->\nold levers\n"
+    )
     bench.replace_section(document, "bench-results")
     text = document.read_text()
-    assert "old results" not in text and "old levers" in text and text.index("intro") < text.index("Results of the last")
+    assert (
+        "old results" not in text and "old levers" in text and text.index("intro") < text.index("Results of the last")
+    )
     MarkdownReport("Levers", "cmd", level=2).add("new levers").replace_section(document, "lever-results")
     assert "old levers" not in document.read_text() and "new levers" in document.read_text()
 
@@ -118,8 +123,9 @@ def test_the_mixed_workload_stays_out_of_the_general_tables():
 
     result = parse_summary(summary(85.0, 170.0), "x")
     runs = {"new": result, "mixed": result}
-    text = bench_report("sentiment bench", {32: 1000.0}, ServiceRun("classic", dict(runs)), ServiceRun("stack", dict(runs)),
-                        2, "int8").render()
+    text = bench_report(
+        "sentiment bench", {32: 1000.0}, ServiceRun("classic", dict(runs)), ServiceRun("stack", dict(runs)), 2, "int8"
+    ).render()
     assert "| every text new (CACHE_HIT_RATE 0) | stack |" in text
     assert "mixed lengths" not in text
 
@@ -134,5 +140,6 @@ def test_unexpected_answers_are_the_messages_of_k6s_console_lines_unescaped():
     ])
     assert unexpected_answers(log) == [
         'unexpected answer: status 0 error_code 1212 error "dial: connection refused" after 0.0 ms, body: ',
-        'unexpected answer: status 404 error_code 1404 error "" after 1.2 ms, body: {"error":"no route","code":"not_found"}',
+        'unexpected answer: status 404 error_code 1404 error "" after 1.2 ms, body: '
+        '{"error":"no route","code":"not_found"}',
     ]

@@ -44,38 +44,64 @@ def test_bad_settings_are_refused(argv, env):
         parse(*argv, env=env)
 
 
-def test_the_settings_reference_names_every_setting_with_its_real_default():
-    """The table users configure from (docs/configuration.md; the README's short table links it): every
-    flag with its environment variable and the default the code really has (it once said 1024 tokens per
-    call after the code had moved to 512)."""
+def test_the_settings_reference_is_the_table_the_declarations_make():
+    """The table users configure from (docs/configuration.md): every flag with its environment variable
+    and the default the code really has (it once said 1024 tokens per call after the code had moved to
+    512). The README's short table of the flags most often changed agrees with it, row by row."""
     import re
     from pathlib import Path
 
-    from transformer.settings import _KSERVE_SOURCES, _SOURCES
+    from transformer.settings import TABLE_END, TABLE_START, settings_table
 
-    def table(name: str) -> dict[str, tuple[str, str]]:
-        text = (Path(__file__).parents[2] / name).read_text()
+    root = Path(__file__).parents[2]
+    reference = (root / "docs" / "configuration.md").read_text()
+    documented = reference[reference.index(TABLE_START):reference.index(TABLE_END) + len(TABLE_END)]
+    assert documented == settings_table(), "docs/configuration.md's settings table is stale: python -m transformer.settings"
+
+    def rows(text: str) -> dict[str, tuple[str, str]]:
         return {flag: (env, default) for flag, env, default in
-                re.findall(r"^\| `(--[a-z_]+)` \| `?([A-Z_]*)`? \| `?([^`|]*?)`? \|", text, re.MULTILINE)}
+                re.findall(r"^\| `(--[a-z_]+)` \| (.*?) \| (.*?) \|", text, re.MULTILINE)}
 
-    rows, readme_rows = table("docs/configuration.md"), table("README.md")
+    readme_rows, reference_rows = rows((root / "README.md").read_text()), rows(documented)
     assert readme_rows, "the README's short settings table is gone"
-    assert all(rows.get(flag) == row for flag, row in readme_rows.items()), \
-        f"the README's settings rows differ from docs/configuration.md: {readme_rows}"
+    differing = {flag: row for flag, row in readme_rows.items() if reference_rows.get(flag) != row}
+    assert not differing, f"the README's settings rows differ from docs/configuration.md: {differing}"
+
+
+def test_flag_and_environment_names_follow_from_the_field():
+    from transformer.settings import sources
+
+    by_field = {source.field: source for source in sources()}
+    assert (by_field["predictor_timeout_s"].flag, by_field["predictor_timeout_s"].env) == (
+        "--predictor_timeout", "PREDICTOR_TIMEOUT_SECONDS")
+    assert (by_field["redis_timeout_ms"].flag, by_field["redis_timeout_ms"].env) == (
+        "--redis_timeout_ms", "REDIS_TIMEOUT_MS")
+    assert by_field["model_name"].kserve and by_field["traces_exporter"].flag is None
+    assert len({source.flag for source in sources() if source.flag}) == len([s for s in sources() if s.flag])
+    assert len({env for source in sources() for env in source.envs}) == sum(len(s.envs) for s in sources())
+
+
+@pytest.mark.parametrize("earlier, current, field", [
+    ("CACHE_BREAKER_FAILURES", "BREAKER_FAILURES", "breaker_failures"),
+    ("CACHE_BREAKER_RESET_SECONDS", "BREAKER_RESET_SECONDS", "breaker_reset_s"),
+    ("MAX_TEXTS_PER_REQUEST", "MAX_TEXTS", "max_texts"),
+    ("MAX_INFLIGHT_REQUESTS", "MAX_INFLIGHT", "max_inflight"),
+])
+def test_the_earlier_environment_names_are_still_read(earlier, current, field):
+    assert getattr(parse(env={earlier: "7"}), field) == 7
+    assert getattr(parse(env={current: "9"}), field) == 9
+    assert getattr(parse(env={earlier: "7", current: "9"}), field) == 9  # the current name wins
+
+
+def test_every_flag_is_understood_with_its_default():
+    from transformer.settings import sources
+
     defaults = Settings()
-    sources = [(field, flag, env) for field, flag, env, _type in _SOURCES]
-    sources += [(field, f"--{flag}", env) for field, flag, env in _KSERVE_SOURCES]
-    missing = [flag for _field, flag, _env in sources if flag not in rows]
-    assert not missing, f"flags missing from the settings table of docs/configuration.md: {missing}"
-    for field, flag, env in sources:
-        documented_env, documented = rows[flag]
-        assert documented_env == env, flag
-        actual = getattr(defaults, field)
-        if actual is None:
-            assert documented == "unset", flag
-        elif isinstance(actual, bool):
-            assert documented == str(actual).lower(), flag
-        elif isinstance(actual, (int, float)):
-            assert float(documented) == actual, f"{flag}: docs/configuration.md says {documented}, the code {actual}"
-        else:
-            assert documented == actual, flag
+    for source in sources():
+        if source.flag is None or source.kserve:
+            continue
+        default = getattr(defaults, source.field)
+        text = "unset" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        if default is None:
+            continue
+        assert getattr(parse(source.flag, text), source.field) == default, source.flag

@@ -66,10 +66,13 @@ def test_prediction_log_settings_are_off_by_default_and_bounded():
 
 
 def test_with_tracing_off_no_sdk_is_loaded_and_no_exporter_configured():
-    code = ("import sys; from transformer import tracing, logs; from transformer.settings import build_parser, settings_from;"
-            "s = settings_from(build_parser().parse_args([]), {'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://127.0.0.1:9'});"
-            "print(tracing.setup(s.trace_exporters), tracing.tracer, 'opentelemetry.sdk' in sys.modules,"
-            " any(m.startswith('opentelemetry.exporter') for m in sys.modules))")
+    code = (
+        "import sys; from transformer import tracing, logs; "
+        "from transformer.settings import build_parser, settings_from;"
+        "s = settings_from(build_parser().parse_args([]), {'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://127.0.0.1:9'});"
+        "print(tracing.setup(s.trace_exporters), tracing.tracer, 'opentelemetry.sdk' in sys.modules,"
+        " any(m.startswith('opentelemetry.exporter') for m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "None", "False", "False"]
@@ -187,7 +190,9 @@ def test_a_call_led_by_an_unsampled_request_belongs_to_the_sampled_one(spans, en
     (call,) = _by_name(spans, "sentiment.predictor.infer")
     assert call.parent.span_id == _by_name(spans, "sampled")[0].context.span_id
     assert call.attributes["sentiment.batch.rows"] == 2 and call.attributes["sentiment.requests"] == 1
-    assert predictor.sent[0] is None and predictor.sent[1]["traceparent"].split("-")[2] == f"{call.context.span_id:016x}"
+    assert (
+        predictor.sent[0] is None and predictor.sent[1]["traceparent"].split("-")[2] == f"{call.context.span_id:016x}"
+    )
 
 
 def test_only_sampled_calls_carry_a_traceparent(spans):
@@ -202,8 +207,8 @@ def test_only_sampled_calls_carry_a_traceparent(spans):
 
 
 def test_the_request_span_continues_the_clients_trace(spans):
-    scope = {"method": "POST", "headers": [(b"content-type", b"application/json"),
-                                            (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]}
+    traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    scope = {"method": "POST", "headers": [(b"content-type", b"application/json"), (b"traceparent", traceparent)]}
     span, tokens = tracing.start_request("rest", "/project/bulk-predict", scope)
     assert tracing.current_ids() == ("0af7651916cd43dd8448eb211c80319c", f"{span.context.span_id:016x}")
     assert tracing.RECORDING.get() is True
@@ -231,7 +236,9 @@ def log_lines():
 def test_an_error_answer_is_one_json_line_and_a_shed_request_says_so(log_lines, spans):
     import time
 
-    logs.error_answer("grpc", "ModelInfer", 422, "invalid_request", "text[0] is int, expected a string", time.perf_counter())
+    logs.error_answer(
+        "grpc", "ModelInfer", 422, "invalid_request", "text[0] is int, expected a string", time.perf_counter()
+    )
     with tracing.tracer.start_as_current_span("request") as span:
         logs.error_answer("rest", "/project/bulk-predict", 503, "overloaded", "the model is busy", time.perf_counter())
     logs.error_answer("rest", "/project/bulk-predict", 499, None, None, time.perf_counter())  # no answer, no line
@@ -311,7 +318,9 @@ def test_the_receiver_takes_a_real_exporters_spans_and_the_tree_shows_them(tmp_p
     thread.start()
     try:
         provider = TracerProvider(resource=Resource({"service.name": "unit"}))
-        provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint + traces.TRACES_PATH)))
+        provider.add_span_processor(
+            SimpleSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint + traces.TRACES_PATH))
+        )
         tracer = provider.get_tracer("t")
         with tracer.start_as_current_span("request", attributes={"http.route": "/x"}) as root:
             with tracer.start_as_current_span("sentiment.cache.lookup", attributes={"sentiment.cache.hits": 1}):
@@ -333,7 +342,10 @@ def test_the_receiver_takes_a_real_exporters_spans_and_the_tree_shows_them(tmp_p
 
 
 def test_a_span_whose_parent_is_elsewhere_is_a_root_of_the_tree():
-    spans_ = [{"span_id": "b", "parent_span_id": "a", "start_ns": 2}, {"span_id": "c", "parent_span_id": "b", "start_ns": 3}]
+    spans_ = [
+        {"span_id": "b", "parent_span_id": "a", "start_ns": 2},
+        {"span_id": "c", "parent_span_id": "b", "start_ns": 3},
+    ]
     (root,) = traces.span_tree(spans_)
     assert root.span["span_id"] == "b" and [child.span["span_id"] for child in root.children] == ["c"]
 

@@ -18,7 +18,10 @@ def test_python_config_serves_the_same_tensors():
     local, cluster = python_backend_config(SPEC), onnxruntime_config(SPEC)
     assert 'backend: "python"' in local
     start = cluster.index("input [")
-    assert cluster[start:cluster.index("dynamic_batching")] == local[local.index("input ["):local.index("dynamic_batching")]
+    assert (
+        cluster[start : cluster.index("dynamic_batching")]
+        == local[local.index("input [") : local.index("dynamic_batching")]
+    )
 
 
 def test_every_served_version_and_its_fingerprint_is_in_every_configuration():

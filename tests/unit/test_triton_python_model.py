@@ -46,8 +46,9 @@ def test_mixed_width_requests_in_one_execution(backend_module, tiny_repositories
     model.initialize({"model_config": json.dumps(config), "model_repository": str(model_dir), "model_version": "1"})
     encoder = TextEncoder(model_dir / "1" / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids,
                           pad_to_multiple_of=16)
-    requests = [encoder.encode_batch(texts).arrays for texts in
-                (["hi"], ["a much longer sentence, with quite a few more words in it than the others"], ["ok", "fine then"])]
+    requests = [encoder.encode_batch(texts) for texts in
+                (["hi"], ["a much longer sentence, with quite a few more words in it than the others"],
+                 ["ok", "fine then"])]
     assert len({r["input_ids"].shape[1] for r in requests}) > 1
     responses = model.execute(requests)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])

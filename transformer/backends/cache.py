@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from transformer import metrics, tracing
 
@@ -46,7 +46,7 @@ class PredictionMemo:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, object]:
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         found = {}
         entries = self._entries
         for key in keys:
@@ -60,7 +60,7 @@ class PredictionMemo:
             self._misses.inc(len(keys) - len(found))
         return found
 
-    def put_many(self, predictions: dict[str, object]) -> None:
+    def put_many(self, predictions: Mapping[str, Any]) -> None:
         if self.max_entries <= 0:
             return
         entries = self._entries

@@ -43,7 +43,9 @@ def _model_config_messages():
     protos cannot be imported beside kserve's (duplicate symbols)."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    fdp = descriptor_pb2.FileDescriptorProto(name="sentiment_model_config.proto", package="sentiment_probe", syntax="proto3")
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="sentiment_model_config.proto", package="sentiment_probe", syntax="proto3"
+    )
     T = descriptor_pb2.FieldDescriptorProto
     request = fdp.message_type.add(name="ModelConfigRequest")
     request.field.add(name="name", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
@@ -138,14 +140,15 @@ class GrpcPredictor:
             ("grpc.keepalive_timeout_ms", 2_000),
         ]
         if self.use_ssl:
-            self._channel = grpc.aio.secure_channel(self.host, grpc.ssl_channel_credentials(), options=options)
+            channel = grpc.aio.secure_channel(self.host, grpc.ssl_channel_credentials(), options=options)
         else:
-            self._channel = grpc.aio.insecure_channel(self.host, options=options)
+            channel = grpc.aio.insecure_channel(self.host, options=options)
+        self._channel = channel
         self._pb = pb
-        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(channel)
         request_type, response_type = _model_config_messages()
         self._config_request = request_type
-        self._model_config = self._channel.unary_unary(
+        self._model_config = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelConfig",
             request_serializer=request_type.SerializeToString,
             response_deserializer=response_type.FromString,
@@ -183,8 +186,9 @@ class GrpcPredictor:
         """Is our version loaded and ready?"""
         self._connect()
         try:
-            response = await self._stub.ModelReady(self._pb.ModelReadyRequest(name=self.model_name, version=self.version),
-                                                   timeout=min(self.timeout_s, 2.0))
+            response = await self._stub.ModelReady(
+                self._pb.ModelReadyRequest(name=self.model_name, version=self.version), timeout=min(self.timeout_s, 2.0)
+            )
         except Exception:  # any transport failure means "not ready"
             return False
         return response.ready
@@ -192,7 +196,9 @@ class GrpcPredictor:
     async def fingerprint(self) -> str | None:
         self._connect()
         try:
-            response = await self._model_config(self._config_request(name=self.model_name), timeout=min(self.timeout_s, 2.0))
+            response = await self._model_config(
+                self._config_request(name=self.model_name), timeout=min(self.timeout_s, 2.0)
+            )
         except self._rpc_error:
             return None
         parameters = {key: value.string_value for key, value in response.config.parameters.items()}

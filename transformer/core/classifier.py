@@ -65,12 +65,14 @@ class TextClassifier:
         self._from = {source: metrics.TEXTS.labels(source=source) for source in metrics.SOURCES}
         self.stats = metrics.PREDICTIONS.for_version(bundle.version, self.labels)
         self.prediction_log = logs.PredictionLog(settings.prediction_log_sample_rate, settings.prediction_log_text,
-                                                 self.labels, bundle.version) if settings.prediction_log_sample_rate else None
+                                                 self.labels, bundle.version) \
+            if settings.prediction_log_sample_rate else None
         self._tiers = [memo.name] + ([remote.name] if remote is not None else [])
 
     @property
     def cache_description(self) -> str:
-        return f"{self.memo.name} LRU ({self.memo.max_entries} entries)" + (f" + {self.remote.name}" if self.remote else "")
+        remote = f" + {self.remote.name}" if self.remote else ""
+        return f"{self.memo.name} LRU ({self.memo.max_entries} entries){remote}"
 
     def _key_of(self, text: str, how: str) -> tuple[str, str]:
         return self._short_key(text, how) if len(text) <= 256 else self._key(text, how)
@@ -160,7 +162,8 @@ class TextClassifier:
                 span.set_attributes({f"sentiment.cache.{self.remote.name}.hits": len(fetched),
                                      f"sentiment.cache.{self.remote.name}.misses": len(remaining) - len(fetched)})
         if span is not None:
-            span.set_attributes({"sentiment.cache.hits": len(results), "sentiment.cache.misses": len(keys) - len(results)})
+            span.set_attributes({"sentiment.cache.hits": len(results),
+                                 "sentiment.cache.misses": len(keys) - len(results)})
         return results
 
     def _refuse_long(self, field: str, keys: list[str], tokens: dict[str, int]) -> None:
@@ -260,7 +263,8 @@ class TextClassifier:
             if not tracing.RECORDING.get():
                 computed = await self._run_model(texts, truncation)
             else:
-                attributes = {"sentiment.texts": len(texts), "sentiment.windows": sum(len(t.windows) for t in texts.values()),
+                attributes = {"sentiment.texts": len(texts),
+                              "sentiment.windows": sum(len(t.windows) for t in texts.values()),
                               "sentiment.tokens": sum(t.cost for t in texts.values())}
                 with tracing.span("sentiment.compute", attributes):
                     computed = await self._run_model(texts, truncation)

@@ -33,9 +33,13 @@ class Generation:
         """The caches are shared by every generation (their keys carry the model fingerprint)."""
         bundle = ModelBundle.load(bundle_dir)
         if bundle.model_name != settings.model_name:
-            log.warning("bundle was exported for model '%s', serving it as '%s'", bundle.model_name, settings.model_name)
+            log.warning(
+                "bundle was exported for model '%s', serving it as '%s'", bundle.model_name, settings.model_name
+            )
         predictor = build_predictor(settings, bundle.version)
-        monitor = PredictorMonitor(predictor, settings.model_name, bundle.fingerprint, settings.predictor_check_interval_s)
+        monitor = PredictorMonitor(
+            predictor, settings.model_name, bundle.fingerprint, settings.predictor_check_interval_s
+        )
         classifier = TextClassifier(bundle, bundle_dir, predictor, memo, remote, monitor, settings)
         return cls(bundle, Path(bundle_dir), monitor, classifier)
 

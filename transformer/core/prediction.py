@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import orjson
@@ -45,7 +45,8 @@ class Prediction:
     windows: int = 1
 
     @classmethod
-    def of(cls, probabilities: Sequence[float], labels: Sequence[str], tokens: int = 0, windows: int = 1) -> "Prediction":
+    def of(cls, probabilities: Iterable[float], labels: Sequence[str], tokens: int = 0,
+           windows: int = 1) -> "Prediction":
         values = tuple(float(p) for p in probabilities)
         order = sorted(range(len(labels)), key=lambda i: -values[i])
         ranked = [{"label": labels[i], "score": values[i]} for i in order]

@@ -38,7 +38,8 @@ class ClassifyRequest:
     field: str = "text"
 
 
-def parse_options(values: Mapping[str, Any] | None, default: ClassifyOptions, where: str = "parameters") -> ClassifyOptions:
+def parse_options(values: Mapping[str, Any] | None, default: ClassifyOptions,
+                  where: str = "parameters") -> ClassifyOptions:
     """`truncation` and `details` from a request's options; other keys are left to the protocol."""
     if not values:
         return default

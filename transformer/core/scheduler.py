@@ -222,7 +222,7 @@ class BatchScheduler:
 
     async def _run(self, batch: list[_Window], tokens: int) -> None:
         try:
-            inputs = self.encoder.pad([window.encoding for window in batch]).arrays
+            inputs = self.encoder.pad([window.encoding for window in batch])
             metrics.PREDICTOR_BATCH_SIZE.observe(len(batch))
             metrics.PREDICTOR_BATCH_TOKENS.observe(inputs["input_ids"].size)
             if tracing.tracer is None or not any(window.span is not None for window in batch):

@@ -22,7 +22,7 @@ from transformer.core.classifier import TextClassifier
 from transformer.core.generation import Generation
 from transformer.core.prediction import Prediction
 from transformer.core.requests import ClassifyOptions, ClassifyRequest, Limits, validate_texts
-from transformer.core.switch import RecentTexts, switch_generation
+from transformer.core.switch import RecentTexts, next_generation
 from transformer.core.windows import Truncation
 from transformer.errors import Overloaded, ProcessingTimeout, ServiceError
 from transformer.settings import Settings
@@ -179,8 +179,23 @@ class ServingCore:
     async def switch(self, bundle_dir: Path) -> dict:
         """Serve the model version of `bundle_dir` from now on (see `core.switch`); one at a time."""
         async with self._switching:
-            report = await switch_generation(self, Path(bundle_dir))
-        return report
+            old = self.generation
+            outcome = await next_generation(self.settings, old, Path(bundle_dir), self.recent.snapshot(),
+                                            self.default_options)
+            if outcome.generation is not None:
+                self._swap(old, outcome.generation, outcome.report)
+        return outcome.report
+
+    def _swap(self, old: Generation, new: Generation, report: dict) -> None:
+        """From here on every new request is answered by `new`; requests that started on `old` finish
+        on it, and it retires in the background."""
+        self.generation = new
+        old.monitor.stop()
+        log.info("now serving model version %s (%s); %d texts replayed, %d labels flip", new.version,
+                 new.bundle.fingerprint[:12], report["shadow"]["sample"], report["shadow"]["flips"])
+        retiring = asyncio.get_running_loop().create_task(old.retire())
+        self.background.add(retiring)
+        retiring.add_done_callback(self.background.discard)
 
     def start(self) -> None:
         self.generation.monitor.start()

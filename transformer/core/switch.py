@@ -17,15 +17,14 @@ import logging
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 from transformer.core.generation import Generation
 from transformer.core.prediction import Prediction
 from transformer.core.requests import ClassifyOptions
 from transformer.errors import Overloaded, PredictorUnavailable
-
-if TYPE_CHECKING:
-    from transformer.core.service import ServingCore
+from transformer.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ async def _answers(generation: Generation, texts: list[str], options: ClassifyOp
     answers: list[Prediction] = []
     for start in range(0, len(texts), REPLAY_BATCH):
         batch = texts[start:start + REPLAY_BATCH]
-        for attempt in range(50):
+        for _attempt in range(50):
             try:
                 answers += await generation.classifier.classify(batch, options)
                 break
@@ -84,53 +83,59 @@ def shadow_report(texts: list[str], old: list[Prediction], new: list[Prediction]
                   labels_new: list[str], largest: int = 5) -> dict:
     """How the two versions differ on the same texts: label flips and the largest changes of the
     score of the label the old version chose."""
-    changes = []
+    changes: list[dict[str, Any]] = []
     flips = 0
     for text, before, after in zip(texts, old, new):
         label_before, label_after = labels_old[before.best], labels_new[after.best]
         flips += label_before != label_after
         score_after = after.probabilities[labels_new.index(label_before)] if label_before in labels_new else 0.0
-        changes.append({"text": text_id(text), "before": {"label": label_before, "score": round(before.probabilities[before.best], 4)},
-                        "after": {"label": label_after, "score": round(after.probabilities[after.best], 4)},
-                        "change": round(abs(before.probabilities[before.best] - score_after), 4)})
+        changes.append(
+            {
+                "text": text_id(text),
+                "before": {"label": label_before, "score": round(before.probabilities[before.best], 4)},
+                "after": {"label": label_after, "score": round(after.probabilities[after.best], 4)},
+                "change": round(abs(before.probabilities[before.best] - score_after), 4),
+            }
+        )
     changes.sort(key=lambda change: -change["change"])
     return {"sample": len(texts), "flips": flips, "largest_changes": changes[:largest]}
 
 
-async def switch_generation(core: "ServingCore", bundle_dir: Path) -> dict:
-    """Build, wait for, warm and compare the next generation, then swap it in. A failure before the
-    swap leaves the current generation serving (the report says why)."""
+@dataclass(slots=True)
+class SwitchOutcome:
+    """What a switch attempt leaves: the report, and the generation to serve from now on (None: keep
+    the current one). The caller swaps it in, so the core stays the one owner of its generation."""
+
+    report: dict
+    generation: Generation | None = None
+
+
+async def next_generation(settings: Settings, old: Generation, bundle_dir: Path, recent: Sequence[str],
+                          options: ClassifyOptions) -> SwitchOutcome:
+    """Build, wait for, warm and compare the next generation; it comes back monitored and ready to
+    take over. A failure leaves nothing to swap (the report says why)."""
     started = time.monotonic()
-    old = core.generation
     report: dict = {"status": "failed", "from": old.describe(), "bundle": str(bundle_dir)}
     classifier = old.classifier
-    new = Generation.build(core.settings, bundle_dir, classifier.memo, classifier.remote)
+    new = Generation.build(settings, bundle_dir, classifier.memo, classifier.remote)
     report["to"] = new.describe()
     if new.bundle.fingerprint == old.bundle.fingerprint and new.version == old.version:
         report |= {"status": "unchanged", "seconds": 0.0}
         await new.classifier.close_own()
-        return report
-    if not await new.until_serving(core.settings.switch_timeout_s):
+        return SwitchOutcome(report)
+    if not await new.until_serving(settings.switch_timeout_s):
         report["error"] = f"the predictor does not serve version {new.version}: {new.monitor.status.reason}"
         await new.retire(drain_timeout_s=0)
-        return report
-    texts = core.recent.snapshot()
-    options = core.default_options
+        return SwitchOutcome(report)
+    texts = list(recent)
     try:
         before = await _answers(old, texts, options)
         after = await _answers(new, texts, options)  # computed now: cached for the new version
     except PredictorUnavailable as error:
         report["error"] = f"the sample could not be replayed: {error.message}"
         await new.retire(drain_timeout_s=0)
-        return report
+        return SwitchOutcome(report)
     report["shadow"] = shadow_report(texts, before, after, old.labels, new.labels)
     new.monitor.start()
-    core.generation = new  # from here on every new request is answered by the new version
-    old.monitor.stop()
     report |= {"status": "switched", "seconds": round(time.monotonic() - started, 2)}
-    log.info("now serving model version %s (%s); %d texts replayed, %d labels flip", new.version,
-             new.bundle.fingerprint[:12], len(texts), report["shadow"]["flips"])
-    retiring = asyncio.get_running_loop().create_task(old.retire())
-    core.background.add(retiring)
-    retiring.add_done_callback(core.background.discard)
-    return report
+    return SwitchOutcome(report, new)

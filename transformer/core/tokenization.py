@@ -28,15 +28,8 @@ def normalize_text(text: str, lowercase: bool) -> str:
     return normalized.lower() if lowercase else normalized
 
 
-@dataclass(frozen=True)
-class EncodedBatch:
-    """Model inputs for a batch of windows, right-padded to a common length."""
-
-    arrays: dict[str, np.ndarray]  # name -> int64 [batch, length]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.arrays["input_ids"].shape  # type: ignore[return-value]
+# Model inputs for a batch of windows, right-padded to a common length: name -> int64 [batch, length].
+ModelInputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +40,6 @@ class TextWindows:
     windows: tuple[Encoding, ...]
     token_count: int
     new_tokens: tuple[int, ...]
-
-    @property
-    def truncated(self) -> bool:
-        """More than one window: `head` mode would read only part of this text."""
-        return len(self.windows) > 1
 
     @property
     def cost(self) -> int:
@@ -69,7 +57,9 @@ class TextEncoder:
         tokenizer.no_padding()
         self.special_tokens = tokenizer.num_special_tokens_to_add(is_pair=False)
         if not 0 <= stride < max_length - self.special_tokens:
-            raise ValueError(f"stride {stride} must be below the window's {max_length - self.special_tokens} text tokens")
+            raise ValueError(
+                f"stride {stride} must be below the window's {max_length - self.special_tokens} text tokens"
+            )
         tokenizer.enable_truncation(max_length=max_length, stride=stride)
         self._tokenizer = tokenizer
         self.max_length = max_length
@@ -95,7 +85,7 @@ class TextEncoder:
         new = [content[0]] + [max(0, count - self.stride) for count in content[1:]]
         return TextWindows(windows, sum(new), tuple(new))
 
-    def pad(self, encodings: Sequence[Encoding]) -> EncodedBatch:
+    def pad(self, encodings: Sequence[Encoding]) -> ModelInputs:
         """Right-pad to the longest encoding (rounded up to `pad_to_multiple_of`, capped at max length)."""
         longest = max(len(e.ids) for e in encodings)
         width = self.padded_width(longest)
@@ -112,7 +102,7 @@ class TextEncoder:
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask}
         if type_ids is not None:
             arrays["token_type_ids"] = type_ids
-        return EncodedBatch(arrays)
+        return arrays
 
     def padded_width(self, length: int) -> int:
         """The padded length of a window of `length` tokens (what a batch of it costs per row)."""
@@ -120,6 +110,6 @@ class TextEncoder:
         width = min(self.max_length, -(-length // multiple) * multiple) if multiple > 1 else length
         return max(width, length)
 
-    def encode_batch(self, texts: Sequence[str]) -> EncodedBatch:
+    def encode_batch(self, texts: Sequence[str]) -> ModelInputs:
         """The first window of each text, padded (evaluation and benchmarks of the model alone)."""
         return self.pad(self.tokenize(texts))

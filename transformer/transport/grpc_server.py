@@ -56,7 +56,8 @@ def counted(route: str):
                     raise
                 except Exception:
                     log.exception("unhandled error in gRPC %s", route)
-                    record.status, record.code, record.message = 500, "internal_error", "unhandled error (its stack trace is logged)"
+                    record.status, record.code = 500, "internal_error"
+                    record.message = "unhandled error (its stack trace is logged)"
                     record.grpc_status = grpc.StatusCode.INTERNAL.value[0]
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error; it was logged")
                 else:

@@ -22,7 +22,9 @@ def _json(body: bytes, example: str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"the body is not valid JSON ({error.msg} at position {error.pos}); send {example}") from None
+        raise InvalidRequest(
+            f"the body is not valid JSON ({error.msg} at position {error.pos}); send {example}"
+        ) from None
 
 
 def decode_bulk(body: bytes, default: ClassifyOptions) -> ClassifyRequest:

@@ -85,7 +85,8 @@ def _headers(scope) -> dict[str, str]:
 def _response(body: bytes, status: int, headers: dict[str, str] | None = None):
     raw = [(b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {"content-type": "application/json"}).items()]
-    return {"type": "http.response.start", "status": status, "headers": raw}, {"type": "http.response.body", "body": body}
+    return ({"type": "http.response.start", "status": status, "headers": raw},
+            {"type": "http.response.body", "body": body})
 
 
 async def _send(send, body: bytes, status: int, headers: dict[str, str] | None = None) -> None:
@@ -207,10 +208,11 @@ class RestTransport:
 
     def _check_model(self, route: RouteMatch) -> None:
         if route.name is not None and route.name != self.model_name:
-            raise ModelNotFound(f"model '{echo(route.name)}' is not served here; this server serves '{self.model_name}'")
+            raise ModelNotFound(f"model '{echo(route.name)}' is not served here; "
+                                f"this server serves '{self.model_name}'")
         if route.version is not None and route.version != self.core.version:
-            raise ModelNotFound(f"version '{echo(route.version)}' of model '{self.model_name}' is not served here; this "
-                                f"server serves version {self.core.version}")
+            raise ModelNotFound(f"version '{echo(route.version)}' of model '{self.model_name}' is not served here; "
+                                f"this server serves version {self.core.version}")
 
     async def _infer(self, scope, receive, send, route: RouteMatch, record: RequestRecord) -> None:
         try:
@@ -238,7 +240,8 @@ class RestTransport:
         except Exception:
             # Never leak a stack trace or internal names: log it, answer a plain 500.
             log.exception("unhandled error on %s %s", scope["method"], route.label)
-            record.status, record.code, record.message = 500, "internal_error", "unhandled error (its stack trace is logged)"
+            record.status, record.code = 500, "internal_error"
+            record.message = "unhandled error (its stack trace is logged)"
             await _send(send, b'{"error":"internal error; it was logged","code":"internal_error"}', 500)
             return
         record.status = 200

@@ -102,8 +102,10 @@ def _requested(outputs: Iterable[tuple[Any, bool]]) -> list[RequestedOutput]:
     requested: list[RequestedOutput] = []
     for name, binary in outputs:
         if name not in ALL_OUTPUTS:
-            raise InvalidRequest(f"unknown output {str(name)[:40]!r}: this model outputs {', '.join(PREDICTION_OUTPUTS)} "
-                                 f"(and {', '.join(DETAIL_OUTPUTS)})")
+            raise InvalidRequest(
+                f"unknown output {str(name)[:40]!r}: this model outputs {', '.join(PREDICTION_OUTPUTS)} "
+                f"(and {', '.join(DETAIL_OUTPUTS)})"
+            )
         if all(r.name != name for r in requested):
             requested.append(RequestedOutput(name, binary))
     return requested
@@ -220,17 +222,15 @@ def decode_grpc(message, default: ClassifyOptions) -> V2Call:
 
 # ---- encoding ------------------------------------------------------------------------------------
 def output_tensors(call: V2Call, predictions: Sequence[Prediction], labels: Sequence[str],
-                   details: Sequence[dict] | None) -> list[tuple[OutputTensor, bool]]:
+                   details: Sequence[dict]) -> list[tuple[OutputTensor, bool]]:
     """The requested outputs (default: label, score, probabilities, plus the detail outputs when
-    `details` was asked for), each with whether it goes in binary."""
+    `details` was asked for), each with whether it goes in binary; `details`: one per prediction."""
     names = [r.name for r in call.outputs] or list(PREDICTION_OUTPUTS) + (
         list(DETAIL_OUTPUTS) if call.request.options.details else [])
     binary = {r.name: r.binary for r in call.outputs}
     count = len(predictions)
     probabilities = np.array([p.probabilities for p in predictions], dtype=np.float32).reshape(count, len(labels))
     best = probabilities.argmax(axis=1)
-    if details is None:
-        details = [{"tokens": p.tokens, "windows": p.windows, "truncated": False} for p in predictions]
     arrays = {
         "label": ("BYTES", [count], np.array([labels[i].encode() for i in best], dtype=object)),
         "score": ("FP32", [count], probabilities[np.arange(count), best]),
