@@ -22,12 +22,16 @@ from transformer.transport.rest import RestTransport
 
 class VersionedDataPlane(DataPlane):
     """KServe's data plane, whose model metadata names the version the model serves (KServe's own
-    leaves `versions` empty)."""
+    leaves `versions` empty) and, in `platform`, how its scores are made (`text-classification/softmax`,
+    `/sigmoid` for multi-label, `/none` for regression): the one free field V2 metadata has on both
+    REST and gRPC."""
 
     async def model_metadata(self, model_name: str) -> dict:
         metadata = await super().model_metadata(model_name)
-        version = getattr(self.get_model_from_registry(model_name), "version", "")
+        model = self.get_model_from_registry(model_name)
+        version = getattr(model, "version", "")
         metadata["versions"] = [version] if version else None
+        metadata["platform"] = getattr(model, "platform", "")
         return metadata
 
 

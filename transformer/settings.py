@@ -35,7 +35,7 @@ class Settings(BaseModel):
     redis_pool_size: int = Field(32, gt=0)
     cache_ttl_s: int = Field(86400, gt=0)
     cache_prefix: str = "sentiment"
-    local_cache_size: int = Field(50_000, ge=0, description="entries of the in-process LRU (no Redis); about 550 B each")
+    local_cache_size: int = Field(50_000, ge=0, description="entries of the in-process LRU (no Redis); about 670 B each (two labels)")
     hot_cache_size: int = Field(10_000, ge=0, description="entries of the in-process tier in front of Redis; 0 = off")
     breaker_failures: int = Field(3, gt=0, description="consecutive Redis errors that open the circuit")
     breaker_reset_s: float = Field(2.0, gt=0, description="seconds the circuit stays open before a retry")

@@ -256,7 +256,8 @@ class RestTransport:
     async def _json_answer(self, request) -> tuple[bytes, dict[str, str]]:
         result = await self.core.classify(request)
         details = result.details() if request.options.details else None
-        return json_api.encode_predictions(result.predictions, details), {"content-type": "application/json"}
+        body = json_api.encode_predictions(result.predictions, details, result.labels, request.options)
+        return body, {"content-type": "application/json"}
 
     async def _v2(self, body: bytes, headers: dict[str, str], _route: RouteMatch):
         call = v2.decode_rest(body, headers.get(v2.HEADER_LENGTH), self.core.default_options)
