@@ -56,6 +56,10 @@ class Settings(BaseModel):
     pad_to_multiple: int = Field(8, ge=1, description="pad token length to a multiple of this (Triton batches equal shapes)")
     tokenizer_threads: int = Field(1, ge=0, description="threads that tokenize off the event loop; 0 = on the loop")
     access_log: bool = Field(False, description="one log line per request (uvicorn's access log)")
+    bind_address: str = Field("0.0.0.0", description="address the HTTP and gRPC servers listen on; 0.0.0.0 = every "
+                              "interface (gRPC: [::]), 127.0.0.1 = this machine only")
+    api_keys: str | None = Field(None, description="file of API keys, one per line: every inference and metadata "
+                                 "route and RPC then needs 'Authorization: Bearer KEY' (probes never); unset = open")
     control_file: str | None = Field(None, description="on SIGHUP, switch to the bundle this JSON file names (rollout)")
     replay_sample_size: int = Field(1000, ge=0, description="recent texts kept in memory to warm and compare a new version")
     switch_timeout_s: float = Field(60.0, gt=0, description="how long a switch waits for the predictor to serve the version")
@@ -91,6 +95,21 @@ class Settings(BaseModel):
     def trace_exporters(self) -> tuple[str, ...]:
         """The exporters tracing uses; empty: tracing is off."""
         return () if self.traces_exporter == "none" else tuple(self.traces_exporter.split(","))
+
+    @field_validator("bind_address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_address(value.strip().strip("[]")))
+        except ValueError:
+            raise ValueError(f"BIND_ADDRESS must be an IP address (0.0.0.0, 127.0.0.1, ::), not {value!r}") from None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_path(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("redis_url")
     @classmethod
@@ -141,6 +160,8 @@ _SOURCES: list[tuple[str, str, str, type]] = [
     ("pad_to_multiple", "--pad_to_multiple", "PAD_TO_MULTIPLE", int),
     ("tokenizer_threads", "--tokenizer_threads", "TOKENIZER_THREADS", int),
     ("access_log", "--access_log", "ACCESS_LOG", _boolean),
+    ("bind_address", "--bind_address", "BIND_ADDRESS", str),
+    ("api_keys", "--api_keys", "API_KEYS", str),
     ("control_file", "--control_file", "CONTROL_FILE", str),
     ("replay_sample_size", "--replay_sample_size", "REPLAY_SAMPLE_SIZE", int),
     ("switch_timeout_s", "--switch_timeout", "SWITCH_TIMEOUT_SECONDS", float),

@@ -18,6 +18,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         model_repository=source.repository_to_serve().resolve(), logs=Path(args.logs).resolve(), port=args.port,
         grpc_port=args.grpc_port, triton=TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
         redis_port=args.redis_port, redis_url=args.redis_url, use_redis=not args.no_redis, protocol=args.protocol,
+        host=args.host,
         transformer_args=tuple(args.transformer_arg or ()),
         prometheus_port=args.prometheus_port if args.with_prometheus else None,
         traces_port=args.traces_port if args.with_tracing else None,
@@ -44,6 +45,9 @@ def add_stack_commands(commands) -> None:
     source.add_argument("--model-repository", help="serve an already exported model repository")
     up.add_argument("--port", type=int, default=8000, help="transformer HTTP port (default 8000)")
     up.add_argument("--grpc-port", type=int, default=8081, help="transformer gRPC port (default 8081)")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="address the transformer's HTTP and gRPC ports listen on (default 127.0.0.1: this machine "
+                         "only; 0.0.0.0 exposes them on every interface)")
     up.add_argument("--triton-http-port", type=int, default=8010)
     up.add_argument("--triton-grpc-port", type=int, default=8011)
     up.add_argument("--triton-metrics-port", type=int, default=8012)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from transformer.core.windows import Truncation
-from transformer.transport.control import install_switch_signal
+from transformer.transport.control import install_hangup_signal
 from transformer.transport.kserve_model import SentimentModel
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ class BulkPredictRequest(BaseModel):
     truncation: Truncation = Field(Truncation.CHUNK, description="texts longer than the model's window: chunk "
                                    "(judge the whole text), head (first window only) or error (422)")
     details: bool = Field(False, description="add per text its token count, window count and whether it was cut")
+    top_k: int | None = Field(None, ge=1, description="only the best k labels per text; more than the model has "
+                              "means all of them; null: all")
+    raw_scores: bool = Field(False, description="scores are the model's raw logits (before softmax / sigmoid)")
 
 
 class LabelScore(BaseModel):
@@ -101,7 +104,7 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         gc.freeze()
         if model.core is not None:
             model.core.start()
-            install_switch_signal(model.core, model.settings.control_file)
+            install_hangup_signal(model.core, model.settings.control_file)
 
     @app.on_event("shutdown")
     async def close_clients() -> None:
