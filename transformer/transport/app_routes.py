@@ -129,7 +129,11 @@ def describe_served_routes(app: FastAPI) -> None:
             components[model.__name__] = definition
         errors = {str(status): {"description": text, "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-            for status, text in ((413, "over a limit"), (415, "not JSON"), (422, "invalid body"), (503, "unavailable"))}
+            for status, text in ((401, "missing or wrong API key (only when API_KEYS is set)"), (413, "over a limit"),
+                                 (415, "not JSON"), (422, "invalid body"), (503, "unavailable"))}
+        # API keys (API_KEYS) are optional: described as a scheme, required by no operation.
+        schema["components"].setdefault("securitySchemes", {})["bearerApiKey"] = {
+            "type": "http", "scheme": "bearer", "description": "an API key from the API_KEYS file, when it is set"}
         paths["/project/bulk-predict"] = {"post": {
             "tags": ["project"], "summary": "Classify a list of texts", "operationId": "bulk_predict",
             "requestBody": {"required": True, "content": {"application/json": {
