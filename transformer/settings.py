@@ -64,7 +64,7 @@ class Settings(BaseModel):
     cache_ttl_s: int = setting(86400, "TTL of a cached result", gt=0)
     cache_prefix: str = setting("sentiment", "key prefix (`prefix:fingerprint:mode:sha256`; `mode` names the window "
                                 "length, and for `chunk` the stride and aggregation)")
-    local_cache_size: int = setting(50_000, "entries of the in-process LRU used when there is no Redis (about 550 "
+    local_cache_size: int = setting(50_000, "entries of the in-process LRU used when there is no Redis (about 670 "
                                     "bytes each)", ge=0)
     hot_cache_size: int = setting(10_000, "entries of the in-process tier in front of Redis (decoded, ready to "
                                   "serve); `0` turns it off", ge=0)
@@ -108,6 +108,11 @@ class Settings(BaseModel):
                                                 "lines: hashed cache key, label, score, version, source, latency); "
                                                 "`0` = off", ge=0, le=1)
     prediction_log_text: bool = setting(False, "also put the raw text in prediction log lines")
+    bind_address: str = setting("0.0.0.0", "address the HTTP and gRPC servers listen on; `0.0.0.0` = every "
+                                "interface (gRPC: `[::]`), `127.0.0.1` = this machine only (`sentiment up`'s default)")
+    api_keys: str | None = setting(None, "file of API keys, one per line: every inference and metadata route and RPC "
+                                   "then needs `Authorization: Bearer KEY` (probes never); re-read on SIGHUP and "
+                                   "when it changes; unset = open")
     control_file: str | None = setting(None, "JSON file naming the bundle to switch to on SIGHUP (the rollout's "
                                        "in-process switch; `sentiment up` sets it)")
     replay_sample_size: int = setting(1000, "recent distinct texts kept in memory (never logged) to warm the cache "
@@ -143,6 +148,21 @@ class Settings(BaseModel):
     def trace_exporters(self) -> tuple[str, ...]:
         """The exporters tracing uses; empty: tracing is off."""
         return () if self.traces_exporter == "none" else tuple(self.traces_exporter.split(","))
+
+    @field_validator("bind_address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_address(value.strip().strip("[]")))
+        except ValueError:
+            raise ValueError(f"BIND_ADDRESS must be an IP address (0.0.0.0, 127.0.0.1, ::), not {value!r}") from None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_path(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("redis_url")
     @classmethod

@@ -270,6 +270,8 @@ def export(
     bundle = ModelBundle(
         version=version,
         labels=info.labels,
+        problem_type=info.problem_type,
+        score_function=info.score_function,
         max_length=info.max_length,
         uses_token_type_ids=info.uses_token_type_ids,
         lowercase=encoder.lowercases,

@@ -25,6 +25,7 @@ def stack_config(args: argparse.Namespace, repository: Path) -> StackConfig:
         grpc_port=args.grpc_port,
         triton=TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
         redis_port=args.redis_port, redis_url=args.redis_url, use_redis=not args.no_redis, protocol=args.protocol,
+        host=args.host,
         transformer_args=tuple(args.transformer_arg or ()),
         prometheus_port=args.prometheus_port if args.with_prometheus else None,
         traces_port=args.traces_port if args.with_tracing else None,
@@ -52,6 +53,9 @@ def add_stack_commands(commands) -> None:
     up.add_argument("--port", type=int, default=defaults.port, help="transformer HTTP port (default %(default)s)")
     up.add_argument("--grpc-port", type=int, default=defaults.grpc_port,
                     help="transformer gRPC port (default %(default)s)")
+    up.add_argument("--host", default=defaults.host,
+                    help="address the transformer's HTTP and gRPC ports listen on (default %(default)s: this machine "
+                         "only; 0.0.0.0 exposes them on every interface)")
     up.add_argument("--triton-http-port", type=int, default=defaults.triton.http,
                     help="Triton HTTP port, loopback only (default %(default)s)")
     up.add_argument("--triton-grpc-port", type=int, default=defaults.triton.grpc,

@@ -41,6 +41,7 @@ class StackConfig:
     logs: Path
     port: int = 8000
     grpc_port: int = 8081
+    host: str = "127.0.0.1"  # the transformer's listening address (BIND_ADDRESS); 0.0.0.0 exposes it
     triton: TritonPorts = TritonPorts(8010, 8011, 8012)
     redis_port: int = 6390
     redis_url: str | None = None  # an external Redis: start none
@@ -133,7 +134,7 @@ class Stack:
         triton = triton_process(c.model_repository, c.triton, c.logs / "triton.log",
                                 traces_url=endpoint + TRACES_PATH if endpoint else None)
         launch = TransformerLaunch.for_repository(c.model_repository, c.triton, protocol=c.protocol, http_port=c.port,
-                                                  grpc_port=c.grpc_port, redis_url=self.redis_url,
+                                                  grpc_port=c.grpc_port, host=c.host, redis_url=self.redis_url,
                                                   extra_args=c.transformer_args,
                                                   control_file=c.logs / StackState.CONTROL_FILE,
                                                   traces_endpoint=endpoint)
@@ -171,6 +172,7 @@ class Stack:
         transformer.wait_ready()
         self.say(f"  transformer  ready on http://localhost:{c.port} (gRPC {c.grpc_port}) "
                  f"in {time.monotonic() - started:.1f} s")
+        self.say(f"               {exposure(c.host)}")
         if c.prometheus_port is not None:
             from sentiment.stack.prometheus import PrometheusTargets, start_prometheus
 
@@ -277,6 +279,15 @@ def run_up(config: StackConfig) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
     return code
+
+
+def exposure(host: str) -> str:
+    """Which machines can reach the transformer, in words."""
+    if host in ("0.0.0.0", "::"):
+        return f"listening on {host}: every interface, reachable from other machines"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        return f"listening on {host}: this machine only (--host 0.0.0.0 to expose it)"
+    return f"listening on {host} only"
 
 
 def _tracing_lines(config: StackConfig) -> str:

@@ -26,11 +26,16 @@ class BulkPredictRequest(BaseModel):
     truncation: Truncation = Field(Truncation.CHUNK, description="texts longer than the model's window: chunk "
                                    "(judge the whole text), head (first window only) or error (422)")
     details: bool = Field(False, description="add per text its token count, window count and whether it was cut")
+    top_k: int | None = Field(None, ge=1, description="only the best k labels per text; more than the model has "
+                              "means all of them; null: all")
+    raw_scores: bool = Field(False, description="scores are the model's raw logits (before softmax / sigmoid)")
 
 
 class V1Parameters(BaseModel):
     truncation: Truncation = Truncation.CHUNK
     details: bool = False
+    top_k: int | None = Field(None, ge=1, description="only the best k labels per text; null: all")
+    raw_scores: bool = Field(False, description="scores are the model's raw logits")
 
 
 class V1Instance(BaseModel):
@@ -183,19 +188,19 @@ def served_paths() -> dict[str, dict]:
         "/project/limits": _get("The request limits (413 above them)", "project", _json(_ref("RequestLimits"))),
         "/metrics": _get("Prometheus metrics", "monitoring", {"text/plain": {"schema": {"type": "string"}}}),
         "/": _get("Liveness (KServe)", "KServe", _json({"type": "object", "additionalProperties": {"type": "string"}})),
-        "/v1/models": _get("Models served (KServe V1)", "V1", _json(_ref("V1ModelsResponse"))),
-        "/v1/models/{model_name}": _get("Model readiness (KServe V1)", "V1", _json(_ref("V1ModelReady")), 404,
+        "/v1/models": _get("Models served (KServe V1)", "V1", _json(_ref("V1ModelsResponse")), 401),
+        "/v1/models/{model_name}": _get("Model readiness (KServe V1)", "V1", _json(_ref("V1ModelReady")), 401, 404,
                                         params=[MODEL], extra=PROBE_503),
         "/v1/models/{model_name}:predict": _infer("V1 inference", "V1", _json(_ref("V1PredictRequest")),
                                                   _json(_ref("BulkPredictResponse")), [MODEL],
                                                   example={"instances": ["i love this", {"text": "this is bad"}]}),
-        "/v2": _get("Server metadata (V2)", "V2", _json(_ref("ServerMetadataResponse"))),
+        "/v2": _get("Server metadata (V2)", "V2", _json(_ref("ServerMetadataResponse")), 401),
         "/v2/health/live": _get("Server liveness (V2)", "V2", _json(_ref("ServerLiveResponse"))),
         "/v2/health/ready": _get("Server readiness (V2)", "V2", _json(_ref("ServerReadyResponse")), extra=PROBE_503),
-        "/v2/models": _get("Models served (V2)", "V2", _json(_ref("ListModelsResponse"))),
-        "/v2/models/{model_name}": _get("Model metadata (V2)", "V2", metadata, 404, params=v2_model),
+        "/v2/models": _get("Models served (V2)", "V2", _json(_ref("ListModelsResponse")), 401),
+        "/v2/models/{model_name}": _get("Model metadata (V2)", "V2", metadata, 401, 404, params=v2_model),
         "/v2/models/{model_name}/versions/{model_version}": _get("Model metadata of a version (V2)", "V2", metadata,
-                                                                 404, params=v2_version),
+                                                                 401, 404, params=v2_version),
         "/v2/models/{model_name}/ready": _get("Model readiness (V2)", "V2", ready, 404, params=v2_model,
                                               extra=PROBE_503),
         "/v2/models/{model_name}/versions/{model_version}/ready": _get("Model readiness of a version (V2)", "V2",
@@ -218,5 +223,8 @@ def openapi_document(title: str, version: str) -> dict:
                                 "health). Errors are JSON {error, code}; model-repository and explain routes are "
                                 "not served (404)."},
         "paths": served_paths(),
-        "components": {"schemas": schemas},
+        # API keys (API_KEYS) are optional: a scheme every operation that may answer 401 accepts.
+        "components": {"schemas": schemas, "securitySchemes": {"bearerApiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "an API key from the API_KEYS file, where one is configured"}}},
     }

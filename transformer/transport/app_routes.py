@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from transformer.transport.api_schema import RequestLimits, openapi_document
-from transformer.transport.control import install_switch_signal
+from transformer.transport.control import install_hangup_signal
 from transformer.transport.kserve_model import SentimentModel
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         gc.freeze()
         if model.core is not None:
             model.core.start()
-            install_switch_signal(model.core, model.settings.control_file)
+            install_hangup_signal(model.core, model.settings.control_file)
 
     @app.on_event("shutdown")
     async def close_clients() -> None:
