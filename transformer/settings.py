@@ -63,7 +63,8 @@ class Settings(BaseModel):
                                    gt=0)
     cache_ttl_s: int = setting(86400, "TTL of a cached result", gt=0)
     cache_prefix: str = setting("sentiment", "key prefix (`prefix:fingerprint:mode:sha256`; `mode` names the window "
-                                "length, and for `chunk` the stride and aggregation)")
+                                "length, for `chunk` the stride and aggregation, and a score function other than "
+                                "softmax; `top_k` and `raw_scores` are not in it)")
     local_cache_size: int = setting(50_000, "entries of the in-process LRU used when there is no Redis (about 670 "
                                     "bytes each)", ge=0)
     hot_cache_size: int = setting(10_000, "entries of the in-process tier in front of Redis (decoded, ready to "
