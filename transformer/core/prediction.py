@@ -50,8 +50,8 @@ class Prediction:
     raw: tuple[float, ...] = ()
 
     @classmethod
-    def of(cls, probabilities: Sequence[float], labels: Sequence[str], tokens: int = 0, windows: int = 1,
-           raw: Sequence[float] = ()) -> "Prediction":
+    def of(cls, probabilities: Iterable[float], labels: Sequence[str], tokens: int = 0, windows: int = 1,
+           raw: Iterable[float] = ()) -> "Prediction":
         values = tuple(float(p) for p in probabilities)
         # Copied: orjson's own result keeps a ~4 KB allocation alive per object (measured).
         fragment = orjson.Fragment(bytes(memoryview(orjson.dumps(_ranked(values, labels, None)))))

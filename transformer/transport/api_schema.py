@@ -72,7 +72,7 @@ class RequestLimits(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str = Field(description="what went wrong and what to fix")
-    code: str = Field(json_schema_extra={"enum": sorted(ERROR_TABLE)})
+    code: str = Field(json_schema_extra={"enum": list(sorted(ERROR_TABLE))})
     index: int | None = Field(None, description="the text the error is about, where one is")
     limit: int | None = Field(None, description="the limit that was exceeded, where one was")
 
