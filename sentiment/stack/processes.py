@@ -53,26 +53,30 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def port_holder(port: int) -> str | None:
-    """Which process listens on `port` ("pid 1234: python -m transformer ..."), from psutil; None when
-    no listener is visible (another user's process, or psutil not installed)."""
+    """Which process listens on `port`, in a few words ("pid 1234 (python3 -m transformer), part of the
+    `sentiment up` with pid 1200"); None when no listener can be seen (another user's process, or psutil
+    not installed)."""
     try:
         import psutil
     except ImportError:
         return None
     try:
-        connections = psutil.net_connections(kind="inet")
-    except (psutil.AccessDenied, OSError):
+        listeners = [c for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+        if not listeners:
+            return None
+        process = psutil.Process(listeners[0].pid)
+        command = process.cmdline()
+        name = process.name()
+        if "-m" in command[:-1]:
+            name += " -m " + command[command.index("-m") + 1]
+        holder = f"pid {process.pid} ({name})"
+        stack = next((parent for parent in process.parents()
+                      if {"sentiment", "up"} <= {Path(part).name for part in parent.cmdline()[:4]}
+                      or "sentiment.cli" in parent.cmdline() and "up" in parent.cmdline()), None)
+        return holder + (f", part of the `sentiment up` with pid {stack.pid}" if stack else "")
+    except (psutil.Error, OSError):
         return None
-    for connection in connections:
-        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
-            if connection.pid is None:
-                return None
-            try:
-                command = " ".join(psutil.Process(connection.pid).cmdline()) or psutil.Process(connection.pid).name()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                command = "?"
-            return f"pid {connection.pid}: {command[:80]}"
-    return None
 
 
 def busy_ports(ports: dict[str, int]) -> list[str]:
@@ -81,7 +85,7 @@ def busy_ports(ports: dict[str, int]) -> list[str]:
     for name, port in ports.items():
         if not port_is_free(port):
             holder = port_holder(port)
-            busy.append(f"{name} {port}" + (f" (held by {holder})" if holder else ""))
+            busy.append(f"{name} {port}: " + (holder or "held by a process this user cannot see"))
     return busy
 
 

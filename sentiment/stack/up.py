@@ -114,11 +114,12 @@ class Stack:
     def _check_ports(self) -> None:
         busy = busy_ports(self.config.ports())
         if busy:
+            lines = "".join(f"\n  {port}" for port in busy)
             raise ProcessFailed(
-                f"port(s) already in use by another process: {'; '.join(busy)}. Nothing was started. Stop that "
-                "process first (another `sentiment up` or `make run`: Ctrl-C in its terminal), or give this stack "
-                "other ports (--port, --grpc-port, --triton-http-port, --triton-grpc-port, --triton-metrics-port, "
-                "--redis-port, --prometheus-port, --traces-port; see `sentiment up --help`).")
+                f"port(s) already in use by another process; nothing was started:{lines}\n"
+                "Stop that process first (another `sentiment up` or `make run`: Ctrl-C in its terminal), or give "
+                "this stack other ports (--port, --grpc-port, --triton-http-port, --triton-grpc-port, "
+                "--triton-metrics-port, --redis-port, --prometheus-port, --traces-port; see `sentiment up --help`).")
         self._held_ports = self.config.ports()
 
     def _parts(self) -> tuple[ManagedProcess | None, ManagedProcess, ManagedProcess]:
@@ -231,7 +232,8 @@ class Stack:
             time.sleep(0.1)
         busy = busy_ports(ports)
         if busy:
-            print(f"warning: still in use after stop: {'; '.join(busy)}", file=sys.stderr, flush=True)
+            print(f"warning: ports this stack used are still in use after stop: {'; '.join(busy)}", file=sys.stderr,
+                  flush=True)
         else:
             self.say("stopped every process of the stack; all ports free")
 

@@ -76,3 +76,20 @@ def test_the_block_runs_as_written(block: Block, output: Block | None, docs_stac
         assert actual == json_documents(output.code), \
             f"{output.name} shows another output than the server gives; rounded as stated it is:\n" \
             f"{shown_output(result.stdout, output)}"
+
+
+def test_the_model_card_states_what_the_build_measured(default_build):
+    """The README's model card against the default build's export report: sizes and accuracies are the
+    same on every machine (speeds are not, and the card says so), the served variant is the chosen one."""
+    import json
+    import re
+
+    report = json.loads((default_build.repository / "sentiment" / "1" / "bundle" / "export_report.json").read_text())
+    readme = (REPO_ROOT / "README.md").read_text()
+    for variant, row_start in (("fp32", "| fp32 ONNX |"), ("int8", "| int8 ONNX")):
+        row = next(line for line in readme.splitlines() if line.startswith(row_start))
+        size, dev, test = re.findall(r"\| \*{0,2}([\d.]+)(?: MB)?\*{0,2} ", row)[:3]
+        measured = report["variants"][variant]
+        assert (float(size), float(dev), float(test)) == (
+            measured["size_mb"], measured["dev_accuracy"], measured["test_accuracy"]), (variant, row, measured)
+    assert f"The served default is **{report['chosen']}**" in readme

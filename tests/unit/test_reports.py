@@ -143,3 +143,13 @@ def test_unexpected_answers_are_the_messages_of_k6s_console_lines_unescaped():
         'unexpected answer: status 404 error_code 1404 error "" after 1.2 ms, body: '
         '{"error":"no route","code":"not_found"}',
     ]
+
+
+def test_the_html_report_is_titled_with_its_run(tmp_path):
+    from sentiment.measure.k6 import name_html_report
+
+    report = tmp_path / "report.html"
+    report.write_text("<html><head><title>k6 report</title></head><body>k6 report</body></html>")
+    name_html_report(report, "hit rate 0")
+    assert report.read_text() == "<html><head><title>k6 report: hit rate 0</title></head><body>k6 report</body></html>"
+    name_html_report(tmp_path / "missing.html", "hit rate 0")  # --no-html: nothing to name
