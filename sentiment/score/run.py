@@ -37,7 +37,7 @@ class ScoreOptions:
     request: RequestOptions = field(default_factory=RequestOptions)
     api_key: str | None = None
     batch_size: int | None = None     # texts per request; default: min(64, the server's limit)
-    concurrency: int = 4
+    concurrency: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_s: float = 120.0
     restart: bool = False
