@@ -83,3 +83,20 @@ def test_generated_requests_get_only_documented_answers(api, tiny_service):
     print("\n[openapi contract] " + "; ".join(f"{name}: {sorted(codes)}" for name, codes in sorted(exercised.items())))
     assert len(exercised) == len(operations), f"time budget ran out after {len(exercised)} of {len(operations)}"
     assert any(200 in codes for name, codes in exercised.items() if "infer" in name or "predict" in name)
+
+
+def test_an_undocumented_method_gets_405_with_allow_and_our_error_body(api, tiny_service):
+    import httpx
+
+    documented: dict[str, set[str]] = {}
+    for result in api.get_all_operations():
+        operation = result.ok()
+        documented.setdefault(operation.path, set()).add(operation.method.upper())
+    with httpx.Client(base_url=tiny_service.url, timeout=30) as client:
+        for path, methods in documented.items():
+            concrete = path.replace("{model_name}", "sentiment").replace("{model_version}", "1")
+            for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - methods:
+                response = client.request(method, concrete)
+                assert response.status_code == 405, (method, path, response.status_code)
+                assert set(response.headers["allow"].replace(" ", "").split(",")) == methods, (method, path)
+                assert response.json()["code"] == "method_not_allowed"

@@ -98,6 +98,8 @@ async def send_error(send, error: ServiceError) -> None:
     headers = {"content-type": "application/json"}
     if error.status_code in (429, 503):
         headers["retry-after"] = "1"
+    if isinstance(error, MethodNotAllowed):
+        headers["allow"] = "POST"  # the only method of the inference routes, the only ones that raise it
     await _send(send, orjson.dumps(error.body()), error.status_code, headers)
 
 
