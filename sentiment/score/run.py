@@ -4,6 +4,7 @@ input order with a checkpoint, a progress bar, and a summary at the end."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import logging
 import os
 import sys
@@ -174,6 +175,9 @@ def prepare(options: ScoreOptions) -> tuple[InputTable, OutputWriter, Path, Prog
         sidecar.unlink(missing_ok=True)
         output.unlink(missing_ok=True)
     progress = load_progress(sidecar, expected)
+    if progress is not None and (not output.exists() or output.stat().st_size < progress.output_bytes):
+        raise CheckpointMismatch(f"{output} is shorter than its checkpoint {sidecar} says ({progress.output_bytes} "
+                                 "bytes): it was cut or replaced; pass --restart to start over")
     if progress is None:
         if output.exists():
             raise CheckpointMismatch(f"{output} exists and no interrupted run of it is recorded ({sidecar} is absent): "
@@ -186,6 +190,7 @@ async def score_file(options: ScoreOptions) -> RunReport:
     table, writer, output, progress = prepare(options)
     sidecar = sidecar_of(output)
     resumed_from = progress.rows_done
+    total = table.count()  # reads the whole input once: a file that cannot be read fails before any request
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
     timeout = httpx.Timeout(options.timeout_s, connect=10.0)
     pool = httpx.Limits(max_connections=options.concurrency + 2, max_keepalive_connections=options.concurrency + 2)
@@ -195,7 +200,6 @@ async def score_file(options: ScoreOptions) -> RunReport:
         client = ScoringClient(http, options.request, options.retry, limits)
         size = min(options.batch_size or 64, limits.max_texts)
         max_chars = int(limits.max_body_bytes * BODY_SHARE)
-        total = table.count()
         before = await cache_counters(http)
         output_rows = OrderedOutput(output, sidecar, progress, writer, writer.with_ranked)
         started = time.monotonic()
@@ -276,6 +280,13 @@ def run_score(options: ScoreOptions) -> int:
         report = asyncio.run(score_file(options))
     except (TableError, CheckpointMismatch) as error:
         print(f"sentiment score: {error}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as error:
+        print(f"sentiment score: {options.input} is not UTF-8 text ({error.reason} at byte {error.start} of a "
+              "line): convert it, e.g. iconv -f latin1 -t utf-8", file=sys.stderr)
+        return 2
+    except (OSError, csv.Error) as error:
+        print(f"sentiment score: cannot read or write: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sentiment score: interrupted; the rows written so far are checkpointed: run the same command again "

@@ -153,3 +153,20 @@ async def test_a_refusal_of_the_whole_request_stops_the_run():
     async with http:
         with pytest.raises(ScoringStopped, match="top_k"):
             await client.score(["a"])
+
+
+def test_a_text_past_csv_default_field_limit_is_read(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("text\n" + "y" * 200_000 + "\nshort\n", encoding="utf-8")
+    assert [len(row.text) for row in InputTable(path, InputFormat.CSV, None).rows()] == [200_000, 5]
+
+
+def test_input_problems_are_exit_2_with_a_message(tmp_path, capsys):
+    from sentiment.score.run import run_score
+
+    missing = ScoreOptions(input=tmp_path / "absent.csv", url="http://127.0.0.1:9")
+    assert run_score(missing) == 2 and "absent.csv" in capsys.readouterr().err
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    assert run_score(ScoreOptions(input=latin, url="http://127.0.0.1:9")) == 2
+    assert "not UTF-8" in capsys.readouterr().err
