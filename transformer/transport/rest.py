@@ -16,7 +16,8 @@ import logging
 import re
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qsl, urlencode
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -75,6 +76,25 @@ def match_route(path: str) -> RouteMatch:
             label = "/project/live"
         return RouteMatch(label, kind, groups.get("name"), groups.get("version"), rewritten)
     return RouteMatch("other", "app")
+
+
+def version_from_query(scope, route: RouteMatch):
+    """KServe's V2 routes also take the version as `?model_version=`, which its handlers answer with
+    501 "not supported": read it here like the `/versions/{v}` segment (checked against the served
+    version) and pass the rest of the query on."""
+    query = scope.get("query_string", b"")
+    if not route.label.startswith("/v2/models/") or b"model_version" not in query:
+        return scope, route
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    versions = [value for name, value in pairs if name == "model_version" and value]
+    kept = urlencode([(name, value) for name, value in pairs if name != "model_version"]).encode("latin-1")
+    scope = dict(scope, query_string=kept)
+    if not versions:
+        return scope, route
+    if route.version is not None and route.version != versions[-1]:
+        raise InvalidRequest(f"two versions: '{echo(route.version)}' in the path and '{echo(versions[-1])}' as "
+                             "model_version; give one")
+    return scope, replace(route, version=versions[-1])
 
 
 def _headers(scope) -> dict[str, str]:
@@ -190,6 +210,7 @@ class RestTransport:
         route = match_route(scope["path"])
         with self.core.track("rest", route.label, scope) as record:
             try:
+                scope, route = version_from_query(scope, route)
                 self._check_model(route)
                 if route.kind == "refuse":
                     raise NotServed(f"{echo(scope['path'])} is not served here (model repository and explain "
