@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -23,6 +23,7 @@ from sentiment.score.tables import Answer, InputFormat, InputTable, OutputWriter
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH = 64       # texts per request: the server re-batches across requests, so more buys little
 BODY_SHARE = 0.8         # of the server's body limit a batch's texts may fill (JSON escapes, the rest)
 CHECKPOINT_EVERY_S = 1.0
 
@@ -95,13 +96,14 @@ def default_output(table: InputTable, writer: OutputWriter) -> Path:
     return table.path.with_name(table.path.stem + ".scored" + writer.suffix)
 
 
-def batches(rows: Iterator[Row], size: int, max_chars: int) -> Iterator[list[Row]]:
-    """Consecutive rows, at most `size` per batch and about `max_chars` of text (one long text alone)."""
+def batches(rows: Iterator[Row], size: Callable[[], int], max_chars: int) -> Iterator[list[Row]]:
+    """Consecutive rows, at most `size()` per batch (read per batch: it shrinks after the server refused
+    a batch for its size) and about `max_chars` of text (one longer text alone)."""
     batch: list[Row] = []
     chars = 0
     for row in rows:
         length = len(row.text or "")
-        if batch and (len(batch) >= size or chars + length > max_chars):
+        if batch and (len(batch) >= size() or chars + length > max_chars):
             yield batch
             batch, chars = [], 0
         batch.append(row)
@@ -198,7 +200,7 @@ async def score_file(options: ScoreOptions) -> RunReport:
                                  limits=pool) as http:
         limits = await ScoringClient.read_limits(http)
         client = ScoringClient(http, options.request, options.retry, limits)
-        size = min(options.batch_size or 64, limits.max_texts)
+        size = min(options.batch_size or DEFAULT_BATCH, limits.max_texts)
         max_chars = int(limits.max_body_bytes * BODY_SHARE)
         before = await cache_counters(http)
         output_rows = OrderedOutput(output, sidecar, progress, writer, writer.with_ranked)
@@ -207,7 +209,10 @@ async def score_file(options: ScoreOptions) -> RunReport:
         complete = False
         try:
             rows = _skip(table.rows(), progress.rows_done)
-            await _pipeline(client, batches(rows, size, max_chars), output_rows, options.concurrency, bar)
+            def batch_size() -> int:
+                return min(size, client.split_batch_size or size)
+
+            await _pipeline(client, batches(rows, batch_size, max_chars), output_rows, options.concurrency, bar)
             complete = True
         finally:
             output_rows.close()

@@ -61,8 +61,11 @@ def test_jsonl_and_text_rows(tmp_path):
 
 def test_batches_respect_count_and_characters():
     rows = [Row(str(i), "x" * n) for i, n in enumerate([10, 10, 10, 50, 5, 5])]
-    sizes = [[len(r.text) for r in b] for b in batches(iter(rows), size=2, max_chars=30)]
+    sizes = [[len(r.text) for r in b] for b in batches(iter(rows), size=lambda: 2, max_chars=30)]
     assert sizes == [[10, 10], [10], [50], [5, 5]]
+    shrinking = iter([3, 3, 3, 1, 1, 1, 1, 1, 1, 1])
+    sizes = [len(b) for b in batches(iter(rows), size=lambda: next(shrinking), max_chars=1000)]
+    assert sizes == [3, 1, 1, 1]
 
 
 def test_checkpoint_refuses_another_input_or_other_options(tmp_path):
