@@ -54,7 +54,7 @@ def add_score_command(commands) -> None:
     parser.add_argument("--raw-scores", action="store_true", help="ask for raw scores; adds a predictions column")
     parser.add_argument("--api-key", help=f"sent as Authorization: Bearer KEY (default: ${API_KEY_ENV})")
     parser.add_argument("--batch-size", type=_positive, help="texts per request (default 64, never above the server's limit)")
-    parser.add_argument("--concurrency", type=_positive, default=4, help="requests in flight (default %(default)s)")
+    parser.add_argument("--concurrency", type=_positive, default=2, help="requests in flight (default %(default)s)")
     parser.add_argument("--retries", type=int, default=7, help="retries of a request on 429/503/504 or a lost "
                                                                "connection, honouring Retry-After (default %(default)s)")
     parser.add_argument("--max-retry-wait", type=float, default=30.0, help="longest wait before a retry, seconds")

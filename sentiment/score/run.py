@@ -4,13 +4,14 @@ input order with a checkpoint, a progress bar, and a summary at the end."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 
@@ -22,6 +23,7 @@ from sentiment.score.tables import Answer, InputFormat, InputTable, OutputWriter
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH = 64       # texts per request: the server re-batches across requests, so more buys little
 BODY_SHARE = 0.8         # of the server's body limit a batch's texts may fill (JSON escapes, the rest)
 CHECKPOINT_EVERY_S = 1.0
 
@@ -37,7 +39,7 @@ class ScoreOptions:
     request: RequestOptions = field(default_factory=RequestOptions)
     api_key: str | None = None
     batch_size: int | None = None     # texts per request; default: min(64, the server's limit)
-    concurrency: int = 4
+    concurrency: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout_s: float = 120.0
     restart: bool = False
@@ -94,13 +96,14 @@ def default_output(table: InputTable, writer: OutputWriter) -> Path:
     return table.path.with_name(table.path.stem + ".scored" + writer.suffix)
 
 
-def batches(rows: Iterator[Row], size: int, max_chars: int) -> Iterator[list[Row]]:
-    """Consecutive rows, at most `size` per batch and about `max_chars` of text (one long text alone)."""
+def batches(rows: Iterator[Row], size: Callable[[], int], max_chars: int) -> Iterator[list[Row]]:
+    """Consecutive rows, at most `size()` per batch (read per batch: it shrinks after the server refused
+    a batch for its size) and about `max_chars` of text (one longer text alone)."""
     batch: list[Row] = []
     chars = 0
     for row in rows:
         length = len(row.text or "")
-        if batch and (len(batch) >= size or chars + length > max_chars):
+        if batch and (len(batch) >= size() or chars + length > max_chars):
             yield batch
             batch, chars = [], 0
         batch.append(row)
@@ -174,6 +177,9 @@ def prepare(options: ScoreOptions) -> tuple[InputTable, OutputWriter, Path, Prog
         sidecar.unlink(missing_ok=True)
         output.unlink(missing_ok=True)
     progress = load_progress(sidecar, expected)
+    if progress is not None and (not output.exists() or output.stat().st_size < progress.output_bytes):
+        raise CheckpointMismatch(f"{output} is shorter than its checkpoint {sidecar} says ({progress.output_bytes} "
+                                 "bytes): it was cut or replaced; pass --restart to start over")
     if progress is None:
         if output.exists():
             raise CheckpointMismatch(f"{output} exists and no interrupted run of it is recorded ({sidecar} is absent): "
@@ -186,6 +192,7 @@ async def score_file(options: ScoreOptions) -> RunReport:
     table, writer, output, progress = prepare(options)
     sidecar = sidecar_of(output)
     resumed_from = progress.rows_done
+    total = table.count()  # reads the whole input once: a file that cannot be read fails before any request
     headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
     timeout = httpx.Timeout(options.timeout_s, connect=10.0)
     pool = httpx.Limits(max_connections=options.concurrency + 2, max_keepalive_connections=options.concurrency + 2)
@@ -193,9 +200,8 @@ async def score_file(options: ScoreOptions) -> RunReport:
                                  limits=pool) as http:
         limits = await ScoringClient.read_limits(http)
         client = ScoringClient(http, options.request, options.retry, limits)
-        size = min(options.batch_size or 64, limits.max_texts)
+        size = min(options.batch_size or DEFAULT_BATCH, limits.max_texts)
         max_chars = int(limits.max_body_bytes * BODY_SHARE)
-        total = table.count()
         before = await cache_counters(http)
         output_rows = OrderedOutput(output, sidecar, progress, writer, writer.with_ranked)
         started = time.monotonic()
@@ -203,7 +209,10 @@ async def score_file(options: ScoreOptions) -> RunReport:
         complete = False
         try:
             rows = _skip(table.rows(), progress.rows_done)
-            await _pipeline(client, batches(rows, size, max_chars), output_rows, options.concurrency, bar)
+            def batch_size() -> int:
+                return min(size, client.split_batch_size or size)
+
+            await _pipeline(client, batches(rows, batch_size, max_chars), output_rows, options.concurrency, bar)
             complete = True
         finally:
             output_rows.close()
@@ -276,6 +285,13 @@ def run_score(options: ScoreOptions) -> int:
         report = asyncio.run(score_file(options))
     except (TableError, CheckpointMismatch) as error:
         print(f"sentiment score: {error}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as error:
+        print(f"sentiment score: {options.input} is not UTF-8 text ({error.reason} at byte {error.start} of a "
+              "line): convert it, e.g. iconv -f latin1 -t utf-8", file=sys.stderr)
+        return 2
+    except (OSError, csv.Error) as error:
+        print(f"sentiment score: cannot read or write: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sentiment score: interrupted; the rows written so far are checkpointed: run the same command again "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,9 @@ TEXT_COLUMN_NAMES = ("text", "review", "sentence", "content", "body", "comment",
 # What scoring adds to each row; a name the input already uses gets this prefix.
 ADDED_FIELDS = ("label", "score", "error")
 DETAIL_FIELD = "predictions"
+# csv's default field limit (131,072 characters) would fail the file on one long review; the server's
+# own limit turns such a text into that row's error instead.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 CLASH_PREFIX = "predicted_"
 
 

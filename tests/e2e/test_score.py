@@ -117,3 +117,38 @@ def test_a_missing_column_is_a_clear_error_listing_the_columns(tiny_service, tmp
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--column" in result.stderr and "'id', 'stars'" in result.stderr
+
+
+def test_a_predictor_outage_mid_file_is_waited_out_with_retries(tiny_repositories, logs_dir, tmp_path):
+    """Triton stopped mid-run: the transformer answers 503 + Retry-After, the client retries (bounded)
+    until Triton is back, and the file completes with every row scored once."""
+    from tests.conftest import TransformerServer, TritonServer
+
+    triton = TritonServer(tiny_repositories["bert"], logs_dir / "score-outage-triton").start()
+    service = None
+    try:
+        service = TransformerServer(triton, logs_dir / "score-outage").start()
+        source, output = tmp_path / "outage.txt", tmp_path / "outage.jsonl"
+        source.write_text("".join(f"outage text {i}\n" for i in range(6000)), encoding="utf-8")
+        sidecar = output.with_name(output.name + ".progress.json")
+        run = _score([str(source), "-o", str(output), "--url", service.url, "--batch-size", "8", "--concurrency", "1",
+                      "--retries", "60", "--max-retry-wait", "1"])
+        wait_until(lambda: _rows_done(sidecar) > 0 or run.poll() is not None, timeout=120, interval=0.02,
+                   message="a first checkpoint")
+        assert run.poll() is None, run.stderr.read()
+        triton.stop()
+        wait_until(lambda: httpx.get(service.url + "/project/health").status_code == 503, timeout=30,
+                   message="the transformer to see the predictor gone")
+        time.sleep(1.0)
+        triton.start()
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        retried = int(stderr.split(" requests retried")[0].rsplit(" ", 1)[1])
+        assert retried > 0, stderr
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [row["text"] for row in rows] == [f"outage text {i}" for i in range(6000)]
+        assert all(row["label"] and row["error"] is None for row in rows)
+    finally:
+        if service is not None:
+            service.stop()
+        triton.stop()

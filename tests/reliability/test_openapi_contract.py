@@ -50,6 +50,9 @@ def _strategy(operation, served: dict[str, str]):
     strategies = [operation.as_strategy(GenerationMode.POSITIVE)]
     if own:
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=own))
+    if any(parameter.name == "model_version" for parameter in operation.query):
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=own,
+                                                query={"model_version": served["model_version"]}))
     if own or operation.method.upper() == "POST":
         try:
             strategies.append(operation.as_strategy(GenerationMode.NEGATIVE, path_parameters=own or None))
@@ -83,3 +86,37 @@ def test_generated_requests_get_only_documented_answers(api, tiny_service):
     print("\n[openapi contract] " + "; ".join(f"{name}: {sorted(codes)}" for name, codes in sorted(exercised.items())))
     assert len(exercised) == len(operations), f"time budget ran out after {len(exercised)} of {len(operations)}"
     assert any(200 in codes for name, codes in exercised.items() if "infer" in name or "predict" in name)
+
+
+def test_an_undocumented_method_gets_405_with_allow_and_our_error_body(api, tiny_service):
+    import httpx
+
+    documented: dict[str, set[str]] = {}
+    for result in api.get_all_operations():
+        operation = result.ok()
+        documented.setdefault(operation.path, set()).add(operation.method.upper())
+    with httpx.Client(base_url=tiny_service.url, timeout=30) as client:
+        for path, methods in documented.items():
+            concrete = path.replace("{model_name}", "sentiment").replace("{model_version}", "1")
+            for method in {"GET", "POST", "PUT", "DELETE", "PATCH"} - methods:
+                response = client.request(method, concrete)
+                assert response.status_code == 405, (method, path, response.status_code)
+                assert set(response.headers["allow"].replace(" ", "").split(",")) == methods, (method, path)
+                assert response.json()["code"] == "method_not_allowed"
+
+
+def test_the_version_as_a_query_parameter_is_checked_like_the_path_segment(tiny_service):
+    """KServe's handlers answer `?model_version=` with 501; the transport reads it like `/versions/{v}`."""
+    import httpx
+
+    version = httpx.get(tiny_service.url + "/v2/models/sentiment").json()["versions"][0]
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["fine"]}]}
+    with httpx.Client(base_url=tiny_service.url, timeout=30) as client:
+        for path in ("/v2/models/sentiment", "/v2/models/sentiment/ready"):
+            assert client.get(path, params={"model_version": version}).status_code == 200
+            other = client.get(path, params={"model_version": "999"})
+            assert other.status_code == 404 and other.json()["code"] == "model_not_found"
+        assert client.post("/v2/models/sentiment/infer", params={"model_version": version}, json=body).status_code == 200
+        assert client.post("/v2/models/sentiment/infer", params={"model_version": "999"}, json=body).status_code == 404
+        twice = client.get(f"/v2/models/sentiment/versions/{version}", params={"model_version": "999"})
+        assert twice.status_code == 422 and "two versions" in twice.json()["error"]

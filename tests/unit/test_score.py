@@ -61,8 +61,11 @@ def test_jsonl_and_text_rows(tmp_path):
 
 def test_batches_respect_count_and_characters():
     rows = [Row(str(i), "x" * n) for i, n in enumerate([10, 10, 10, 50, 5, 5])]
-    sizes = [[len(r.text) for r in b] for b in batches(iter(rows), size=2, max_chars=30)]
+    sizes = [[len(r.text) for r in b] for b in batches(iter(rows), size=lambda: 2, max_chars=30)]
     assert sizes == [[10, 10], [10], [50], [5, 5]]
+    shrinking = iter([3, 3, 3, 1, 1, 1, 1, 1, 1, 1])
+    sizes = [len(b) for b in batches(iter(rows), size=lambda: next(shrinking), max_chars=1000)]
+    assert sizes == [3, 1, 1, 1]
 
 
 def test_checkpoint_refuses_another_input_or_other_options(tmp_path):
@@ -153,3 +156,20 @@ async def test_a_refusal_of_the_whole_request_stops_the_run():
     async with http:
         with pytest.raises(ScoringStopped, match="top_k"):
             await client.score(["a"])
+
+
+def test_a_text_past_csv_default_field_limit_is_read(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("text\n" + "y" * 200_000 + "\nshort\n", encoding="utf-8")
+    assert [len(row.text) for row in InputTable(path, InputFormat.CSV, None).rows()] == [200_000, 5]
+
+
+def test_input_problems_are_exit_2_with_a_message(tmp_path, capsys):
+    from sentiment.score.run import run_score
+
+    missing = ScoreOptions(input=tmp_path / "absent.csv", url="http://127.0.0.1:9")
+    assert run_score(missing) == 2 and "absent.csv" in capsys.readouterr().err
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    assert run_score(ScoreOptions(input=latin, url="http://127.0.0.1:9")) == 2
+    assert "not UTF-8" in capsys.readouterr().err

@@ -102,7 +102,8 @@ _ERROR_TEXT = {
     413: "over a limit: texts per request, characters per text (with `index`), tokens, body bytes",
     415: "not JSON (or a Content-Encoding other than gzip/deflate)",
     422: "the body is not what the route takes (the message says what to fix)",
-    503: "the predictor is unavailable, or the server is shedding load (retry after Retry-After)",
+    503: "the predictor is unavailable or the model not ready, or the server is shedding load (retry after "
+         "Retry-After where it is sent)",
     504: "admitted but not finished within the request timeout",
 }
 INFERENCE_ERRORS = (401, 404, 408, 413, 415, 422, 503, 504)
@@ -142,6 +143,8 @@ def _path_param(name: str, description: str) -> dict:
 
 MODEL = _path_param("model_name", "the served model's name (404 for any other)")
 VERSION = _path_param("model_version", "the served model's version (404 for any other)")
+VERSION_QUERY = {"name": "model_version", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "KServe's other way to name the version (404 for any other than the served one)"}
 PROBE_503 = {"503": {"description": "not ready (the reason says why)", "content": _json(_ref("HealthBody"))}}
 
 
@@ -173,8 +176,8 @@ def _v2_infer(params: list) -> dict:
 
 
 def served_paths() -> dict[str, dict]:
-    v2_model = [MODEL]
-    v2_version = [MODEL, VERSION]
+    v2_model = [MODEL, VERSION_QUERY]
+    v2_version = [MODEL, VERSION, VERSION_QUERY]  # both given and different: 422
     metadata = _json(_ref("ModelMetadataResponse"))
     ready = _json(_ref("ModelReadyResponse"))
     return {
@@ -189,22 +192,21 @@ def served_paths() -> dict[str, dict]:
         "/metrics": _get("Prometheus metrics", "monitoring", {"text/plain": {"schema": {"type": "string"}}}),
         "/": _get("Liveness (KServe)", "KServe", _json({"type": "object", "additionalProperties": {"type": "string"}})),
         "/v1/models": _get("Models served (KServe V1)", "V1", _json(_ref("V1ModelsResponse")), 401),
-        "/v1/models/{model_name}": _get("Model readiness (KServe V1)", "V1", _json(_ref("V1ModelReady")), 401, 404,
-                                        params=[MODEL], extra=PROBE_503),
+        "/v1/models/{model_name}": _get("Model readiness (KServe V1)", "V1", _json(_ref("V1ModelReady")), 401, 404, 503,
+                                        params=[MODEL]),
         "/v1/models/{model_name}:predict": _infer("V1 inference", "V1", _json(_ref("V1PredictRequest")),
                                                   _json(_ref("BulkPredictResponse")), [MODEL],
                                                   example={"instances": ["i love this", {"text": "this is bad"}]}),
         "/v2": _get("Server metadata (V2)", "V2", _json(_ref("ServerMetadataResponse")), 401),
         "/v2/health/live": _get("Server liveness (V2)", "V2", _json(_ref("ServerLiveResponse"))),
-        "/v2/health/ready": _get("Server readiness (V2)", "V2", _json(_ref("ServerReadyResponse")), extra=PROBE_503),
+        "/v2/health/ready": _get("Server readiness (V2)", "V2", _json(_ref("ServerReadyResponse")), 503),
         "/v2/models": _get("Models served (V2)", "V2", _json(_ref("ListModelsResponse")), 401),
         "/v2/models/{model_name}": _get("Model metadata (V2)", "V2", metadata, 401, 404, params=v2_model),
         "/v2/models/{model_name}/versions/{model_version}": _get("Model metadata of a version (V2)", "V2", metadata,
-                                                                 401, 404, params=v2_version),
-        "/v2/models/{model_name}/ready": _get("Model readiness (V2)", "V2", ready, 404, params=v2_model,
-                                              extra=PROBE_503),
+                                                                 401, 404, 422, params=v2_version),
+        "/v2/models/{model_name}/ready": _get("Model readiness (V2)", "V2", ready, 404, 503, params=v2_model),
         "/v2/models/{model_name}/versions/{model_version}/ready": _get("Model readiness of a version (V2)", "V2",
-                                                                      ready, 404, params=v2_version, extra=PROBE_503),
+                                                                      ready, 404, 422, 503, params=v2_version),
         "/v2/models/{model_name}/infer": _v2_infer(v2_model),
         "/v2/models/{model_name}/versions/{model_version}/infer": _v2_infer(v2_version),
     }

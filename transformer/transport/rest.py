@@ -16,7 +16,8 @@ import logging
 import re
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qsl, urlencode
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -99,6 +100,24 @@ def _authorization(scope) -> str | None:
     return None
 
 
+def version_from_query(scope, route: RouteMatch):
+    """KServe's V2 routes also take the version as `?model_version=`, which its handlers answer with
+    501 "not supported": read it here like the `/versions/{v}` segment (checked against the served
+    version) and pass the rest of the query on."""
+    query = scope.get("query_string", b"")
+    if not route.label.startswith("/v2/models/") or b"model_version" not in query:
+        return scope, route
+    pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    versions = [value for name, value in pairs if name == "model_version" and value]
+    kept = urlencode([(name, value) for name, value in pairs if name != "model_version"]).encode("latin-1")
+    scope = dict(scope, query_string=kept)
+    if not versions:
+        return scope, route
+    if route.version is not None and route.version != versions[-1]:
+        raise InvalidRequest(f"two versions: '{echo(route.version)}' in the path and '{echo(versions[-1])}' as "
+                             "model_version; give one")
+    return scope, replace(route, version=versions[-1])
+
 def _headers(scope) -> dict[str, str]:
     wanted = (b"content-type", b"content-length", b"content-encoding", b"inference-header-content-length")
     return {name.decode(): value.decode("latin-1") for name, value in scope["headers"] if name in wanted}
@@ -123,6 +142,8 @@ async def send_error(send, error: ServiceError) -> None:
         headers["retry-after"] = "1"
     elif error.status_code == 401:
         headers["www-authenticate"] = "Bearer"
+    if isinstance(error, MethodNotAllowed):
+        headers["allow"] = "POST"  # the only method of the inference routes, the only ones that raise it
     await _send(send, orjson.dumps(error.body()), error.status_code, headers)
 
 
@@ -213,6 +234,7 @@ class RestTransport:
         route = match_route(scope["path"])
         with self.core.track("rest", route.label, scope) as record:
             try:
+                scope, route = version_from_query(scope, route)
                 if self.core.api_keys is not None and not open_without_key(route, scope["path"]):
                     require_key(self.core.api_keys, _authorization(scope), KEY_HEADER)
                 self._check_model(route)
