@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from transformer.core.windows import Truncation
+from transformer.errors import code_of_status
 from transformer.transport.control import install_switch_signal
 from transformer.transport.kserve_model import SentimentModel
 
@@ -68,7 +69,7 @@ async def validation_error_handler(_request: Request, error: RequestValidationEr
 
 
 async def http_error_handler(_request: Request, error: StarletteHTTPException) -> Response:
-    code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    code = code_of_status(error.status_code)
     status = 422 if error.status_code == 400 else error.status_code
     response = json_response({"error": str(error.detail)[:300], "code": code}, status)
     response.headers.update(getattr(error, "headers", None) or {})
