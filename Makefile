@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 SENTIMENT := $(BIN)/sentiment
 
-.PHONY: help venv model run test test-fast lint check-model upload-model bench loadtest audit clean
+.PHONY: help venv model run test test-fast lint check-model upload-model bench loadtest audit clean prune-exports
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench: model  ## this stack vs the classic FastAPI + pipeline service; writes BE
 audit: venv  ## pip-audit of the installed dependencies (security/pip-audit-ignore.txt lists exceptions)
 	$(BIN)/python scripts/audit_dependencies.py
 
-clean:  ## remove the venv, the built model repository and logs (not the per-machine cache)
+prune-exports: venv  ## remove the cached exports of `sentiment up --checkpoint` unused for DAYS days (default 7)
+	$(SENTIMENT) model prune-exports --older-than-days $(or $(DAYS),7)
+
+clean:  ## remove the venv, the built model repository and logs (not the per-machine cache: see prune-exports)
 	rm -rf $(VENV) .venv-checkov .logs .pytest_cache
 	find model_repository -mindepth 1 -not -name README.md -delete

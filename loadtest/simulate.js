@@ -16,7 +16,8 @@
 //   START_RATE, STEP_RATE, STEPS, STEP_DURATION   saturation (defaults 10, 10, 10, 20s)
 //   HEALTH_RATE        requests/s to /project/health alongside the load (default 5; 0 = off)
 //   RUN_ID             makes the "new" texts unique across runs (default: start time)
-//   SUMMARY_FILE       where handleSummary writes the JSON summary (default summary.json)
+//   SUMMARY_FILE       where handleSummary writes the JSON summary (default: none is written; `sentiment
+//                      loadtest` sets it to loadtest/results/<run>/rate-<r>/summary.json)
 //   P99_MS             p(99) threshold in ms (default 2000)
 //   UNEXPECTED_LOG_LIMIT  answers per VU that are neither 200 nor shed logged with status, error and body (default 5)
 //   TEXT_POOL_FILE     a JSON text pool (`sentiment bench`'s mixed workload writes one: {"texts": [{"text",
@@ -30,9 +31,11 @@
 //                      default 10), so the texts answered are the pool's mix; pool_request_duration is
 //                      each request's time from its first attempt to its answer, waits included.
 //
-// k6's own sizing flags work too: `k6 run --vus 10 --duration 30s loadtest/simulate.js` (or
-// --iterations) replaces the scenarios above with k6's default one, which runs the default export
-// (the same request as the load scenario; no health probes alongside).
+// Size a run with these variables through k6's -e, which keeps the health probes alongside:
+//   k6 run -e VUS=10 -e RAMP_UP=0s -e HOLD=30s -e RAMP_DOWN=0s loadtest/simulate.js
+// k6's own sizing flags work too, but `k6 run --vus 10 --duration 30s` (or --iterations) replaces the
+// scenarios above with k6's default one, which runs the default export (the same request as the load
+// scenario) and no health probes: its summary says so.
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 import { SharedArray } from 'k6/data';
@@ -47,7 +50,7 @@ const WARM_POOL_SIZE = parseInt(__ENV.WARM_POOL_SIZE || '50', 10);
 const SCENARIO = __ENV.SCENARIO || 'closed';
 const HEALTH_RATE = parseFloat(__ENV.HEALTH_RATE || '5');
 const RUN_ID = __ENV.RUN_ID || `${Date.now()}`;
-const SUMMARY_FILE = __ENV.SUMMARY_FILE || 'summary.json';
+const SUMMARY_FILE = __ENV.SUMMARY_FILE || '';
 const P99_MS = __ENV.P99_MS || '2000';
 const TEXT_POOL_FILE = __ENV.TEXT_POOL_FILE || '';
 // Read once in the init context and shared by every VU (open() only works here).
@@ -293,6 +296,11 @@ export function handleSummary(data) {
   }
   if (metric(data, 'http_reqs{scenario:health}', 'count')) {
     lines.push(`health p99 ${metric(data, 'http_req_duration{scenario:health}', 'p(99)').toFixed(1)} ms`);
+  } else if (!load) {
+    lines.push('no health probes: k6\'s --vus/--duration/--iterations replaced the script\'s scenarios ' +
+      '(size the run with -e VUS=10 -e RAMP_UP=0s -e HOLD=30s -e RAMP_DOWN=0s to keep them)');
   }
-  return { stdout: lines.join('\n') + '\n', [SUMMARY_FILE]: JSON.stringify(data, null, 2) };
+  const outputs = { stdout: lines.join('\n') + '\n' };
+  if (SUMMARY_FILE) outputs[SUMMARY_FILE] = JSON.stringify(data, null, 2);
+  return outputs;
 }

@@ -1,7 +1,7 @@
-"""`sentiment`: the one command line of the project (model building, local stack, load tests, benchmarks).
+"""`sentiment`: the one command line of the project (model building, local stack, load tests, benchmarks, scoring files).
 
 Each subcommand lives with its package (`sentiment.model.cli`, `sentiment.stack.cli`,
-`sentiment.measure.cli`) and turns its arguments into typed options there: nothing below a
+`sentiment.measure.cli`, `sentiment.score.cli`) and turns its arguments into typed options there: nothing below a
 handler sees argparse.
 """
 
@@ -15,6 +15,7 @@ from typing import Sequence
 
 from sentiment.measure.cli import add_bench_command, add_loadtest_command
 from sentiment.model.cli import add_model_commands
+from sentiment.score.cli import add_score_command
 from sentiment.stack.cli import add_stack_commands
 
 
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stack_commands(commands)
     add_loadtest_command(commands)
     add_bench_command(commands)
+    add_score_command(commands)
     return parser
 
 

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from kserve import PredictorConfig
 
     from transformer import logs, tracing
+    from transformer.api_keys import ApiKeyFileError
     from transformer.bundle import BundleError
     from transformer.server import SentimentModelServer
     from transformer.transport.kserve_model import SentimentModel
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     model = SentimentModel(settings)
     try:
         model.load()
-    except BundleError as error:
+    except (BundleError, ApiKeyFileError) as error:
         logging.getLogger("transformer").error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         return 2

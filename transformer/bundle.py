@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -27,7 +28,11 @@ class ModelBundle(BaseModel):
     version: str = Field(
         "1", pattern=r"^[1-9][0-9]*$", description="the model repository version this bundle belongs to"
     )
-    labels: list[str] = Field(min_length=2, description="label names in id2label order")
+    labels: list[str] = Field(min_length=1, description="label names in id2label order")
+    problem_type: str | None = Field(None, description="the checkpoint's config.json problem_type, as recorded")
+    score_function: Literal["softmax", "sigmoid", "none"] = Field(
+        "softmax", description="logits -> scores: softmax (single-label), sigmoid per label (multi-label), none "
+        "(regression); bundles written before it was recorded are single-label softmax")
     max_length: int = Field(gt=2, description="tokens per text, special tokens included")
     uses_token_type_ids: bool
     lowercase: bool = Field(description="whether the tokenizer lowercases (cache keys follow it)")

@@ -27,6 +27,7 @@ ERROR_TABLE: dict[str, ErrorKind] = {
     "request_too_large": ErrorKind(413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     "unsupported_media_type": ErrorKind(415, grpc.StatusCode.INVALID_ARGUMENT),
     "request_timeout": ErrorKind(408, grpc.StatusCode.DEADLINE_EXCEEDED),
+    "unauthorized": ErrorKind(401, grpc.StatusCode.UNAUTHENTICATED),
     "model_not_found": ErrorKind(404, grpc.StatusCode.NOT_FOUND),
     "not_found": ErrorKind(404, grpc.StatusCode.NOT_FOUND),
     "not_served": ErrorKind(404, grpc.StatusCode.UNIMPLEMENTED),
@@ -95,6 +96,12 @@ class RequestTimeout(ServiceError):
     """The client did not send its whole body within the body timeout."""
 
     code = "request_timeout"
+
+
+class Unauthorized(ServiceError):
+    """API keys are configured and the call carries none, or not one of them."""
+
+    code = "unauthorized"
 
 
 class ModelNotFound(ServiceError):

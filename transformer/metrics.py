@@ -59,6 +59,11 @@ PREDICTOR_BATCH_TOKENS = Histogram(
 PREDICTOR_LATENCY = Histogram("sentiment_predictor_latency_seconds", "Predictor call latency", buckets=_LATENCY_BUCKETS)
 PREDICTOR_ERRORS = Counter("sentiment_predictor_errors_total", "Failed predictor calls", ["reason"])
 PREDICTOR_READY = Gauge("sentiment_predictor_ready", "1 when the predictor is ready and serves our model fingerprint")
+API_KEY_CHECKS = Counter("sentiment_api_key_checks_total", "API key checks of calls that need a key (API_KEYS set), "
+                         "by outcome: accepted, missing, wrong", ["outcome"])
+API_KEY_RELOADS = Counter("sentiment_api_key_reloads_total", "Re-reads of the API keys file (SIGHUP or a change), by "
+                          "result: loaded, failed (the keys already loaded stay)", ["result"])
+API_KEYS_LOADED = Gauge("sentiment_api_keys_loaded", "API keys in use (0: API_KEYS unset, every route open)")
 
 
 def record_lookups(tier: str, found: Sequence[bytes | None]) -> None:

@@ -1,9 +1,10 @@
 """KServe's ModelServer, with our transports in front of its data plane.
 
-`SentimentModelServer.start` is KServe's, with two changes: the REST side gets our transport as
+`SentimentModelServer.start` is KServe's, with three changes: the REST side gets our transport as
 the outermost ASGI middleware and uvicorn gets a protocol with header timeouts; the gRPC side is
 our own server (`transport.grpc_server`) instead of KServe's, so that inference, limits and errors
-match REST and the model-repository RPCs are closed.
+match REST and the model-repository RPCs are closed; both listen on `BIND_ADDRESS` (KServe 0.21
+hard-codes 0.0.0.0 for REST and [::] for gRPC).
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from transformer.transport.rest import RestTransport
 
 class VersionedDataPlane(DataPlane):
     """KServe's data plane, whose model metadata names the version the model serves (KServe's own
-    leaves `versions` empty)."""
+    leaves `versions` empty) and, in `platform`, how its scores are made (`text-classification/softmax`,
+    `/sigmoid` for multi-label, `/none` for regression): the one free field V2 metadata has on both
+    REST and gRPC."""
 
     async def model_metadata(self, model_name: str) -> dict:
         metadata = await super().model_metadata(model_name)
-        version = getattr(self.get_model_from_registry(model_name), "version", "")
+        model = self.get_model_from_registry(model_name)
+        version = getattr(model, "version", "")
         metadata["versions"] = [version] if version else None
+        metadata["platform"] = getattr(model, "platform", "")
         return metadata
 
 
@@ -48,6 +53,14 @@ class SentimentModelServer(kserve.ModelServer):
         http_guard.install(self.settings.header_timeout_s)
         if self._serve_grpc:
             servicer = GuardedServicer(self.dataplane, self.model_repository_extension, core, model.name)
-            self._grpc_server = GrpcTransport(self.grpc_port, servicer, self.settings.max_body_bytes, self.grace_period)
+            self._grpc_server = GrpcTransport(self.grpc_port, servicer, self.settings.max_body_bytes, self.grace_period,
+                                              self.settings.bind_address)
             self.servers.append(self._grpc_server.start())
         super().start(models)
+
+    def setup_event_loop(self) -> None:
+        """KServe's start() calls this after it built its REST server and before that server binds:
+        the one place to give uvicorn our address instead of KServe's hard-coded 0.0.0.0."""
+        if self._rest_server is not None:
+            self._rest_server.config.host = self.settings.bind_address
+        super().setup_event_loop()

@@ -4,8 +4,9 @@ Each setting is declared once, as a field of `Settings`: its type, default, boun
 documents it. Its flag and environment variable follow from its name: `--name` and `NAME`, where a
 trailing `_s` (seconds) is dropped from the flag and spelled `_SECONDS` in the variable
 (`predictor_timeout_s`: `--predictor_timeout`, `PREDICTOR_TIMEOUT_SECONDS`). A setting whose variable
-was once named otherwise keeps reading that name too (`earlier=`). The README's settings table is
-generated from the same fields (`python -m transformer.settings`), and a test holds the README to it.
+was once named otherwise keeps reading that name too (`earlier=`). The settings table of
+docs/configuration.md is generated from the same fields (`python -m transformer.settings`), and a
+test holds the page to it.
 
 KServe's own flags (`--model_name`, `--predictor_host`, `--predictor_protocol`, `--http_port`,
 `--grpc_port`, ...) come from `kserve.model_server.parser`, which the KServe controller fills in a
@@ -62,8 +63,9 @@ class Settings(BaseModel):
                                    gt=0)
     cache_ttl_s: int = setting(86400, "TTL of a cached result", gt=0)
     cache_prefix: str = setting("sentiment", "key prefix (`prefix:fingerprint:mode:sha256`; `mode` names the window "
-                                "length, and for `chunk` the stride and aggregation)")
-    local_cache_size: int = setting(50_000, "entries of the in-process LRU used when there is no Redis (about 550 "
+                                "length, for `chunk` the stride and aggregation, and a score function other than "
+                                "softmax; `top_k` and `raw_scores` are not in it)")
+    local_cache_size: int = setting(50_000, "entries of the in-process LRU used when there is no Redis (about 670 "
                                     "bytes each)", ge=0)
     hot_cache_size: int = setting(10_000, "entries of the in-process tier in front of Redis (decoded, ready to "
                                   "serve); `0` turns it off", ge=0)
@@ -107,6 +109,11 @@ class Settings(BaseModel):
                                                 "lines: hashed cache key, label, score, version, source, latency); "
                                                 "`0` = off", ge=0, le=1)
     prediction_log_text: bool = setting(False, "also put the raw text in prediction log lines")
+    bind_address: str = setting("0.0.0.0", "address the HTTP and gRPC servers listen on; `0.0.0.0` = every "
+                                "interface (gRPC: `[::]`), `127.0.0.1` = this machine only (`sentiment up`'s default)")
+    api_keys: str | None = setting(None, "file of API keys, one per line: every inference and metadata route and RPC "
+                                   "then needs `Authorization: Bearer KEY` (probes never); re-read on SIGHUP and "
+                                   "when it changes; unset = open")
     control_file: str | None = setting(None, "JSON file naming the bundle to switch to on SIGHUP (the rollout's "
                                        "in-process switch; `sentiment up` sets it)")
     replay_sample_size: int = setting(1000, "recent distinct texts kept in memory (never logged) to warm the cache "
@@ -114,7 +121,7 @@ class Settings(BaseModel):
     switch_timeout_s: float = setting(60.0, "how long a switch waits for the predictor to serve the new version "
                                       "before it gives up and keeps the old one", gt=0)
     traces_exporter: str = setting("none", "`otlp` or `console` turns tracing on; the SDK reads the other `OTEL_*` "
-                                   "variables itself ([Tracing and logs](#tracing-and-logs))",
+                                   "variables itself ([docs/tracing.md](tracing.md))",
                                    env="OTEL_TRACES_EXPORTER")
 
     @field_validator("aggregation")
@@ -142,6 +149,21 @@ class Settings(BaseModel):
     def trace_exporters(self) -> tuple[str, ...]:
         """The exporters tracing uses; empty: tracing is off."""
         return () if self.traces_exporter == "none" else tuple(self.traces_exporter.split(","))
+
+    @field_validator("bind_address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            return str(ipaddress.ip_address(value.strip().strip("[]")))
+        except ValueError:
+            raise ValueError(f"BIND_ADDRESS must be an IP address (0.0.0.0, 127.0.0.1, ::), not {value!r}") from None
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_path(cls, value: str | None) -> str | None:
+        return value or None
 
     @field_validator("redis_url")
     @classmethod
@@ -243,7 +265,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     return Settings(**values)
 
 
-# ---- the README's settings table -----------------------------------------------------------------
+# ---- the settings table of docs/configuration.md -----------------------------------------------------------------
 TABLE_START = "<!-- settings table: generated by `python -m transformer.settings`; edit transformer/settings.py -->"
 TABLE_END = "<!-- end of the settings table -->"
 
@@ -259,7 +281,7 @@ def _shown(default: Any) -> str:
 
 
 def settings_table() -> str:
-    """The README's table of every setting: flag, environment variable (earlier names after it),
+    """docs/configuration.md's table of every setting: flag, environment variable (earlier names after it),
     default and meaning, from the declarations."""
     lines = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for source in sources():

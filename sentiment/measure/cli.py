@@ -51,19 +51,25 @@ def add_loadtest_command(commands) -> None:
         description="Runs loadtest/simulate.js with k6 for each cache hit rate and writes, per run, the k6 summary "
                     "and HTML report, and one comparison report (markdown + PNG charts). Uses the service at "
                     "--base-url, or starts the local stack when nothing answers there.")
-    parser.add_argument("--base-url", default=defaults.base_url)
+    parser.add_argument("--base-url", default=defaults.base_url,
+                        help="the service under test (default %(default)s)")
     parser.add_argument("--rates", default="0,1", help="comma-separated cache hit rates (default 0,1)")
     parser.add_argument("--granularity", choices=["request", "text"], default=defaults.granularity,
                         help="a hit is the whole warm request (default) or each text from a warm pool")
-    parser.add_argument(
-        "--scenario", choices=["closed", "open", "saturation", "smoke"], default=defaults.shape.scenario
-    )
-    parser.add_argument("--vus", type=int, default=defaults.shape.vus)
+    parser.add_argument("--scenario", choices=["closed", "open", "saturation", "smoke"], default=defaults.shape.scenario,
+                        help="closed: ramp up to --vus users, hold, ramp down (default); open: constant arrival rate; "
+                             "saturation: arrival rate stepped up; smoke: a few seconds")
+    parser.add_argument("--vus", type=int, default=defaults.shape.vus,
+                        help="virtual users, each sending its next request when the last is answered "
+                             "(default %(default)s)")
     parser.add_argument("--texts", type=int, default=defaults.shape.texts_per_request,
                         help="texts per request (default %(default)s)")
-    parser.add_argument("--ramp-up", default=defaults.shape.ramp_up)
-    parser.add_argument("--hold", default=defaults.shape.hold)
-    parser.add_argument("--ramp-down", default=defaults.shape.ramp_down)
+    parser.add_argument("--ramp-up", default=defaults.shape.ramp_up,
+                        help="k6 duration from 0 to --vus users (default %(default)s); with --hold and --ramp-down it "
+                             "sets how long each rate runs: e.g. --ramp-up 2s --hold 10s --ramp-down 2s for a quick look")
+    parser.add_argument("--hold", default=defaults.shape.hold, help="k6 duration at --vus users (default %(default)s)")
+    parser.add_argument("--ramp-down", default=defaults.shape.ramp_down,
+                        help="k6 duration from --vus users to 0 (default %(default)s)")
     parser.add_argument("--health-rate", type=float, default=defaults.shape.health_rate,
                         help="health checks per second alongside (default %(default)s)")
     parser.add_argument("--out", help="results folder (default loadtest/results/<timestamp>)")
@@ -103,19 +109,20 @@ def add_bench_command(commands) -> None:
     defaults, levers = BenchOptions(), LeverOptions()
     parser = commands.add_parser("bench", help="benchmark this stack against the classic FastAPI + pipeline service",
                                  description=bench.__doc__)
-    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(defaults.workloads))
-    parser.add_argument("--vus", type=int, default=defaults.shape.vus)
-    parser.add_argument("--ramp-up", default=defaults.shape.ramp_up)
-    parser.add_argument("--hold", default=defaults.shape.hold)
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(defaults.workloads),
+                        help="; ".join(f"{name}: {workload.description}" for name, workload in WORKLOADS.items()))
+    parser.add_argument("--vus", type=int, default=defaults.shape.vus, help="k6 virtual users (default %(default)s)")
+    parser.add_argument("--ramp-up", default=defaults.shape.ramp_up, help="k6 ramp-up duration (default %(default)s)")
+    parser.add_argument("--hold", default=defaults.shape.hold, help="k6 duration at --vus users (default %(default)s)")
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="inference threads of the classic service and model-alone")
     parser.add_argument("--skip-classic", action="store_true", help="only this stack (and the model alone)")
-    parser.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument(
-        "--saturation-start", type=int, default=SaturationSteps.start, help="first arrival rate, requests/s"
-    )
-    parser.add_argument("--saturation-step", type=int, default=SaturationSteps.step)
-    parser.add_argument("--saturation-steps", type=int, default=SaturationSteps.steps)
+    parser.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True,
+                        help="also step the arrival rate up past capacity (default on)")
+    parser.add_argument("--saturation-start", type=int, default=SaturationSteps.start,
+                        help="first arrival rate, requests/s")
+    parser.add_argument("--saturation-step", type=int, default=SaturationSteps.step, help="requests/s added per step")
+    parser.add_argument("--saturation-steps", type=int, default=SaturationSteps.steps, help="number of steps")
     parser.add_argument("--transformer-arg", action="append", metavar="ARG", help="extra transformer flag (repeatable)")
     parser.add_argument("--levers", action="store_true", help="instead: measure each serving knob on its own")
     parser.add_argument("--lever", action="append", help="with --levers: only these levers (repeatable)")
@@ -127,6 +134,6 @@ def add_bench_command(commands) -> None:
     )
     parser.add_argument("--section", default=levers.section,
                         help="with --levers: the BENCHMARKS.md section (marker) to write (default %(default)s)")
-    parser.add_argument("--report", default=str(defaults.report))
+    parser.add_argument("--report", default=str(defaults.report), help="the markdown file to write (default BENCHMARKS.md)")
     parser.add_argument("--out", help="raw results folder (default loadtest/results/bench-<timestamp>)")
     parser.set_defaults(handler=_cmd_bench)

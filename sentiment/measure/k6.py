@@ -163,6 +163,13 @@ def unexpected_answers(k6_log: str) -> list[str]:
     return [re.sub(r'\\(.)', r'\1', match.group(1)) for match in _CONSOLE_MESSAGE.finditer(k6_log)]
 
 
+def name_html_report(report: Path, label: str) -> None:
+    """k6's HTML report is titled "k6 report" whatever ran: put the run's label in the page title."""
+    if report.is_file():
+        html = report.read_text(errors="replace")
+        report.write_text(html.replace("<title>k6 report</title>", f"<title>k6 report: {label}</title>", 1))
+
+
 def run_k6(out_dir: Path, label: str, env: K6Environment, html_report: bool = True,
            timeout_s: float = 1800) -> LoadResult:
     """Run the script once; writes summary.json, k6.log and (optionally) report.html into out_dir."""
@@ -179,6 +186,8 @@ def run_k6(out_dir: Path, label: str, env: K6Environment, html_report: bool = Tr
     # 99: a threshold failed (the run itself is valid and reported as such)
     if result.returncode not in (0, 99) or not summary_file.is_file():
         raise K6Error(f"k6 failed with code {result.returncode}; see {out_dir / 'k6.log'}")
+    if html_report:
+        name_html_report(out_dir / "report.html", label)
     parsed = parse_summary(json.loads(summary_file.read_text()), label)
     parsed.unexpected = unexpected_answers((out_dir / "k6.log").read_text(errors="replace"))
     (out_dir / "result.json").write_text(json.dumps(parsed.as_dict(), indent=2) + "\n")

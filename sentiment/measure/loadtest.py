@@ -67,7 +67,7 @@ def run_loadtest(options: LoadtestOptions, out: Path, command: str) -> Sequence[
             results.append(result)
             print(f"  {result.requests_per_s:.1f} req/s, {result.texts_per_s:.0f} texts/s, p50 {result.p50_ms:.1f} ms, "
                   f"p99 {result.p99_ms:.1f} ms, failed {result.failed_rate * 100:.2f} %", flush=True)
-    write_charts(results, out, "sentiment /project/bulk-predict")
+    write_charts(results, out, "sentiment /project/bulk-predict", options.settings())
     (out / "comparison.md").write_text(comparison_markdown(results, command, options.settings()))
     (out / "results.json").write_text(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
     print(f"report: {out / 'comparison.md'}")

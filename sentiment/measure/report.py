@@ -6,6 +6,7 @@ the same header (title, date, machine, command, what was run), then their tables
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from dataclasses import dataclass, field
@@ -115,42 +116,69 @@ def comparison_markdown(results: Sequence[LoadResult], command: str, settings: s
 
 
 # ---- charts -----------------------------------------------------------------------------------------
-def write_charts(results: Sequence[LoadResult], out_dir: Path, title: str) -> list[Path]:
+def latency_label(ms: float) -> str:
+    """A bar's label, as precise as the report's table (0.1 ms): 0.8 ms and 1.5 ms keep their digits."""
+    return f"{ms:.2f}" if ms < 0.1 else f"{ms:.1f}"
+
+
+def log_axis_floor(values: Sequence[float]) -> float:
+    """Where log-scale bars start: the 1-2-5 step at or below the smallest value, so every bar has a
+    visible height that means something (a bar's top is its value; its bottom is the axis floor)."""
+    smallest = min((v for v in values if v > 0), default=1.0)
+    decade = 10 ** math.floor(math.log10(smallest))
+    return max(step * decade for step in (1, 2, 5) if step * decade <= smallest)
+
+
+def write_charts(results: Sequence[LoadResult], out_dir: Path, title: str, workload: str = "") -> list[Path]:
+    """latency.png (percentiles per run, log scale) and throughput.png (texts/s and failed %) in out_dir;
+    `workload` (VUs, texts per request, durations) goes under the title so a chart says what it measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, PercentFormatter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [r.label for r in results]
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    heading = f"{title}\n{workload}" if workload else title
+    figure, axis = plt.subplots(figsize=(9, 5))
     width = 0.8 / len(PERCENTILES)
+    values = [getattr(r, attribute) for r in results for _name, attribute in PERCENTILES]
+    floor = log_axis_floor(values)
     for index, (name, attribute) in enumerate(PERCENTILES):
-        values = [getattr(r, attribute) for r in results]
+        heights = [getattr(r, attribute) for r in results]
         positions = [i + (index - (len(PERCENTILES) - 1) / 2) * width for i in range(len(results))]
-        bars = axis.bar(positions, values, width, label=name)
-        axis.bar_label(bars, fmt="%.0f", fontsize=7)
+        bars = axis.bar(positions, [h - floor for h in heights], width, bottom=floor, label=name)
+        axis.bar_label(bars, labels=[latency_label(h) for h in heights], fontsize=8)
     axis.set_xticks(range(len(results)), labels)
-    axis.set_ylabel("latency (ms)")
     axis.set_yscale("log")
-    axis.set_title(f"{title}: latency percentiles")
-    axis.legend()
+    axis.set_ylim(floor, max(values) * 2.5)  # headroom for the labels of the tallest bars
+    axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+    axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    axis.yaxis.set_minor_formatter(FuncFormatter(lambda _value, _pos: ""))
+    axis.set_ylabel("latency (ms, log scale)")
+    axis.set_title(f"{heading}\nlatency percentiles of /project/bulk-predict (health probes excluded)", fontsize=10)
+    axis.legend(loc="upper right")
     figure.tight_layout()
     latency = out_dir / "latency.png"
     figure.savefig(latency, dpi=120)
     plt.close(figure)
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
-    bars = left.bar(labels, [r.texts_per_s for r in results], color="tab:green")
-    left.bar_label(bars, fmt="%.0f")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    texts = [r.texts_per_s for r in results]
+    bars = left.bar(labels, texts, color="tab:green")
+    left.bar_label(bars, labels=[f"{t:,.0f}" for t in texts])
+    left.set_ylim(0, max(texts, default=1) * 1.15 or 1)
     left.set_ylabel("texts/s")
-    left.set_title("throughput")
-    bars = right.bar(labels, [r.failed_rate * 100 for r in results], color="tab:red")
-    right.bar_label(bars, fmt="%.2f")
-    right.set_ylabel("failed requests (%)")
-    right.set_title("error rate")
-    right.set_ylim(0, max(1.0, max(r.failed_rate * 100 for r in results) * 1.2))
-    figure.suptitle(title)
+    left.set_title("texts answered per second")
+    failed = [r.failed_rate * 100 for r in results]
+    bars = right.bar(labels, failed, color="tab:red")
+    right.bar_label(bars, labels=[f"{f:.2f} %" for f in failed])
+    right.set_ylim(0, max(1.0, max(failed, default=0) * 1.2))
+    right.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=1))
+    right.set_ylabel("failed requests")
+    right.set_title("failed requests (% of requests)")
+    figure.suptitle(heading, fontsize=10)
     figure.tight_layout()
     throughput = out_dir / "throughput.png"
     figure.savefig(throughput, dpi=120)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sentiment.model import data
+from sentiment.model.export_cache import exports_home, mark_used
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
 from sentiment.model.train import TrainConfig
@@ -193,7 +194,8 @@ def build(repository: Path, options: ExportOptions = ExportOptions(), config: Tr
 def export_checkpoint_cached(checkpoint: Path, options: ExportOptions = ExportOptions()) -> Path:
     """Export a user's checkpoint once into the per-machine cache; returns its model repository.
 
-    Keyed by the checkpoint's path, its files' sizes and times, the export code and the options.
+    Keyed by the checkpoint's path, its files' sizes and times, the export code and the options, so a
+    retrained checkpoint gets a new folder; `sentiment model prune-exports` removes the unused ones.
     """
     from transformer.bundle import BundleError, ModelBundle
 
@@ -203,7 +205,7 @@ def export_checkpoint_cached(checkpoint: Path, options: ExportOptions = ExportOp
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     digest.update(export_code_version().encode())
     digest.update(json.dumps(options.resolved(checkpoint).as_dict(), sort_keys=True).encode())
-    repository = cache_home() / "exports" / digest.hexdigest()[:16]
+    repository = exports_home() / digest.hexdigest()[:16]
     with build_lock(cache_home()):
         try:
             ModelBundle.load(bundle_dir(repository, FIRST_VERSION))
@@ -211,4 +213,5 @@ def export_checkpoint_cached(checkpoint: Path, options: ExportOptions = ExportOp
             from sentiment.model.export import export
 
             export(checkpoint, repository, options)
+        mark_used(repository)
     return repository

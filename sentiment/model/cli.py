@@ -63,6 +63,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune_exports(args: argparse.Namespace) -> int:
+    from sentiment.model.export_cache import exports_home, prune_exports
+
+    pruned = prune_exports(0 if args.all else args.older_than_days, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for export in pruned:
+        print(f"{verb} {export.path} ({export.size_bytes / 1e6:.0f} MB, unused for {export.idle_days:.1f} days)")
+    total = sum(export.size_bytes for export in pruned) / 1e6
+    print(f"{verb} {len(pruned)} export(s) of {exports_home()}, {total:.0f} MB")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from sentiment.model.triton_repository import serve
 
@@ -101,12 +113,17 @@ def add_model_commands(commands) -> None:
     train = model.add_parser("train", help="fine-tune an encoder on the packaged movie-review sentences")
     train.add_argument("--base", default=None, help="HF encoder directory (default: packaged MiniLM-L6)")
     train.add_argument("--out", required=True, help="checkpoint directory to write")
-    train.add_argument("--seed", type=int, default=TrainConfig.seed)
-    train.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    train.add_argument("--max-length", type=int, default=TrainConfig.max_length)
-    train.add_argument("--threads", type=int, default=TrainConfig.threads)
+    train.add_argument("--seed", type=int, default=TrainConfig.seed,
+                       help="seed of the train/dev/test split, the weight initialisation and the batch order "
+                            "(default %(default)s)")
+    train.add_argument("--epochs", type=int, default=TrainConfig.epochs,
+                       help="passes over the training split; the best epoch on dev is kept (default %(default)s)")
+    train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
+                       help="AdamW peak learning rate, after a linear warm-up (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="sentences per step (default %(default)s)")
+    train.add_argument("--max-length", type=int, default=TrainConfig.max_length,
+                       help="tokens per training sentence, special tokens included (default %(default)s)")
+    train.add_argument("--threads", type=int, default=TrainConfig.threads, help="PyTorch CPU threads (default %(default)s)")
     train.set_defaults(handler=_cmd_train)
 
     export = model.add_parser("export", help="export a checkpoint to ONNX and a Triton model repository")
@@ -125,8 +142,20 @@ def add_model_commands(commands) -> None:
     build.set_defaults(handler=_cmd_build)
 
     check = model.add_parser("check", help="check a model repository: configs vs the ONNX file vs the bundle")
-    check.add_argument("--repository", default=repository)
+    check.add_argument("--repository", default=repository,
+                       help="the model repository root to check (default: ./model_repository)")
     check.set_defaults(handler=_cmd_check)
+
+    prune = model.add_parser("prune-exports", help="remove cached exports of your checkpoints that were not served lately",
+                             description="`sentiment up --checkpoint DIR` exports the checkpoint once into "
+                                         "<cache>/exports/<key> (the cache: ~/.cache/sentiment-serving, or "
+                                         "SENTIMENT_CACHE_DIR / XDG_CACHE_HOME), a new folder each time the checkpoint "
+                                         "changes. This removes those not served for --older-than-days.")
+    prune.add_argument("--older-than-days", type=float, default=7.0,
+                       help="remove exports not served for this many days (default %(default)s)")
+    prune.add_argument("--all", action="store_true", help="remove every cached export")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    prune.set_defaults(handler=_cmd_prune_exports)
 
     _add_version_commands(model, repository)
 
@@ -135,7 +164,8 @@ def _add_version_commands(model, repository: str) -> None:
     """Which versions a repository serves, moving a running stack between them, and the long-text evaluation."""
     serve = model.add_parser("serve", help="rewrite the configurations to serve exactly these versions")
     serve.add_argument("--versions", required=True, help="comma-separated versions, e.g. 1,2 (during a rollout) or 2")
-    serve.add_argument("--repository", default=repository)
+    serve.add_argument("--repository", default=repository,
+                       help="the model repository root whose configurations to rewrite (default: ./model_repository)")
     serve.set_defaults(handler=_cmd_serve)
 
     from sentiment.model import long_eval

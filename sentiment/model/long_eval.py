@@ -266,21 +266,22 @@ def report(result: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
-    parser.add_argument(
-        "--splits", type=Path, default=None, help="splits dir (default: <bundle source.checkpoint>/splits)"
-    )
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"),
+                        help="the exported model repository whose version 1 is evaluated (default: model_repository)")
+    parser.add_argument("--splits", type=Path, default=None,
+                        help="splits dir (default: <bundle source.checkpoint>/splits)")
     parser.add_argument("--count", type=int, default=300, help="documents per kind and side")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strides", default=",".join(map(str, DEFAULT_STRIDES)))
-    parser.add_argument("--choose-on", default="dev", choices=("train", "dev"))
-    parser.add_argument(
-        "--check-on", default="", help="comma-separated training-side splits to repeat the table on ('' for none)"
-    )
-    parser.add_argument(
-        "--tolerance", type=float, default=0.5, help="accuracy points within the best that count as a tie"
-    )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the document builder (default %(default)s)")
+    parser.add_argument("--strides", default=",".join(map(str, DEFAULT_STRIDES)),
+                        help="comma-separated window strides (tokens shared by consecutive windows) to compare "
+                             "(default %(default)s)")
+    parser.add_argument("--choose-on", default="dev", choices=("train", "dev"),
+                        help="the split whose documents choose the aggregation (default %(default)s)")
+    parser.add_argument("--check-on", default="",
+                        help="comma-separated training-side splits to repeat the table on ('' for none)")
+    parser.add_argument("--tolerance", type=float, default=0.5,
+                        help="accuracy points within the best that count as a tie")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default %(default)s)")
     parser.add_argument("--no-test", action="store_true", help="skip the test-side report")
     parser.add_argument(
         "--out", type=Path, default=None, help="write the markdown here and the JSON next to it (.json)"

@@ -25,6 +25,7 @@ def stack_config(args: argparse.Namespace, repository: Path) -> StackConfig:
         grpc_port=args.grpc_port,
         triton=TritonPorts(args.triton_http_port, args.triton_grpc_port, args.triton_metrics_port),
         redis_port=args.redis_port, redis_url=args.redis_url, use_redis=not args.no_redis, protocol=args.protocol,
+        host=args.host,
         transformer_args=tuple(args.transformer_arg or ()),
         prometheus_port=args.prometheus_port if args.with_prometheus else None,
         traces_port=args.traces_port if args.with_tracing else None,
@@ -52,9 +53,15 @@ def add_stack_commands(commands) -> None:
     up.add_argument("--port", type=int, default=defaults.port, help="transformer HTTP port (default %(default)s)")
     up.add_argument("--grpc-port", type=int, default=defaults.grpc_port,
                     help="transformer gRPC port (default %(default)s)")
-    up.add_argument("--triton-http-port", type=int, default=defaults.triton.http)
-    up.add_argument("--triton-grpc-port", type=int, default=defaults.triton.grpc)
-    up.add_argument("--triton-metrics-port", type=int, default=defaults.triton.metrics)
+    up.add_argument("--host", default=defaults.host,
+                    help="address the transformer's HTTP and gRPC ports listen on (default %(default)s: this machine "
+                         "only; 0.0.0.0 exposes them on every interface)")
+    up.add_argument("--triton-http-port", type=int, default=defaults.triton.http,
+                    help="Triton HTTP port, loopback only (default %(default)s)")
+    up.add_argument("--triton-grpc-port", type=int, default=defaults.triton.grpc,
+                    help="Triton gRPC port, loopback only (default %(default)s)")
+    up.add_argument("--triton-metrics-port", type=int, default=defaults.triton.metrics,
+                    help="Triton metrics port, loopback only (default %(default)s)")
     up.add_argument("--redis-port", type=int, default=defaults.redis_port,
                     help="port of the private redis-server (default %(default)s)")
     up.add_argument("--redis-url", help="use this Redis instead of starting one (redis:// or rediss://)")
@@ -64,7 +71,8 @@ def add_stack_commands(commands) -> None:
     up.add_argument("--logs", default=str(LOGS_DIR), help="folder for the log files (default .logs/)")
     up.add_argument("--with-prometheus", action="store_true",
                     help="also run Prometheus (Debian's prometheus) scraping the stack and evaluating the SLO alerts")
-    up.add_argument("--prometheus-port", type=int, default=StackConfig.PROMETHEUS_PORT)
+    up.add_argument("--prometheus-port", type=int, default=StackConfig.PROMETHEUS_PORT,
+                    help="Prometheus port with --with-prometheus (default %(default)s)")
     up.add_argument("--with-tracing", action="store_true",
                     help="trace every request (OpenTelemetry): the transformer and Triton export to a local OTLP/HTTP "
                          "receiver that writes the spans to <logs>/traces.jsonl (read it with `sentiment traces`)")
@@ -82,6 +90,7 @@ def add_stack_commands(commands) -> None:
         "Columns: start offset, duration, span, service, attributes.",
     )
     traces.add_argument("--logs", default=str(LOGS_DIR), help="the stack's logs folder (default .logs/)")
-    traces.add_argument("--file", help="a traces file (default <logs>/traces.jsonl)")
+    traces.add_argument("--file", help="read spans from this JSON-lines file instead (default <logs>/traces.jsonl), e.g. "
+                        "a copy kept from an earlier run")
     traces.add_argument("--trace", help="the trace id (32 hex digits); default: the latest trace")
     traces.set_defaults(handler=_cmd_traces)

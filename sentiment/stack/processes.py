@@ -52,6 +52,43 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def port_holder(port: int) -> str | None:
+    """Which process listens on `port`, in a few words ("pid 1234 (python3 -m transformer), part of the
+    `sentiment up` with pid 1200"); None when no listener can be seen (another user's process, or psutil
+    not installed)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        listeners = [c for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+        if not listeners:
+            return None
+        process = psutil.Process(listeners[0].pid)
+        command = process.cmdline()
+        name = process.name()
+        if "-m" in command[:-1]:
+            name += " -m " + command[command.index("-m") + 1]
+        holder = f"pid {process.pid} ({name})"
+        stack = next((parent for parent in process.parents()
+                      if {"sentiment", "up"} <= {Path(part).name for part in parent.cmdline()[:4]}
+                      or "sentiment.cli" in parent.cmdline() and "up" in parent.cmdline()), None)
+        return holder + (f", part of the `sentiment up` with pid {stack.pid}" if stack else "")
+    except (psutil.Error, OSError):
+        return None
+
+
+def busy_ports(ports: dict[str, int]) -> list[str]:
+    """The named ports that are taken, each with the process that holds it when it can be seen."""
+    busy = []
+    for name, port in ports.items():
+        if not port_is_free(port):
+            holder = port_holder(port)
+            busy.append(f"{name} {port}: " + (holder or "held by a process this user cannot see"))
+    return busy
+
+
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     """The readiness probe: GET `url` answers 200. Refused, timed out or any other status: False."""
     try:

@@ -38,6 +38,7 @@ class TransformerLaunch:
     protocol: str = "grpc-v2"      # to Triton: grpc-v2 (its gRPC port) or v2 (its HTTP port)
     http_port: int = 8000
     grpc_port: int = 8081
+    host: str = "127.0.0.1"        # BIND_ADDRESS of both ports: this machine only unless told otherwise
     redis_url: str | None = None   # None: the in-process cache
     extra_args: tuple[str, ...] = ()
     python: str = sys.executable   # the interpreter (another venv: the serving image's dependency set)
@@ -50,7 +51,9 @@ class TransformerLaunch:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        local = self.host in ("0.0.0.0", "::", "127.0.0.1")
+        host = "127.0.0.1" if local else (f"[{self.host}]" if ":" in self.host else self.host)
+        return f"http://{host}:{self.http_port}"
 
     def command(self) -> list[str]:
         command = [
@@ -58,7 +61,7 @@ class TransformerLaunch:
             "--model_name", MODEL_NAME,
             "--predictor_host", self.triton.address(self.protocol),
             "--predictor_protocol", self.protocol,
-            "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port),
+            "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port), "--bind_address", self.host,
             "--model_bundle", str(self.bundle),
         ]
         if self.redis_url:

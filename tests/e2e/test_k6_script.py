@@ -38,6 +38,31 @@ def test_k6_flags_vus_and_duration_run_the_default_export(tiny_service, tmp_path
     assert metrics["texts_classified"]["values"]["count"] == 2 * metrics["http_reqs"]["values"]["count"]
 
 
+def test_k6_run_directly_leaves_no_file_and_says_when_its_flags_dropped_the_health_probe(tiny_service, tmp_path):
+    """`k6 run loadtest/simulate.js` as the docs show it: no summary.json left in the working directory
+    (only an explicit SUMMARY_FILE writes one), and k6's --vus/--duration say that no probe ran."""
+    environment = os.environ | {"BASE_URL": tiny_service.url, "TEXTS_PER_REQUEST": "2"}
+    environment.pop("SUMMARY_FILE", None)
+    result = subprocess.run([k6_binary(), "run", "--quiet", "--no-usage-report", "--vus", "1", "--duration", "2s",
+                             str(SCRIPT)], env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no health probes: k6's --vus/--duration/--iterations replaced" in result.stdout
+    assert list(tmp_path.iterdir()) == [], "k6 run directly left files in the working directory"
+
+
+def test_the_scripts_own_variables_size_a_run_and_keep_the_health_probe(tiny_service, tmp_path):
+    summary_file = tmp_path / "out.json"
+    environment = os.environ | {"BASE_URL": tiny_service.url, "TEXTS_PER_REQUEST": "2", "SUMMARY_FILE": str(summary_file)}
+    result = subprocess.run([k6_binary(), "run", "--quiet", "--no-usage-report", "-e", "VUS=2", "-e", "RAMP_UP=0s",
+                             "-e", "HOLD=3s", "-e", "RAMP_DOWN=0s", str(SCRIPT)],
+                            env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads(summary_file.read_text())["metrics"]
+    assert metrics["http_reqs{scenario:health}"]["values"]["count"] >= 5  # 5/s for 3 s
+    assert metrics["http_reqs{scenario:load}"]["values"]["count"] > 5
+    assert "health p99" in result.stdout and "no health probes" not in result.stdout
+
+
 def test_the_scripts_own_scenarios_still_run(tiny_service, tmp_path):
     result = run_k6(tmp_path, "smoke", {"BASE_URL": tiny_service.url, "SCENARIO": "smoke", "DURATION": "2s",
                                         "TEXTS_PER_REQUEST": 2}, html_report=False)

@@ -172,7 +172,7 @@ def test_cache_entries_are_written_to_redis_with_a_ttl(client, redis):
     keys = connection.keys("sentiment:*")
     ttl = connection.ttl(keys[0])
     assert 0 < ttl <= 86400
-    assert len(connection.get(keys[0])) == 17  # format byte, token and window counts, two float32
+    assert len(connection.get(keys[0])) == 25  # format byte, token and window counts, two float32 scores, two logits
 
 
 # ---- limits and validation -----------------------------------------------------------------------

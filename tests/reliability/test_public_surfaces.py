@@ -75,6 +75,16 @@ def slow_service(triton, logs_dir):
 
 
 @pytest.fixture(scope="module")
+def keyed_service(triton, logs_dir, tmp_path_factory):
+    """API keys configured (API_KEYS): calls without one of them get 401 / UNAUTHENTICATED."""
+    keys = tmp_path_factory.mktemp("surfaces-keys") / "api-keys"
+    keys.write_text("surfaces-key\n")
+    server = TransformerServer(triton, logs_dir / "surfaces-keyed", extra_args=["--api_keys", str(keys)]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
 def pausable_triton(tiny_repositories, logs_dir):
     """A Triton of its own that tests freeze (SIGSTOP) to hold requests inside the predictor call."""
     server = TritonServer(tiny_repositories["bert"], logs_dir / "surfaces-pausable").start()
@@ -901,6 +911,11 @@ TRIGGERS: dict[str, dict[str, Callable]] = {
         "rest": lambda f: _rest(_post(f("service"), "/project/bulk-predict", json={"text": ["ok", 1]})),
         "grpc": _grpc_invalid,
     },
+    "unauthorized": {
+        "rest": lambda f: _rest(_post(f("keyed_service"), "/project/bulk-predict", json={"text": ["x"]},
+                                      headers={"Authorization": "Bearer not-the-key"})),
+        "grpc": lambda f: _grpc(grpc_call(f("keyed_service"), "ModelInfer", infer_request(["x"]))),
+    },
     "request_too_large": {
         "rest": lambda f: _rest(_post(f("service"), "/project/bulk-predict", json={"text": ["x"] * 257})),
         "grpc": lambda f: _grpc(grpc_call(f("service"), "ModelInfer", infer_request(["x"] * 257))),
@@ -940,7 +955,7 @@ TRIGGERS: dict[str, dict[str, Callable]] = {
         "grpc": lambda f: _trigger_timeout(f, "grpc"),
     },
 }
-NEEDS_OWN_PROCESSES = {"request_timeout", "overloaded", "predictor_unavailable", "timeout"}
+NEEDS_OWN_PROCESSES = {"request_timeout", "overloaded", "predictor_unavailable", "timeout", "unauthorized"}
 
 
 def test_readme_errors_table_is_the_code_table():
@@ -966,6 +981,8 @@ def test_readme_error_row_holds_on_rest_and_grpc(row, request):
     assert (answer.status, answer.code) == (row.http, row.code), answer
     if row.http == 503:
         assert answer.headers.get("retry-after") == "1", answer.headers
+    if row.http == 401:
+        assert answer.headers.get("www-authenticate") == "Bearer", answer.headers
     if row.rest_only:
         assert "grpc" not in triggers, f"README says {row.code!r} is REST only, but the test triggers it over gRPC"
         return

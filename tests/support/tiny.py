@@ -10,8 +10,11 @@ from pathlib import Path
 TINY_LABELS = ("NEGATIVE", "POSITIVE")
 
 
-def build_tiny_checkpoint(kind: str, out_dir: Path, seed: int = 0, tokenizer_dir: Path | None = None) -> Path:
-    """Write a tiny `kind` ('bert' or 'distilbert') sequence classifier checkpoint to `out_dir`."""
+def build_tiny_checkpoint(kind: str, out_dir: Path, seed: int = 0, tokenizer_dir: Path | None = None,
+                          label_names: tuple[str, ...] = TINY_LABELS, problem_type: str | None = None) -> Path:
+    """Write a tiny `kind` ('bert' or 'distilbert') sequence classifier checkpoint to `out_dir`, with
+    `label_names` as its id2label and, when given, `problem_type` in its config.json
+    (single_label_classification, multi_label_classification or regression)."""
     import torch
     from transformers import (
         BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification,
@@ -20,7 +23,8 @@ def build_tiny_checkpoint(kind: str, out_dir: Path, seed: int = 0, tokenizer_dir
     from sentiment.model.build import default_base
 
     torch.manual_seed(seed)
-    labels = {"id2label": dict(enumerate(TINY_LABELS)), "label2id": {label: i for i, label in enumerate(TINY_LABELS)}}
+    labels = {"id2label": dict(enumerate(label_names)), "label2id": {l: i for i, l in enumerate(label_names)},
+              "problem_type": problem_type}
     if kind == "bert":
         config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=64, max_position_embeddings=128, initializer_range=0.3, **labels)

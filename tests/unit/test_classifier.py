@@ -234,6 +234,10 @@ def test_error_mode_names_the_long_text_and_its_token_count_even_when_cached():
     with pytest.raises(InvalidRequest) as raised:
         classify(classifier, ["short", LONG], ERROR)
     assert "text[1] has 80 tokens" in raised.value.message and raised.value.status_code == 422
+    # One way to say the window everywhere: text tokens, and the window with its special tokens.
+    window = classifier.window_tokens
+    assert f"holds {window} tokens of text ({window + classifier.encoder.special_tokens} with its special tokens)" \
+        in raised.value.message
     classify(classifier, [LONG], HEAD)  # now cached under the key error mode shares with head
     with pytest.raises(InvalidRequest, match="80 tokens"):
         classify(classifier, [LONG], ERROR)

@@ -230,6 +230,8 @@ def test_v2_rest_decoder_only_ever_refuses_with_invalid_request():
         assert all(isinstance(text, str) for text in call.request.texts)
 
     decode()
+    # Hypothesis draws few of the valid cases among the fuzzed ones: some more on their own.
+    settings(max_examples=30, deadline=None)(given(case=valid_rest)(decode.hypothesis.inner_test))()
     assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes
 
 
@@ -265,4 +267,72 @@ def test_grpc_decoder_only_ever_refuses_with_invalid_request():
         assert all(isinstance(text, str) for text in call.request.texts)
 
     decode()
+    # Hypothesis draws few of the valid cases among the fuzzed ones: some more on their own.
+    settings(max_examples=30, deadline=None)(given(case=valid_grpc)(decode.hypothesis.inner_test))()
     assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes
+
+
+# ---- top_k and raw_scores ------------------------------------------------------------------------
+THREE = ["anger", "joy", "fear"]
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"top_k": 0}, "top_k must be an integer >= 1"),
+    ({"top_k": -2}, "top_k must be an integer >= 1"),
+    ({"top_k": 1.5}, "top_k must be an integer >= 1"),
+    ({"top_k": "2"}, "top_k must be an integer >= 1"),
+    ({"top_k": True}, "top_k must be an integer >= 1"),
+    ({"raw_scores": "yes"}, "raw_scores must be true or false"),
+    ({"raw_scores": 1}, "raw_scores must be true or false"),
+])
+def test_top_k_and_raw_scores_are_validated(values, fragment):
+    with pytest.raises(InvalidRequest, match=f"parameters.{fragment}"):
+        parse_options(values, DEFAULT)
+
+
+def test_top_k_and_raw_scores_parse_on_every_json_transport():
+    assert parse_options({"top_k": 2, "raw_scores": True}, DEFAULT) == ClassifyOptions(top_k=2, raw_scores=True)
+    assert parse_options({"top_k": None}, DEFAULT) is DEFAULT  # null: every label, as without it
+    bulk = json_api.decode_bulk(b'{"text": ["a"], "top_k": 1, "raw_scores": true}', DEFAULT)
+    assert (bulk.options.top_k, bulk.options.raw_scores) == (1, True)
+    v1 = json_api.decode_v1(b'{"instances": ["a"], "parameters": {"top_k": 3}}', DEFAULT)
+    assert v1.options.top_k == 3
+    body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+                       "parameters": {"top_k": 2, "raw_scores": True}}).encode()
+    assert v2.decode_rest(body, None, DEFAULT).request.options == ClassifyOptions(top_k=2, raw_scores=True)
+    message = grpc_request([b"a"])
+    message.parameters["top_k"].int64_param = 2
+    message.parameters["raw_scores"].bool_param = True
+    assert v2.decode_grpc(message, DEFAULT).request.options == ClassifyOptions(top_k=2, raw_scores=True)
+    with pytest.raises(InvalidRequest, match="top_k must be an integer"):
+        json_api.decode_bulk(b'{"text": ["a"], "top_k": 0}', DEFAULT)
+
+
+def test_json_answers_take_the_best_k_and_raw_logits():
+    predictions = [Prediction.of((0.2, 0.5, 0.3), THREE, raw=(-1.0, 2.0, 0.5))]
+    answer = json.loads(json_api.encode_predictions(predictions, None, THREE, ClassifyOptions(top_k=2)))
+    assert answer == {"predictions": [[{"label": "joy", "score": 0.5}, {"label": "fear", "score": 0.3}]]}
+    answer = json.loads(json_api.encode_predictions(predictions, None, THREE, ClassifyOptions(raw_scores=True)))
+    assert answer["predictions"][0] == [{"label": "joy", "score": 2.0}, {"label": "fear", "score": 0.5},
+                                        {"label": "anger", "score": -1.0}]
+
+
+def test_v2_top_k_makes_label_and_score_ranked_rows_clamped_to_the_labels():
+    predictions = [Prediction.of((0.2, 0.5, 0.3), THREE, raw=(-1.0, 2.0, 0.5)),
+                   Prediction.of((0.6, 0.1, 0.3), THREE, raw=(3.0, 0.0, 1.0))]
+    for top_k, k in ((2, 2), (10, 3)):
+        message = grpc_request([b"a", b"b"])
+        message.parameters["top_k"].int64_param = top_k
+        call = v2.decode_grpc(message, DEFAULT)
+        tensors = {t.name: t for t, _ in v2.output_tensors(call, predictions, THREE, details_of(predictions))}
+        assert tensors["label"].shape == tensors["score"].shape == [2, k]
+        assert tensors["label"].array.tolist() == [[b"joy", b"fear", b"anger"][:k], [b"anger", b"fear", b"joy"][:k]]
+        np.testing.assert_allclose(tensors["score"].array, np.array([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])[:, :k],
+                                   rtol=1e-6)
+        response = v2.encode_grpc(call, v2.output_tensors(call, predictions, THREE, details_of(predictions)), "sentiment", "1")
+        assert list(response.outputs[0].shape) == [2, k] and len(response.outputs[0].contents.bytes_contents) == 2 * k
+    message = grpc_request([b"a", b"b"])
+    message.parameters["raw_scores"].bool_param = True
+    tensors = {t.name: t for t, _ in v2.output_tensors(v2.decode_grpc(message, DEFAULT), predictions, THREE, details_of(predictions))}
+    np.testing.assert_allclose(tensors["probabilities"].array, [[-1.0, 2.0, 0.5], [3.0, 0.0, 1.0]])
+    np.testing.assert_allclose(tensors["score"].array, [2.0, 3.0])

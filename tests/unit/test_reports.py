@@ -40,8 +40,44 @@ def test_comparison_report_and_charts(tmp_path):
     results = [parse_summary(summary(85.0, 170.0), "hit rate 0"), parse_summary(summary(2700.0, 8.5), "hit rate 1")]
     text = comparison_markdown(results, "sentiment loadtest", "k6 closed")
     assert "| hit rate 1 | 2700.0 | 27000 |" in text and "latency.png" in text
-    charts = write_charts(results, tmp_path, "test")
+    charts = write_charts(results, tmp_path, "test", "k6 closed, 10 VUs")
     assert all(path.stat().st_size > 5000 for path in charts)
+
+
+def test_latency_labels_keep_small_values_and_the_log_axis_starts_at_a_round_floor():
+    from sentiment.measure.report import latency_label, log_axis_floor
+
+    assert [latency_label(v) for v in (0.04, 0.8, 1.5, 2.0, 80.9, 197.2)] == ["0.04", "0.8", "1.5", "2.0", "80.9", "197.2"]
+    assert log_axis_floor([0.8, 2.0, 197.2]) == 0.5
+    assert log_axis_floor([1.5, 3.0]) == 1.0
+    assert log_axis_floor([80.9, 153.4]) == 50.0
+    assert log_axis_floor([0.0, 25.0]) == 20.0
+
+
+def test_charts_say_their_workload_and_the_error_axis_is_in_percent(tmp_path, monkeypatch):
+    """The text matplotlib draws: titles with the workload, bar labels with their digits, % ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn: list[str] = []
+    original = plt.Figure.savefig
+
+    def capture(figure, *args, **kwargs):
+        figure.canvas.draw()
+        drawn.extend(text.get_text() for text in figure.findobj(matplotlib.text.Text))
+        return original(figure, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", capture)
+    fast = parse_summary(summary(2700.0, 3.0), "hit rate 1")
+    fast.p50_ms = 0.8
+    results = [parse_summary(summary(85.0, 170.0, failed=0.004), "hit rate 0"), fast]
+    write_charts(results, tmp_path, "sentiment", "k6 closed, 10 VUs, 10 texts per request")
+    assert any("k6 closed, 10 VUs, 10 texts per request" in text for text in drawn)
+    assert "0.8" in drawn and "2.7" in drawn  # the cached run's p50 and p95 keep their digits
+    assert "0.40 %" in drawn                  # the failed rate, in percent
+    assert any(text.endswith("%") and text.startswith("0.") for text in drawn if text not in ("0.40 %", "0.00 %"))
 
 
 def test_the_comparison_title_names_the_runs_it_compares():
@@ -107,3 +143,13 @@ def test_unexpected_answers_are_the_messages_of_k6s_console_lines_unescaped():
         'unexpected answer: status 404 error_code 1404 error "" after 1.2 ms, body: '
         '{"error":"no route","code":"not_found"}',
     ]
+
+
+def test_the_html_report_is_titled_with_its_run(tmp_path):
+    from sentiment.measure.k6 import name_html_report
+
+    report = tmp_path / "report.html"
+    report.write_text("<html><head><title>k6 report</title></head><body>k6 report</body></html>")
+    name_html_report(report, "hit rate 0")
+    assert report.read_text() == "<html><head><title>k6 report: hit rate 0</title></head><body>k6 report</body></html>"
+    name_html_report(tmp_path / "missing.html", "hit rate 0")  # --no-html: nothing to name

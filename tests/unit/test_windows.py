@@ -91,3 +91,20 @@ def test_candidates_weigh_the_windows_as_documented():
     np.testing.assert_allclose(aggregate("length_weighted", LOGITS, NEW), weighted, rtol=1e-6)
     # the clear verdict dominates when windows are weighted by confidence, not when averaged
     assert aggregate("confidence_weighted", LOGITS, NEW)[1] > 0.9 > aggregate("mean_probabilities", LOGITS, NEW)[1]
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_aggregations_follow_the_score_function(name):
+    """Multi-label windows stay independent sigmoids; regression windows stay raw values."""
+    sigmoid = aggregate(name, LOGITS + 0.7, NEW, "sigmoid")  # shifted: no row's sigmoids sum to 1 by chance
+    assert np.all((sigmoid >= 0) & (sigmoid <= 1)) and not np.isclose(sigmoid.sum(), 1.0)
+    np.testing.assert_allclose(aggregate(name, LOGITS[:1], NEW[:1], "sigmoid"), 1 / (1 + np.exp(-LOGITS[0])), rtol=1e-6)
+    np.testing.assert_allclose(aggregate(name, LOGITS[:1], NEW[:1], "none"), LOGITS[0], rtol=1e-6)
+    np.testing.assert_allclose(aggregate("mean_logits", LOGITS, NEW, "none"), LOGITS.mean(axis=0), rtol=1e-6)
+
+
+def test_raw_logits_of_a_long_text_are_the_mean_of_its_windows():
+    from transformer.core.windows import raw_logits
+
+    np.testing.assert_allclose(raw_logits(LOGITS), LOGITS.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(raw_logits(LOGITS[1:2]), LOGITS[1], rtol=1e-6)

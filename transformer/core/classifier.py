@@ -28,7 +28,7 @@ from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions
 from transformer.core.scheduler import BatchScheduler
 from transformer.core.tokenization import TextEncoder, TextWindows, normalize_text
-from transformer.core.windows import Truncation, aggregate
+from transformer.core.windows import Truncation, aggregate, raw_logits
 from transformer.errors import InvalidRequest, Overloaded, PredictorUnavailable, RequestTooLarge
 from transformer.settings import Settings
 
@@ -53,8 +53,11 @@ class TextClassifier:
                                         max_concurrent=settings.max_concurrent_batches)
         self.window_tokens = bundle.max_length - self.encoder.special_tokens
         # What besides the model changes an answer, as a cache-key segment per truncation mode.
+        # The score function too, when it is not softmax: a bundle that records another one for the
+        # same ONNX file never reads softmax entries.
+        function = "" if bundle.score_function == "softmax" else f".{bundle.score_function}"
         self._how = {mode: answer_mode(mode.value, bundle.max_length, settings.window_stride, settings.aggregation)
-                     for mode in Truncation}
+                     + function for mode in Truncation}
         self._inflight: dict[str, asyncio.Future] = {}
         threads = settings.tokenizer_threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tokenize") if threads else None
@@ -151,7 +154,7 @@ class TextClassifier:
             remaining = [key for key in keys if key not in results]
             fetched: dict[str, Prediction] = {}
             for key, raw in zip(remaining, await self.remote.get_many(remaining)):
-                value = decode_value(raw, self.labels)
+                value = decode_value(raw, self.labels, self.bundle.score_function)
                 if value is not None:
                     fetched[key] = value
                 elif raw is not None:
@@ -172,8 +175,9 @@ class TextClassifier:
             count = tokens.get(key, 0)
             if count > self.window_tokens:
                 raise InvalidRequest(
-                    f"{field}[{index}] has {count} tokens; the model reads {self.window_tokens} at a time. Send "
-                    "truncation 'chunk' to judge it whole or 'head' to read only its start", index=index, tokens=count)
+                    f"{field}[{index}] has {count} tokens; the model's window holds {self.window_tokens} tokens of text "
+                    f"({self.window_tokens + self.encoder.special_tokens} with its special tokens). Send truncation "
+                    "'chunk' to judge it whole or 'head' to read only its start", index=index, tokens=count)
 
     def details(self, prediction: Prediction) -> dict:
         """Per text, with `details: true`: its size and whether the answer read all of it."""
@@ -292,8 +296,8 @@ class TextClassifier:
             count = len(text.windows)
             logits = np.stack(rows[start:start + count])
             start += count
-            probabilities = aggregate(self.settings.aggregation, logits, np.asarray(text.new_tokens))
-            computed[key] = Prediction.of(probabilities, self.labels, text.token_count, count)
+            scores = aggregate(self.settings.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function)
+            computed[key] = Prediction.of(scores, self.labels, text.token_count, count, raw_logits(logits))
             metrics.TEXT_TOKENS.observe(text.token_count)
             if text.token_count > self.window_tokens:
                 metrics.LONG_TEXTS.labels(mode=truncation.value).inc()

@@ -12,15 +12,18 @@ from typing import Any, Mapping
 from transformer.core.windows import Truncation
 from transformer.errors import InvalidRequest, RequestTooLarge
 
-OPTION_NAMES = ("truncation", "details")
+OPTION_NAMES = ("truncation", "details", "top_k", "raw_scores")
 
 
 @dataclass(frozen=True, slots=True)
 class ClassifyOptions:
-    """Per-request choices that change what is computed or returned."""
+    """Per-request choices that change what is computed (`truncation`) or only what is returned
+    (`details`, `top_k`, `raw_scores`: views of the one cached value per text)."""
 
     truncation: Truncation = Truncation.CHUNK
     details: bool = False
+    top_k: int | None = None  # the best k labels per text; None: all of them
+    raw_scores: bool = False  # scores are the model's raw logits, before softmax / sigmoid
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +43,12 @@ class ClassifyRequest:
 
 def parse_options(values: Mapping[str, Any] | None, default: ClassifyOptions,
                   where: str = "parameters") -> ClassifyOptions:
-    """`truncation` and `details` from a request's options; other keys are left to the protocol."""
+    """`truncation`, `details`, `top_k` and `raw_scores` from a request's options; other keys are
+    left to the protocol."""
     if not values:
         return default
     truncation, details = default.truncation, default.details
+    top_k, raw_scores = default.top_k, default.raw_scores
     prefix = f"{where}." if where else ""
     if "truncation" in values:
         raw = values["truncation"]
@@ -56,9 +61,17 @@ def parse_options(values: Mapping[str, Any] | None, default: ClassifyOptions,
         details = values["details"]
         if not isinstance(details, bool):
             raise InvalidRequest(f"{prefix}details must be true or false")
-    if truncation is default.truncation and details is default.details:
-        return default
-    return ClassifyOptions(truncation, details)
+    if "top_k" in values:
+        top_k = values["top_k"]
+        if top_k is not None and (type(top_k) is not int or top_k < 1):
+            raise InvalidRequest(f"{prefix}top_k must be an integer >= 1 (the best k labels per text; more than the "
+                                 f"model has means all of them), not {str(top_k)[:40]!r}")
+    if "raw_scores" in values:
+        raw_scores = values["raw_scores"]
+        if not isinstance(raw_scores, bool):
+            raise InvalidRequest(f"{prefix}raw_scores must be true or false")
+    options = ClassifyOptions(truncation, details, top_k, raw_scores)
+    return default if options == default else options
 
 
 def validate_texts(texts: Any, limits: Limits, field: str = "text") -> list[str]:

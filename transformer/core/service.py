@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformer import metrics, tracing
+from transformer.api_keys import ApiKeys
 from transformer.backends.cache import build_caches
 from transformer.core.classifier import TextClassifier
 from transformer.core.generation import Generation
@@ -45,9 +46,10 @@ class ClassifyResult:
 
 
 class ServingCore:
-    def __init__(self, settings: Settings, generation: Generation):
+    def __init__(self, settings: Settings, generation: Generation, api_keys: ApiKeys | None = None):
         self.settings = settings
         self.generation = generation
+        self.api_keys = api_keys  # None: API_KEYS unset, every route open
         self.limits = Limits(settings.max_texts, settings.max_text_chars)
         self.default_options = ClassifyOptions(Truncation(settings.truncation), False)
         self.inflight = 0
@@ -57,12 +59,13 @@ class ServingCore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServingCore":
+        api_keys = ApiKeys(Path(settings.api_keys)) if settings.api_keys else None  # refuses a bad file first
         memo, remote = build_caches(settings)
         generation = Generation.build(settings, Path(settings.model_bundle), memo, remote)
         log.info("loaded bundle %s: version %s, labels %s, fingerprint %s, cache %s", settings.model_bundle,
                  generation.version, generation.labels, generation.bundle.fingerprint[:12],
                  generation.classifier.cache_description)
-        return cls(settings, generation)
+        return cls(settings, generation, api_keys)
 
     @property
     def ready(self) -> bool:

@@ -1,8 +1,9 @@
 """What we add to KServe's FastAPI app: the probes, the start-up and shut-down hooks, error
-handlers in our shape, and the OpenAPI description of the routes the REST transport serves.
+handlers in our shape, and the OpenAPI document of the routes the REST transport serves (`api_schema`).
 
     GET /project/health  readiness: 200 when the predictor is ready and serves our model, else 503
     GET /project/live    liveness: 200 while the model is loaded and registered; never asks the predictor
+    GET /project/limits  the request limits, so that a client (`sentiment score`) sizes its batches by them
 """
 
 from __future__ import annotations
@@ -15,43 +16,14 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from transformer.core.windows import Truncation
 from transformer.errors import code_of_status
-from transformer.transport.control import install_switch_signal
+from transformer.transport.api_schema import RequestLimits, openapi_document
+from transformer.transport.control import install_hangup_signal
 from transformer.transport.kserve_model import SentimentModel
 
 log = logging.getLogger(__name__)
-
-
-class BulkPredictRequest(BaseModel):
-    text: list[str] = Field(min_length=1, description="texts to classify (at most MAX_TEXTS)")
-    truncation: Truncation = Field(Truncation.CHUNK, description="texts longer than the model's window: chunk "
-                                   "(judge the whole text), head (first window only) or error (422)")
-    details: bool = Field(False, description="add per text its token count, window count and whether it was cut")
-
-
-class LabelScore(BaseModel):
-    label: str
-    score: float
-
-
-class TextDetails(BaseModel):
-    tokens: int
-    windows: int
-    truncated: bool
-
-
-class BulkPredictResponse(BaseModel):
-    predictions: list[list[LabelScore]] = Field(description="one ranked list per input text, in input order")
-    details: list[TextDetails] | None = Field(None, description="with details: true")
-
-
-class ErrorBody(BaseModel):
-    error: str
-    code: str
 
 
 def json_response(content: Any, status_code: int = 200) -> Response:
@@ -94,6 +66,14 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
             return json_response({"status": "dead", "reason": "the model is not loaded"}, 503)
         return json_response({"status": "alive"})
 
+    @app.get("/project/limits", summary="The request limits (413 above them)", tags=["project"],
+             response_model=RequestLimits)
+    async def limits() -> Response:
+        settings = model.settings
+        return json_response(RequestLimits(max_texts=settings.max_texts, max_text_chars=settings.max_text_chars,
+                                           max_request_tokens=settings.max_request_tokens,
+                                           max_body_bytes=settings.max_body_bytes).model_dump())
+
     # Starlette types a handler by the base Exception; each of ours takes the class it is registered for.
     app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
@@ -105,7 +85,7 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
         gc.freeze()
         if model.core is not None:
             model.core.start()
-            install_switch_signal(model.core, model.settings.control_file)
+            install_hangup_signal(model.core, model.settings.control_file)
 
     @app.on_event("shutdown")
     async def close_clients() -> None:
@@ -116,30 +96,14 @@ def register_routes(app: FastAPI, model: SentimentModel) -> None:
 
 
 def describe_served_routes(app: FastAPI) -> None:
-    """The OpenAPI schema lists /project/bulk-predict (served by the REST transport, not by a
-    FastAPI route) and leaves out the model-repository routes, which are not served."""
-    kserve_openapi = app.openapi
+    """/openapi.json is `api_schema`'s document of what the REST transport serves, not the one FastAPI
+    derives from KServe's handlers (which the transport answers in their place)."""
+    document: dict = {}
 
     def openapi() -> dict:
-        schema = kserve_openapi()
-        paths = {path: item for path, item in schema.get("paths", {}).items() if not path.startswith("/v2/repository")}
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (BulkPredictRequest, BulkPredictResponse, ErrorBody):
-            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(definition.pop("$defs", {}))
-            components[model.__name__] = definition
-        errors = {str(status): {"description": text, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-            for status, text in ((413, "over a limit"), (415, "not JSON"), (422, "invalid body"), (503, "unavailable"))}
-        paths["/project/bulk-predict"] = {"post": {
-            "tags": ["project"], "summary": "Classify a list of texts", "operationId": "bulk_predict",
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/BulkPredictRequest"}}}},
-            "responses": {"200": {"description": "one ranked list per text", "content": {"application/json": {
-                "schema": {"$ref": "#/components/schemas/BulkPredictResponse"}}}}, **errors},
-        }}
-        schema["paths"] = paths
-        return schema
+        if not document:
+            document.update(openapi_document(app.title, app.version))
+        return document
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
 

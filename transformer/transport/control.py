@@ -1,4 +1,5 @@
-"""The private control channel of a local rollout: a signal and a file, never a network route.
+"""The private control channel of a local rollout: a signal and a file, never a network route
+(SIGHUP also re-reads the API keys file, see `transformer.api_keys`).
 
 `sentiment model rollout` writes `{"bundle": "<dir>", "report": "<file>"}` to the transformer's
 `--control_file` and sends SIGHUP; the transformer switches to that bundle's model version
@@ -34,15 +35,19 @@ async def switch_from_control_file(core: ServingCore, control_file: Path) -> Non
         scratch.replace(report_file)  # whole or absent: the waiting command never reads half a report
 
 
-def install_switch_signal(core: ServingCore, control_file: str | None) -> None:
-    """SIGHUP -> switch to the bundle named in `control_file` (no-op without one)."""
-    if not control_file:
+def install_hangup_signal(core: ServingCore, control_file: str | None) -> None:
+    """SIGHUP -> read the API keys file again (when API_KEYS is set) and switch to the bundle named
+    in `control_file` (when there is one); no handler when neither is configured."""
+    if not control_file and core.api_keys is None:
         return
     loop = asyncio.get_running_loop()
 
     def on_hangup() -> None:
-        task = loop.create_task(switch_from_control_file(core, Path(control_file)))
-        core.background.add(task)
-        task.add_done_callback(core.background.discard)
+        if core.api_keys is not None:
+            core.api_keys.reload("SIGHUP")
+        if control_file:
+            task = loop.create_task(switch_from_control_file(core, Path(control_file)))
+            core.background.add(task)
+            task.add_done_callback(core.background.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)

@@ -23,6 +23,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.servicer import InferenceServicer
 
 from transformer import metrics
+from transformer.api_keys import require_key
 from transformer.core.service import ServingCore
 from transformer.errors import (ERROR_CODE_METADATA, ModelNotFound, NotServed, PredictorUnavailable, RequestTooLarge,
                                 ServiceError)
@@ -37,6 +38,18 @@ async def abort(context, error: ServiceError) -> None:
     await context.abort(error.kind.grpc_status, error.message)
 
 
+# With API_KEYS set, the health RPCs answer without a key (probes carry none); every other RPC needs one.
+OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+KEY_METADATA = "the metadata 'authorization: Bearer <key>'"
+
+
+def _authorization(context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
 def counted(route: str):
     """Run an RPC inside the core's request record, turning our and KServe's errors into statuses."""
     def decorate(method):
@@ -44,6 +57,8 @@ def counted(route: str):
         async def rpc(self: "GuardedServicer", request, context):
             with track("grpc", route, context) as record:
                 try:
+                    if self.core.api_keys is not None and route not in OPEN_RPCS:
+                        require_key(self.core.api_keys, _authorization(context), KEY_METADATA)
                     response = await method(self, request, context)
                 except ServiceError as error:
                     record.fail(error)
@@ -121,10 +136,20 @@ class GuardedServicer(InferenceServicer):
         raise NotServed("the model repository RPCs are not served here")
 
 
-class GrpcTransport:
-    """A grpc.aio server on [::]:port with the guarded servicer; start() runs until stop()."""
+def grpc_address(host: str, port: int) -> str:
+    """gRPC's listening address: every interface ([::], dual-stack, as KServe) for 0.0.0.0 or ::,
+    else the address itself (IPv6 in brackets)."""
+    if host in ("0.0.0.0", "::"):
+        return f"[::]:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def __init__(self, port: int, servicer: GuardedServicer, max_body_bytes: int, grace_s: float = 30):
+
+class GrpcTransport:
+    """A grpc.aio server on `host`:port with the guarded servicer; start() runs until stop()."""
+
+    def __init__(self, port: int, servicer: GuardedServicer, max_body_bytes: int, grace_s: float = 30,
+                 host: str = "0.0.0.0"):
+        self.host = host
         self.port = port
         self.servicer = servicer
         self.max_body_bytes = max_body_bytes
@@ -138,7 +163,7 @@ class GrpcTransport:
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ])
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self._server)
-        address = f"[::]:{self.port}"
+        address = grpc_address(self.host, self.port)
         self._server.add_insecure_port(address)
         log.info("gRPC (KServe V2) on %s", address)
         await self._server.start()

@@ -1,8 +1,10 @@
 """The JSON bodies of `POST /project/bulk-predict` and KServe V1 `:predict`, in and out.
 
-    /project/bulk-predict  {"text": ["...", ...], "truncation": "chunk", "details": false}
+    /project/bulk-predict  {"text": ["...", ...], "truncation": "chunk", "details": false, "top_k": 2,
+                            "raw_scores": false}
     V1 :predict            {"instances": ["...", {"text": "..."}, ...], "parameters": {"truncation": ...}}
-    answer                 {"predictions": [[{"label", "score"}, ...], ...]} (+ "details" when asked)
+    answer                 {"predictions": [[{"label", "score"}, ...], ...]} (+ "details" when asked);
+                           ranked, the best `top_k` per text, scores raw logits with `raw_scores`
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ def decode_v1(body: bytes, default: ClassifyOptions) -> ClassifyRequest:
     return ClassifyRequest(instances, parse_options(parameters, default), "instances")
 
 
-def encode_predictions(predictions: Sequence[Prediction], details: list[dict] | None) -> bytes:
-    """Each prediction's ranked answer is pre-serialized (an orjson Fragment): embedded, not re-encoded."""
-    answer: dict[str, Any] = {"predictions": [prediction.ranked_json for prediction in predictions]}
+def encode_predictions(predictions: Sequence[Prediction], details: list[dict] | None,
+                       labels: Sequence[str] = (), options: ClassifyOptions = ClassifyOptions()) -> bytes:
+    """Each prediction's full ranked answer is pre-serialized (an orjson Fragment): embedded, not
+    re-encoded; `top_k` and `raw_scores` are built from the prediction's values."""
+    top_k, raw_scores = options.top_k, options.raw_scores
+    answer: dict[str, Any] = {"predictions": [prediction.view(labels, top_k, raw_scores) for prediction in predictions]}
     if details is not None:
         answer["details"] = details
     return orjson.dumps(answer)

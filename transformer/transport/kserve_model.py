@@ -4,7 +4,8 @@ Inference does not go through KServe's data plane: the REST and gRPC transports 
 request to the core themselves (one admission path for every protocol). This class tells KServe
 what the model looks like (V2 metadata: input `text` BYTES [n]; outputs `label` BYTES [n],
 `score` FP32 [n], `probabilities` FP32 [n, num_labels], and with `details` the INT32 `tokens` and
-`windows` and the BOOL `truncated`) and whether it is ready to serve.
+`windows` and the BOOL `truncated`; `platform` `text-classification/<softmax|sigmoid|none>`, the
+bundle's score function) and whether it is ready to serve.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from transformer.settings import Settings
 from transformer.transport.v2 import TEXT_INPUT
 
 log = logging.getLogger(__name__)
+PLATFORM = "text-classification"
 
 
 class SentimentModel(Model):
@@ -37,6 +39,11 @@ class SentimentModel(Model):
     @property
     def version(self) -> str:
         return self.core.version if self.core else ""
+
+    @property
+    def platform(self) -> str:
+        """V2 metadata `platform`: the score function of the bundle being served."""
+        return f"{PLATFORM}/{self.core.generation.bundle.score_function}" if self.core else PLATFORM
 
     async def healthy(self) -> bool:
         """Ready to serve: the bundle is loaded and the predictor serves its model (fingerprint

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 
 from transformer import metrics
+from transformer.api_keys import require_key
 from transformer.core.service import ServingCore
 from transformer.errors import (CLIENT_CLOSED_STATUS, ERROR_TABLE, InvalidRequest, MethodNotAllowed, NotServed,
                                 RequestTimeout, RequestTooLarge, ServiceError, UnsupportedMediaType, code_of_status,
@@ -58,6 +59,7 @@ _ROUTES: list[tuple[re.Pattern, str, str]] = [
     (re.compile(r"^/v2/models/(?P<name>[^/]+)(/versions/(?P<version>[^/]+))?(?P<rest>/ready)?$"),
      "/v2/models/{name}", "app"),
     (re.compile(r"^/project/(health|live)$"), "/project/health", "app"),
+    (re.compile(r"^/project/limits$"), "/project/limits", "app"),
     (re.compile(r"^/v2/health/(live|ready)$"), "/v2/health", "app"),
     (re.compile(r"^/metrics$"), "/metrics", "app"),
 ]
@@ -76,6 +78,27 @@ def match_route(path: str) -> RouteMatch:
             label = "/project/live"
         return RouteMatch(label, kind, groups.get("name"), groups.get("version"), rewritten)
     return RouteMatch("other", "app")
+
+
+# With API_KEYS set, these answer without a key: the probes and scrapes (kubelet and Prometheus carry
+# none), KServe's liveness root, and the API's own description.
+_PROBE_LABELS = frozenset({"/project/health", "/project/live", "/v2/health", "/metrics"})
+_OPEN_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+KEY_HEADER = "'Authorization: Bearer <key>'"
+
+
+def open_without_key(route: RouteMatch, path: str) -> bool:
+    """Probes (/project/health, /project/live, /v2/health/*, /v2/models/{name}/ready), /metrics and the
+    API description; inference, metadata and everything else need a key when keys are configured."""
+    return (route.label in _PROBE_LABELS or path in _OPEN_PATHS
+            or (route.label == "/v2/models/{name}" and path.endswith("/ready")))
+
+
+def _authorization(scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
 
 
 def _headers(scope) -> dict[str, str]:
@@ -100,6 +123,8 @@ async def send_error(send, error: ServiceError) -> None:
     headers = {"content-type": "application/json"}
     if error.status_code in (429, 503):
         headers["retry-after"] = "1"
+    elif error.status_code == 401:
+        headers["www-authenticate"] = "Bearer"
     await _send(send, orjson.dumps(error.body()), error.status_code, headers)
 
 
@@ -190,6 +215,8 @@ class RestTransport:
         route = match_route(scope["path"])
         with track("rest", route.label, scope) as record:
             try:
+                if self.core.api_keys is not None and not open_without_key(route, scope["path"]):
+                    require_key(self.core.api_keys, _authorization(scope), KEY_HEADER)
                 check_model(route.name, route.version, self.model_name, self.core.version)
                 if route.kind == "refuse":
                     raise NotServed(f"{echo(scope['path'])} is not served here (model repository and explain "
@@ -252,7 +279,8 @@ class RestTransport:
     async def _json_answer(self, request) -> tuple[bytes, dict[str, str]]:
         result = await self.core.classify(request)
         details = result.details() if request.options.details else None
-        return json_api.encode_predictions(result.predictions, details), {"content-type": "application/json"}
+        body = json_api.encode_predictions(result.predictions, details, result.labels, request.options)
+        return body, {"content-type": "application/json"}
 
     async def _v2(self, body: bytes, headers: dict[str, str], _route: RouteMatch):
         call = v2.decode_rest(body, headers.get(v2.HEADER_LENGTH), self.core.default_options)

@@ -224,16 +224,29 @@ def decode_grpc(message, default: ClassifyOptions) -> V2Call:
 def output_tensors(call: V2Call, predictions: Sequence[Prediction], labels: Sequence[str],
                    details: Sequence[dict]) -> list[tuple[OutputTensor, bool]]:
     """The requested outputs (default: label, score, probabilities, plus the detail outputs when
-    `details` was asked for), each with whether it goes in binary; `details`: one per prediction."""
+    `details` was asked for), each with whether it goes in binary; `details`: one per prediction. With
+    the `top_k` parameter, `label` and `score` are [n, k] (the best k per text, ranked; k clamped to the
+    label count); with `raw_scores`, `score` and `probabilities` hold the model's raw logits."""
+    options = call.request.options
     names = [r.name for r in call.outputs] or list(PREDICTION_OUTPUTS) + (
-        list(DETAIL_OUTPUTS) if call.request.options.details else [])
+        list(DETAIL_OUTPUTS) if options.details else [])
     binary = {r.name: r.binary for r in call.outputs}
     count = len(predictions)
-    probabilities = np.array([p.probabilities for p in predictions], dtype=np.float32).reshape(count, len(labels))
-    best = probabilities.argmax(axis=1)
+    probabilities = np.array([p.scores(options.raw_scores) for p in predictions],
+                             dtype=np.float32).reshape(count, len(labels))
+    if options.top_k is None:
+        best = probabilities.argmax(axis=1)
+        label = ("BYTES", [count], np.array([labels[i].encode() for i in best], dtype=object))
+        score = ("FP32", [count], probabilities[np.arange(count), best])
+    else:
+        k = min(options.top_k, len(labels))
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        label = ("BYTES", [count, k], np.array([[labels[i].encode() for i in row] for row in ranked],
+                                               dtype=object).reshape(count, k))
+        score = ("FP32", [count, k], np.take_along_axis(probabilities, ranked, axis=1))
     arrays = {
-        "label": ("BYTES", [count], np.array([labels[i].encode() for i in best], dtype=object)),
-        "score": ("FP32", [count], probabilities[np.arange(count), best]),
+        "label": label,
+        "score": score,
         "probabilities": ("FP32", [count, len(labels)], probabilities),
         "tokens": ("INT32", [count], np.array([d["tokens"] for d in details], dtype=np.int32)),
         "windows": ("INT32", [count], np.array([d["windows"] for d in details], dtype=np.int32)),
