@@ -1,6 +1,7 @@
 """The exports of users' checkpoints (`sentiment up --checkpoint`) in the per-machine cache, and
-their pruning: each is a whole model repository (as large as its ONNX file, tens to hundreds of MB), one per checkpoint state and export
-option set, so they pile up as a checkpoint is retrained; nothing else removes them."""
+their pruning: each is a whole model repository (as large as its ONNX file, tens to hundreds of MB), one
+per checkpoint state and export option set, so they pile up as a checkpoint is retrained; nothing else
+removes them."""
 
 from __future__ import annotations
 
