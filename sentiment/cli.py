@@ -1,4 +1,5 @@
-"""`sentiment`: the one command line of the project (model building, local stack, load tests, benchmarks, scoring files).
+"""`sentiment`: the one command line of the project (model building, local stack, load tests, benchmarks,
+scoring files).
 
 Each subcommand lives with its package (`sentiment.model.cli`, `sentiment.stack.cli`,
 `sentiment.measure.cli`, `sentiment.score.cli`) and turns its arguments into typed options there: nothing below a

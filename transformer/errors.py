@@ -39,6 +39,14 @@ ERROR_TABLE: dict[str, ErrorKind] = {
 }
 # What a client that went away is counted as (never answered): nginx's 499, gRPC's CANCELLED.
 CLIENT_CLOSED_STATUS = 499
+# The code of an error answer that KServe or Starlette made with a bare HTTP status.
+_CODE_OF_STATUS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large",
+                   415: "unsupported_media_type", 422: "invalid_request", 500: "internal_error",
+                   503: "predictor_unavailable"}
+
+
+def code_of_status(status: int) -> str:
+    return _CODE_OF_STATUS.get(status, "http_error")
 
 
 def echo(value: str) -> str:

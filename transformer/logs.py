@@ -26,10 +26,10 @@ from typing import Mapping, Sequence
 import orjson
 
 from transformer import tracing
+from transformer.errors import CLIENT_CLOSED_STATUS
 
 log = logging.getLogger("transformer.requests")
 MAX_MESSAGE = 300  # characters of an error message in a log line (messages never quote texts)
-CLIENT_CLOSED = 499
 
 
 def install_handler(stream=None) -> None:
@@ -54,7 +54,7 @@ def _line(level: int, document: dict) -> None:
 def error_answer(protocol: str, route: str, status: int, code: str | None, message: str | None,
                  started: float) -> None:
     """The line of one error answer (a client that left got none: 499 is counted, not logged)."""
-    if status == CLIENT_CLOSED:
+    if status == CLIENT_CLOSED_STATUS:
         return
     code = code or ("internal_error" if status >= 500 else "http_error")
     document = {"event": "error_answer", "protocol": protocol, "route": route, "status": status, "code": code,

@@ -40,6 +40,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from transformer.errors import CLIENT_CLOSED_STATUS
+
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "sentiment-transformer"  # unless OTEL_SERVICE_NAME (or OTEL_RESOURCE_ATTRIBUTES) names one
@@ -127,7 +129,8 @@ def end_request(span, tokens, protocol: str, status: int, code: str | None, grpc
     if protocol == "rest":
         attributes["http.response.status_code"] = status
     else:  # no gRPC status: OK, or CANCELLED for a client that left
-        attributes["rpc.grpc.status_code"] = grpc_status if grpc_status is not None else (1 if status == 499 else 0)
+        cancelled = 1 if status == CLIENT_CLOSED_STATUS else 0
+        attributes["rpc.grpc.status_code"] = grpc_status if grpc_status is not None else cancelled
     if code is not None:
         attributes["error.type"] = code
     span.set_attributes(attributes)

@@ -56,7 +56,8 @@ def add_loadtest_command(commands) -> None:
     parser.add_argument("--rates", default="0,1", help="comma-separated cache hit rates (default 0,1)")
     parser.add_argument("--granularity", choices=["request", "text"], default=defaults.granularity,
                         help="a hit is the whole warm request (default) or each text from a warm pool")
-    parser.add_argument("--scenario", choices=["closed", "open", "saturation", "smoke"], default=defaults.shape.scenario,
+    parser.add_argument("--scenario", choices=["closed", "open", "saturation", "smoke"],
+                        default=defaults.shape.scenario,
                         help="closed: ramp up to --vus users, hold, ramp down (default); open: constant arrival rate; "
                              "saturation: arrival rate stepped up; smoke: a few seconds")
     parser.add_argument("--vus", type=int, default=defaults.shape.vus,
@@ -64,9 +65,12 @@ def add_loadtest_command(commands) -> None:
                              "(default %(default)s)")
     parser.add_argument("--texts", type=int, default=defaults.shape.texts_per_request,
                         help="texts per request (default %(default)s)")
-    parser.add_argument("--ramp-up", default=defaults.shape.ramp_up,
-                        help="k6 duration from 0 to --vus users (default %(default)s); with --hold and --ramp-down it "
-                             "sets how long each rate runs: e.g. --ramp-up 2s --hold 10s --ramp-down 2s for a quick look")
+    parser.add_argument(
+        "--ramp-up",
+        default=defaults.shape.ramp_up,
+        help="k6 duration from 0 to --vus users (default %(default)s); with --hold and --ramp-down it "
+        "sets how long each rate runs: e.g. --ramp-up 2s --hold 10s --ramp-down 2s for a quick look",
+    )
     parser.add_argument("--hold", default=defaults.shape.hold, help="k6 duration at --vus users (default %(default)s)")
     parser.add_argument("--ramp-down", default=defaults.shape.ramp_down,
                         help="k6 duration from --vus users to 0 (default %(default)s)")
@@ -134,6 +138,8 @@ def add_bench_command(commands) -> None:
     )
     parser.add_argument("--section", default=levers.section,
                         help="with --levers: the BENCHMARKS.md section (marker) to write (default %(default)s)")
-    parser.add_argument("--report", default=str(defaults.report), help="the markdown file to write (default BENCHMARKS.md)")
+    parser.add_argument(
+        "--report", default=str(defaults.report), help="the markdown file to write (default BENCHMARKS.md)"
+    )
     parser.add_argument("--out", help="raw results folder (default loadtest/results/bench-<timestamp>)")
     parser.set_defaults(handler=_cmd_bench)

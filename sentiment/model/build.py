@@ -9,8 +9,6 @@ export code or the (resolved) export options changed, and the build says which; 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.resources
 import inspect
@@ -20,9 +18,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from sentiment.model import data
+from sentiment.model.build_lock import build_lock
 from sentiment.model.export_cache import exports_home, mark_used
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
@@ -88,18 +86,6 @@ def export_code_sources() -> list[Path]:
 
 def export_code_version() -> str:
     return _hash_tree(export_code_sources())[:16]
-
-
-@contextlib.contextmanager
-def build_lock(directory: Path) -> Iterator[None]:
-    """One build per machine at a time (a test run and `make run` may start together)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "build.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,9 @@ def inspect_checkpoint(checkpoint: Path, max_length: int | None = None) -> Check
         raise ExportError(f"{config_path} has no id2label: not a sequence classifier")
     problem_type = config.get("problem_type")
     if problem_type is not None and problem_type not in PROBLEM_TYPES:
-        raise ExportError(f"{config_path} has problem_type {problem_type!r}; this stack serves {', '.join(PROBLEM_TYPES)}")
+        raise ExportError(
+            f"{config_path} has problem_type {problem_type!r}; this stack serves {', '.join(PROBLEM_TYPES)}"
+        )
     labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
     model_type = config.get("model_type", "")
     uses_token_type_ids = model_type not in _NO_TOKEN_TYPES and int(config.get("type_vocab_size", 0)) > 1

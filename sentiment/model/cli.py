@@ -120,10 +120,14 @@ def add_model_commands(commands) -> None:
                        help="passes over the training split; the best epoch on dev is kept (default %(default)s)")
     train.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate,
                        help="AdamW peak learning rate, after a linear warm-up (default %(default)s)")
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="sentences per step (default %(default)s)")
+    train.add_argument(
+        "--batch-size", type=int, default=TrainConfig.batch_size, help="sentences per step (default %(default)s)"
+    )
     train.add_argument("--max-length", type=int, default=TrainConfig.max_length,
                        help="tokens per training sentence, special tokens included (default %(default)s)")
-    train.add_argument("--threads", type=int, default=TrainConfig.threads, help="PyTorch CPU threads (default %(default)s)")
+    train.add_argument(
+        "--threads", type=int, default=TrainConfig.threads, help="PyTorch CPU threads (default %(default)s)"
+    )
     train.set_defaults(handler=_cmd_train)
 
     export = model.add_parser("export", help="export a checkpoint to ONNX and a Triton model repository")
@@ -146,11 +150,14 @@ def add_model_commands(commands) -> None:
                        help="the model repository root to check (default: ./model_repository)")
     check.set_defaults(handler=_cmd_check)
 
-    prune = model.add_parser("prune-exports", help="remove cached exports of your checkpoints that were not served lately",
-                             description="`sentiment up --checkpoint DIR` exports the checkpoint once into "
-                                         "<cache>/exports/<key> (the cache: ~/.cache/sentiment-serving, or "
-                                         "SENTIMENT_CACHE_DIR / XDG_CACHE_HOME), a new folder each time the checkpoint "
-                                         "changes. This removes those not served for --older-than-days.")
+    prune = model.add_parser(
+        "prune-exports",
+        help="remove cached exports of your checkpoints that were not served lately",
+        description="`sentiment up --checkpoint DIR` exports the checkpoint once into "
+        "<cache>/exports/<key> (the cache: ~/.cache/sentiment-serving, or "
+        "SENTIMENT_CACHE_DIR / XDG_CACHE_HOME), a new folder each time the checkpoint "
+        "changes. This removes those not served for --older-than-days.",
+    )
     prune.add_argument("--older-than-days", type=float, default=7.0,
                        help="remove exports not served for this many days (default %(default)s)")
     prune.add_argument("--all", action="store_true", help="remove every cached export")

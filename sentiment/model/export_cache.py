@@ -1,6 +1,7 @@
 """The exports of users' checkpoints (`sentiment up --checkpoint`) in the per-machine cache, and
-their pruning: each is a whole model repository (as large as its ONNX file, tens to hundreds of MB), one per checkpoint state and export
-option set, so they pile up as a checkpoint is retrained; nothing else removes them."""
+their pruning: each is a whole model repository (as large as its ONNX file, tens to hundreds of MB), one
+per checkpoint state and export option set, so they pile up as a checkpoint is retrained; nothing else
+removes them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentiment.model.build_lock import build_lock
 from sentiment.paths import cache_home
 
 LAST_USED = ".last-used"  # touched on every use: its age is what pruning goes by
@@ -53,8 +55,6 @@ def cached_exports(now: float | None = None) -> list[CachedExport]:
 def prune_exports(older_than_days: float, dry_run: bool = False) -> list[CachedExport]:
     """Remove the exports not served for `older_than_days` (0: all); returns what was (or would be) removed.
     Holds the build lock, so an export being written or served right now by `sentiment up` is not cut."""
-    from sentiment.model.build import build_lock
-
     with build_lock(cache_home()):
         doomed = [export for export in cached_exports() if export.idle_days >= older_than_days]
         if not dry_run:

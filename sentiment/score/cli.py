@@ -41,7 +41,9 @@ def add_score_command(commands) -> None:
                     "with label and score added (CSV stays CSV; JSONL and text files give JSONL), in input order. "
                     "Interrupted (Ctrl-C, a crash, the server gone)? Run the same command again: it continues "
                     "where the checkpoint (OUTPUT.progress.json) says, each row written once.")
-    parser.add_argument("input", help="a .csv/.tsv (header row), .jsonl (one object per line) or text file (one text per line)")
+    parser.add_argument(
+        "input", help="a .csv/.tsv (header row), .jsonl (one object per line) or text file (one text per line)"
+    )
     parser.add_argument("-o", "--output", help="default: INPUT's name with .scored.csv or .scored.jsonl")
     parser.add_argument("--url", default="http://localhost:8000", help="the transformer (default %(default)s)")
     parser.add_argument("--column", help="the text column/field (default: text, review, sentence, content, ... "
@@ -53,10 +55,13 @@ def add_score_command(commands) -> None:
     parser.add_argument("--top-k", type=_positive, help="ask for the k best labels; adds a predictions column")
     parser.add_argument("--raw-scores", action="store_true", help="ask for raw scores; adds a predictions column")
     parser.add_argument("--api-key", help=f"sent as Authorization: Bearer KEY (default: ${API_KEY_ENV})")
-    parser.add_argument("--batch-size", type=_positive, help="texts per request (default 64, never above the server's limit)")
+    parser.add_argument(
+        "--batch-size", type=_positive, help="texts per request (default 64, never above the server's limit)"
+    )
     parser.add_argument("--concurrency", type=_positive, default=2, help="requests in flight (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=7, help="retries of a request on 429/503/504 or a lost "
-                                                               "connection, honouring Retry-After (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=7,
+                        help="retries of a request on 429/503/504 or a lost connection, honouring Retry-After "
+                             "(default %(default)s)")
     parser.add_argument("--max-retry-wait", type=float, default=30.0, help="longest wait before a retry, seconds")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
     parser.add_argument("--restart", action="store_true", help="ignore an interrupted run's progress and start over")

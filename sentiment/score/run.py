@@ -86,9 +86,11 @@ class RunReport:
             asked = sum(self.cache.values())
             hits = self.cache.get("cache", 0.0)
             share = f" ({hits / asked:.1%})" if asked else ""
-            lines.append(f"cache hits (server-wide during this run, from /metrics sentiment_texts_total): "
-                         f"{hits:.0f} of {asked:.0f} distinct texts per request{share}; computed "
-                         f"{self.cache.get('model', 0):.0f}, shared with a concurrent request {self.cache.get('shared', 0):.0f}")
+            lines.append(
+                f"cache hits (server-wide during this run, from /metrics sentiment_texts_total): "
+                f"{hits:.0f} of {asked:.0f} distinct texts per request{share}; computed "
+                f"{self.cache.get('model', 0):.0f}, shared with a concurrent request {self.cache.get('shared', 0):.0f}"
+            )
         return lines
 
 
@@ -221,7 +223,9 @@ async def score_file(options: ScoreOptions) -> RunReport:
         after = await cache_counters(http)
     if complete:
         sidecar.unlink(missing_ok=True)
-    cache = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after} if before is not None and after is not None else None
+    cache = (
+        {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after} if before is not None and after is not None else None
+    )
     return RunReport(progress, output, progress.rows_done - resumed_from, seconds, resumed_from, limits,
                      client.retries, cache, complete)
 

@@ -90,7 +90,10 @@ def add_stack_commands(commands) -> None:
         "Columns: start offset, duration, span, service, attributes.",
     )
     traces.add_argument("--logs", default=str(LOGS_DIR), help="the stack's logs folder (default .logs/)")
-    traces.add_argument("--file", help="read spans from this JSON-lines file instead (default <logs>/traces.jsonl), e.g. "
-                        "a copy kept from an earlier run")
+    traces.add_argument(
+        "--file",
+        help="read spans from this JSON-lines file instead (default <logs>/traces.jsonl), e.g. "
+        "a copy kept from an earlier run",
+    )
     traces.add_argument("--trace", help="the trace id (32 hex digits); default: the latest trace")
     traces.set_defaults(handler=_cmd_traces)

@@ -36,7 +36,9 @@ def docs_stack(default_build, logs_dir):
 def as_written_for(stack, code: str) -> str:
     ports = {"8000": stack.config.port, "8081": stack.config.grpc_port}
     for default, port in ports.items():
-        code = code.replace(f"localhost:{default}", f"localhost:{port}").replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
+        code = code.replace(f"localhost:{default}", f"localhost:{port}").replace(
+            f"127.0.0.1:{default}", f"127.0.0.1:{port}"
+        )
     return code
 
 

@@ -52,7 +52,8 @@ def test_k6_run_directly_leaves_no_file_and_says_when_its_flags_dropped_the_heal
 
 def test_the_scripts_own_variables_size_a_run_and_keep_the_health_probe(tiny_service, tmp_path):
     summary_file = tmp_path / "out.json"
-    environment = os.environ | {"BASE_URL": tiny_service.url, "TEXTS_PER_REQUEST": "2", "SUMMARY_FILE": str(summary_file)}
+    environment = os.environ | {"BASE_URL": tiny_service.url, "TEXTS_PER_REQUEST": "2",
+                                "SUMMARY_FILE": str(summary_file)}
     result = subprocess.run([k6_binary(), "run", "--quiet", "--no-usage-report", "-e", "VUS=2", "-e", "RAMP_UP=0s",
                              "-e", "HOLD=3s", "-e", "RAMP_DOWN=0s", str(SCRIPT)],
                             env=environment, capture_output=True, text=True, timeout=120, cwd=tmp_path)

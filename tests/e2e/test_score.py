@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -89,7 +87,9 @@ def test_killed_and_interrupted_runs_resume_to_every_row_once_in_order(tiny_serv
     sample = [0, at_kill - 1, at_kill, at_interrupt, ROWS - 1]
     answers = httpx.post(tiny_service.url + "/project/bulk-predict", json={"text": [texts[i] for i in sample]}).json()
     for index, ranked in zip(sample, answers["predictions"]):
-        assert rows[index]["label"] == ranked[0]["label"] and float(rows[index]["score"]) == pytest.approx(ranked[0]["score"])
+        assert rows[index]["label"] == ranked[0]["label"] and float(rows[index]["score"]) == pytest.approx(
+            ranked[0]["score"]
+        )
     summary = next(line for line in stderr.splitlines() if line.startswith("labels: "))
     assert labels and all(f"{label} " in summary for label in labels), summary
 

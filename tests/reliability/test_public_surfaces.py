@@ -783,6 +783,9 @@ def test_grpc_message_far_over_the_limit_still_carries_the_code(service):
     status, code, error = grpc_call(service, "ModelInfer", infer_request(_big_texts(8 * MIB)))
     assert status == "RESOURCE_EXHAUSTED"
     assert code == "request_too_large", error.details()
+    # counted when the server's handler returns, which may be just after the client read the status
+    wait_until(lambda: (request_counts(service) - before)[("grpc", "ModelInfer", "413")] == 1, 10,
+               message="the 413 counted")
     assert (request_counts(service) - before)[("grpc", "ModelInfer", "413")] == 1
 
 

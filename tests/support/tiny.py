@@ -23,7 +23,7 @@ def build_tiny_checkpoint(kind: str, out_dir: Path, seed: int = 0, tokenizer_dir
     from sentiment.model.build import default_base
 
     torch.manual_seed(seed)
-    labels = {"id2label": dict(enumerate(label_names)), "label2id": {l: i for i, l in enumerate(label_names)},
+    labels = {"id2label": dict(enumerate(label_names)), "label2id": {label: i for i, label in enumerate(label_names)},
               "problem_type": problem_type}
     if kind == "bert":
         config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -230,6 +230,8 @@ def test_v2_rest_decoder_only_ever_refuses_with_invalid_request():
         assert all(isinstance(text, str) for text in call.request.texts)
 
     decode()
+    # Hypothesis draws few of the valid cases among the fuzzed ones: some more on their own.
+    settings(max_examples=30, deadline=None)(given(case=valid_rest)(decode.hypothesis.inner_test))()
     assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes
 
 
@@ -265,6 +267,8 @@ def test_grpc_decoder_only_ever_refuses_with_invalid_request():
         assert all(isinstance(text, str) for text in call.request.texts)
 
     decode()
+    # Hypothesis draws few of the valid cases among the fuzzed ones: some more on their own.
+    settings(max_examples=30, deadline=None)(given(case=valid_grpc)(decode.hypothesis.inner_test))()
     assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes
 
 
@@ -325,10 +329,15 @@ def test_v2_top_k_makes_label_and_score_ranked_rows_clamped_to_the_labels():
         assert tensors["label"].array.tolist() == [[b"joy", b"fear", b"anger"][:k], [b"anger", b"fear", b"joy"][:k]]
         np.testing.assert_allclose(tensors["score"].array, np.array([[0.5, 0.3, 0.2], [0.6, 0.3, 0.1]])[:, :k],
                                    rtol=1e-6)
-        response = v2.encode_grpc(call, v2.output_tensors(call, predictions, THREE, details_of(predictions)), "sentiment", "1")
+        response = v2.encode_grpc(
+            call, v2.output_tensors(call, predictions, THREE, details_of(predictions)), "sentiment", "1"
+        )
         assert list(response.outputs[0].shape) == [2, k] and len(response.outputs[0].contents.bytes_contents) == 2 * k
     message = grpc_request([b"a", b"b"])
     message.parameters["raw_scores"].bool_param = True
-    tensors = {t.name: t for t, _ in v2.output_tensors(v2.decode_grpc(message, DEFAULT), predictions, THREE, details_of(predictions))}
+    tensors = {
+        t.name: t
+        for t, _ in v2.output_tensors(v2.decode_grpc(message, DEFAULT), predictions, THREE, details_of(predictions))
+    }
     np.testing.assert_allclose(tensors["probabilities"].array, [[-1.0, 2.0, 0.5], [3.0, 0.0, 1.0]])
     np.testing.assert_allclose(tensors["score"].array, [2.0, 3.0])

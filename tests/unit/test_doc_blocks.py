@@ -24,7 +24,9 @@ def test_a_block_not_run_says_why_and_outputs_follow_a_block_that_runs():
             before = every[index - 1] if index else None
             assert before is not None and before.path == block.path and before.runs, \
                 f"{block.name}: an output block must follow a block that runs"
-            assert block.marker == "output" or block.rounding is not None, f"{block.name}: unknown marker {block.marker!r}"
+            assert block.marker == "output" or block.rounding is not None, (
+                f"{block.name}: unknown marker {block.marker!r}"
+            )
 
 
 def test_json_and_yaml_blocks_parse():

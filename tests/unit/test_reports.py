@@ -47,7 +47,8 @@ def test_comparison_report_and_charts(tmp_path):
 def test_latency_labels_keep_small_values_and_the_log_axis_starts_at_a_round_floor():
     from sentiment.measure.report import latency_label, log_axis_floor
 
-    assert [latency_label(v) for v in (0.04, 0.8, 1.5, 2.0, 80.9, 197.2)] == ["0.04", "0.8", "1.5", "2.0", "80.9", "197.2"]
+    values = (0.04, 0.8, 1.5, 2.0, 80.9, 197.2)
+    assert [latency_label(v) for v in values] == ["0.04", "0.8", "1.5", "2.0", "80.9", "197.2"]
     assert log_axis_floor([0.8, 2.0, 197.2]) == 0.5
     assert log_axis_floor([1.5, 3.0]) == 1.0
     assert log_axis_floor([80.9, 153.4]) == 50.0

@@ -3,19 +3,16 @@ error handling against scripted HTTP answers (httpx.MockTransport)."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from sentiment.score.checkpoint import CheckpointMismatch, fresh_progress, load_progress, save_progress, sidecar_of
 from sentiment.score.client import (RequestOptions, RetryPolicy, ScoringClient, ScoringStopped, ServerLimits,
                                     retry_after_s)
-from sentiment.score.run import ScoreOptions, batches, score_file
+from sentiment.score.run import batches
 from sentiment.score.tables import InputFormat, InputTable, OutputWriter, Row, TableError, choose_column
 
 
@@ -135,7 +132,9 @@ async def test_a_text_the_server_refuses_is_that_rows_error_and_the_rest_are_sco
         texts = json.loads(request.content)["text"]
         for index, text in enumerate(texts):
             if text == "poison":
-                return httpx.Response(422, json={"error": f"text[{index}] bad", "code": "invalid_request", "index": index})
+                return httpx.Response(
+                    422, json={"error": f"text[{index}] bad", "code": "invalid_request", "index": index}
+                )
         if len(texts) > 2:
             return httpx.Response(413, json={"error": "too many tokens", "code": "request_too_large"})
         return httpx.Response(200, json=_ranked(texts))

@@ -56,7 +56,9 @@ def test_the_settings_reference_is_the_table_the_declarations_make():
     root = Path(__file__).parents[2]
     reference = (root / "docs" / "configuration.md").read_text()
     documented = reference[reference.index(TABLE_START):reference.index(TABLE_END) + len(TABLE_END)]
-    assert documented == settings_table(), "docs/configuration.md's settings table is stale: python -m transformer.settings"
+    assert documented == settings_table(), (
+        "docs/configuration.md's settings table is stale: python -m transformer.settings"
+    )
 
     def rows(text: str) -> dict[str, tuple[str, str]]:
         return {flag: (env, default) for flag, env, default in

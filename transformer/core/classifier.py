@@ -175,9 +175,13 @@ class TextClassifier:
             count = tokens.get(key, 0)
             if count > self.window_tokens:
                 raise InvalidRequest(
-                    f"{field}[{index}] has {count} tokens; the model's window holds {self.window_tokens} tokens of text "
+                    f"{field}[{index}] has {count} tokens; the model's window holds {self.window_tokens} tokens "
+                    "of text "
                     f"({self.window_tokens + self.encoder.special_tokens} with its special tokens). Send truncation "
-                    "'chunk' to judge it whole or 'head' to read only its start", index=index, tokens=count)
+                    "'chunk' to judge it whole or 'head' to read only its start",
+                    index=index,
+                    tokens=count,
+                )
 
     def details(self, prediction: Prediction) -> dict:
         """Per text, with `details: true`: its size and whether the answer read all of it."""
@@ -296,7 +300,9 @@ class TextClassifier:
             count = len(text.windows)
             logits = np.stack(rows[start:start + count])
             start += count
-            scores = aggregate(self.settings.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function)
+            scores = aggregate(
+                self.settings.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function
+            )
             computed[key] = Prediction.of(scores, self.labels, text.token_count, count, raw_logits(logits))
             metrics.TEXT_TOKENS.observe(text.token_count)
             if text.token_count > self.window_tokens:

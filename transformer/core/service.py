@@ -3,20 +3,19 @@
 `ServingCore.classify` checks the limits, holds an in-flight slot only while the request is
 served (its body is already complete), bounds the time an admitted request may take, and hands
 the texts to the current model generation's classifier (which sheds by expected wait).
-`ServingCore.track` records the request metrics of every transport with the same labels, writes the
-JSON log line of an error answer, and (tracing on) holds the request's span.
 `ServingCore.switch` moves serving to another model version without dropping a request.
+What a request looked like on the wire (its route, its status, its log line and span) is the
+transports' business: `transport.recording`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformer import logs, metrics, tracing
+from transformer import metrics, tracing
 from transformer.api_keys import ApiKeys
 from transformer.backends.cache import build_caches
 from transformer.core.classifier import TextClassifier
@@ -25,78 +24,10 @@ from transformer.core.prediction import Prediction
 from transformer.core.requests import ClassifyOptions, ClassifyRequest, Limits, validate_texts
 from transformer.core.switch import RecentTexts, next_generation
 from transformer.core.windows import Truncation
-from transformer.errors import Overloaded, ProcessingTimeout, ServiceError
+from transformer.errors import Overloaded, ProcessingTimeout
 from transformer.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Probes and scrapes: answered many times a minute, a "not ready" 503 is their normal answer. They are
-# counted like every request, but neither traced nor logged as error answers.
-PROBE_ROUTES = frozenset({"/project/health", "/project/live", "/v2/health", "/metrics",
-                          "ServerLive", "ServerReady", "ModelReady"})
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """One request's metric labels; the transport sets `status` before the record closes, and
-    `code`/`message` for an error answer (`fail`)."""
-
-    protocol: str
-    route: str
-    started: float
-    status: int = 500
-    code: str | None = None
-    message: str | None = None
-    grpc_status: int | None = None  # gRPC: the status code's number, for the span
-
-    def fail(self, error: ServiceError) -> None:
-        self.status = error.status_code
-        self.code = error.code
-        self.message = error.message
-        if self.protocol == "grpc":
-            self.grpc_status = error.kind.grpc_status.value[0]
-
-
-class _Tracked:
-    __slots__ = ("record",)
-
-    def __init__(self, record: RequestRecord):
-        self.record = record
-
-    def __enter__(self) -> RequestRecord:
-        return self.record
-
-    def __exit__(self, kind, error, _traceback) -> None:
-        record = self.record
-        if kind is not None and issubclass(kind, asyncio.CancelledError):
-            record.status = 499  # the client went away (gRPC cancel, REST disconnect)
-        metrics.REQUESTS.labels(protocol=record.protocol, route=record.route, status=str(record.status)).inc()
-        metrics.REQUEST_LATENCY.labels(protocol=record.protocol, route=record.route).observe(
-            time.perf_counter() - record.started)
-        if record.status >= 400 and record.route not in PROBE_ROUTES:
-            logs.error_answer(record.protocol, record.route, record.status, record.code, record.message, record.started)
-
-
-class _TracedRequest(_Tracked):
-    """`_Tracked` with the request's span current between enter and exit (tracing on)."""
-
-    __slots__ = ("carrier", "span", "tokens")
-
-    def __init__(self, record: RequestRecord, carrier):
-        super().__init__(record)
-        self.carrier = carrier
-
-    def __enter__(self) -> RequestRecord:
-        self.span, self.tokens = tracing.start_request(self.record.protocol, self.record.route, self.carrier)
-        return self.record
-
-    def __exit__(self, kind, error, traceback) -> None:
-        try:
-            super().__exit__(kind, error, traceback)  # the error line, inside the span: it carries its ids
-        finally:
-            record = self.record
-            tracing.end_request(self.span, self.tokens, record.protocol, record.status, record.code, record.grpc_status)
-
 
 @dataclass(slots=True)
 class ClassifyResult:
@@ -148,14 +79,6 @@ class ServingCore:
     @property
     def labels(self) -> list[str]:
         return self.generation.labels
-
-    def track(self, protocol: str, route: str, carrier=None) -> _Tracked:
-        """`with core.track("rest", "/project/bulk-predict", scope) as record: ...; record.status = 200`.
-        `carrier`: where a client's trace context comes from (the ASGI scope; the gRPC servicer context)."""
-        record = RequestRecord(protocol, route, time.perf_counter())
-        if tracing.tracer is None or route in PROBE_ROUTES:
-            return _Tracked(record)
-        return _TracedRequest(record, carrier)
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         texts = validate_texts(request.texts, self.limits, request.field)

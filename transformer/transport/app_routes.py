@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from transformer.errors import code_of_status
 from transformer.transport.api_schema import RequestLimits, openapi_document
 from transformer.transport.control import install_hangup_signal
 from transformer.transport.kserve_model import SentimentModel
@@ -40,7 +41,7 @@ async def validation_error_handler(_request: Request, error: RequestValidationEr
 
 
 async def http_error_handler(_request: Request, error: StarletteHTTPException) -> Response:
-    code = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    code = code_of_status(error.status_code)
     status = 422 if error.status_code == 400 else error.status_code
     response = json_response({"error": str(error.detail)[:300], "code": code}, status)
     response.headers.update(getattr(error, "headers", None) or {})

@@ -26,8 +26,9 @@ from transformer import metrics
 from transformer.api_keys import require_key
 from transformer.core.service import ServingCore
 from transformer.errors import (ERROR_CODE_METADATA, ModelNotFound, NotServed, PredictorUnavailable, RequestTooLarge,
-                                ServiceError, echo)
+                                ServiceError)
 from transformer.transport import v2
+from transformer.transport.recording import check_model, track
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def counted(route: str):
     def decorate(method):
         @functools.wraps(method)
         async def rpc(self: "GuardedServicer", request, context):
-            with self.core.track("grpc", route, context) as record:
+            with track("grpc", route, context) as record:
                 try:
                     if self.core.api_keys is not None and route not in OPEN_RPCS:
                         require_key(self.core.api_keys, _authorization(context), KEY_METADATA)
@@ -71,9 +72,7 @@ def counted(route: str):
                     raise
                 except Exception:
                     log.exception("unhandled error in gRPC %s", route)
-                    record.status, record.code = 500, "internal_error"
-                    record.message = "unhandled error (its stack trace is logged)"
-                    record.grpc_status = grpc.StatusCode.INTERNAL.value[0]
+                    record.fail_unhandled()
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error; it was logged")
                 else:
                     record.status = 200
@@ -89,11 +88,7 @@ class GuardedServicer(InferenceServicer):
         self.model_name = model_name
 
     def _check_model(self, name: str, version: str) -> None:
-        if name != self.model_name:
-            raise ModelNotFound(f"model '{echo(name)}' is not served here; this server serves '{self.model_name}'")
-        if version and version != self.core.version:
-            raise ModelNotFound(f"version '{echo(version)}' of model '{self.model_name}' is not served here; this "
-                                f"server serves version {self.core.version}")
+        check_model(name, version, self.model_name, self.core.version)  # gRPC: an empty name is a wrong one
 
     @counted("ModelInfer")
     async def ModelInfer(self, request, context):

@@ -24,10 +24,12 @@ import orjson
 
 from transformer import metrics
 from transformer.api_keys import require_key
-from transformer.core.service import RequestRecord, ServingCore
-from transformer.errors import (CLIENT_CLOSED_STATUS, ERROR_TABLE, InvalidRequest, MethodNotAllowed, ModelNotFound,
-                                NotServed, RequestTimeout, RequestTooLarge, ServiceError, UnsupportedMediaType, echo)
+from transformer.core.service import ServingCore
+from transformer.errors import (CLIENT_CLOSED_STATUS, ERROR_TABLE, InvalidRequest, MethodNotAllowed, NotServed,
+                                RequestTimeout, RequestTooLarge, ServiceError, UnsupportedMediaType, code_of_status,
+                                echo)
 from transformer.transport import json_api, v2
+from transformer.transport.recording import RequestRecord, check_model, track
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +234,12 @@ class RestTransport:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = match_route(scope["path"])
-        with self.core.track("rest", route.label, scope) as record:
+        with track("rest", route.label, scope) as record:
             try:
                 scope, route = version_from_query(scope, route)
                 if self.core.api_keys is not None and not open_without_key(route, scope["path"]):
                     require_key(self.core.api_keys, _authorization(scope), KEY_HEADER)
-                self._check_model(route)
+                check_model(route.name, route.version, self.model_name, self.core.version)
                 if route.kind == "refuse":
                     raise NotServed(f"{echo(scope['path'])} is not served here (model repository and explain "
                                     "routes are closed)")
@@ -253,14 +255,6 @@ class RestTransport:
             except ServiceError as error:
                 record.fail(error)
                 await send_error(send, error)
-
-    def _check_model(self, route: RouteMatch) -> None:
-        if route.name is not None and route.name != self.model_name:
-            raise ModelNotFound(f"model '{echo(route.name)}' is not served here; "
-                                f"this server serves '{self.model_name}'")
-        if route.version is not None and route.version != self.core.version:
-            raise ModelNotFound(f"version '{echo(route.version)}' of model '{self.model_name}' is not served here; "
-                                f"this server serves version {self.core.version}")
 
     async def _infer(self, scope, receive, send, route: RouteMatch, record: RequestRecord) -> None:
         try:
@@ -288,8 +282,7 @@ class RestTransport:
         except Exception:
             # Never leak a stack trace or internal names: log it, answer a plain 500.
             log.exception("unhandled error on %s %s", scope["method"], route.label)
-            record.status, record.code = 500, "internal_error"
-            record.message = "unhandled error (its stack trace is logged)"
+            record.fail_unhandled()
             await _send(send, b'{"error":"internal error; it was logged","code":"internal_error"}', 500)
             return
         record.status = 200
@@ -378,10 +371,6 @@ def _kept_headers(start: dict) -> dict[str, str]:
             if name.lower() in (b"retry-after", b"allow")}
 
 
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type",
-                 422: "invalid_request", 400: "invalid_request", 503: "predictor_unavailable", 500: "internal_error"}
-
-
 def _shaped(body: bytes, status: int) -> bytes:
     try:
         document: Any = orjson.loads(body)
@@ -397,4 +386,4 @@ def _shaped(body: bytes, status: int) -> bytes:
         message = orjson.dumps(message).decode()
     if status >= 500:
         message = "internal error; it was logged" if status == 500 else message
-    return orjson.dumps({"error": message[:300], "code": _STATUS_CODES.get(status, "http_error")})
+    return orjson.dumps({"error": message[:300], "code": code_of_status(status)})
