@@ -116,7 +116,8 @@ def test_the_version_as_a_query_parameter_is_checked_like_the_path_segment(tiny_
             assert client.get(path, params={"model_version": version}).status_code == 200
             other = client.get(path, params={"model_version": "999"})
             assert other.status_code == 404 and other.json()["code"] == "model_not_found"
-        assert client.post("/v2/models/sentiment/infer", params={"model_version": version}, json=body).status_code == 200
+        answer = client.post("/v2/models/sentiment/infer", params={"model_version": version}, json=body)
+        assert answer.status_code == 200
         assert client.post("/v2/models/sentiment/infer", params={"model_version": "999"}, json=body).status_code == 404
         twice = client.get(f"/v2/models/sentiment/versions/{version}", params={"model_version": "999"})
         assert twice.status_code == 422 and "two versions" in twice.json()["error"]

@@ -12,7 +12,7 @@ import pytest
 from sentiment.score.checkpoint import CheckpointMismatch, fresh_progress, load_progress, save_progress, sidecar_of
 from sentiment.score.client import (RequestOptions, RetryPolicy, ScoringClient, ScoringStopped, ServerLimits,
                                     retry_after_s)
-from sentiment.score.run import batches
+from sentiment.score.run import ScoreOptions, batches
 from sentiment.score.tables import InputFormat, InputTable, OutputWriter, Row, TableError, choose_column
 
 
