@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 SENTIMENT := $(BIN)/sentiment
 
-.PHONY: help venv model run test test-fast check-model upload-model bench loadtest audit clean
+.PHONY: help venv model run test test-fast image image-test check-model upload-model bench loadtest audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,12 @@ test: model .venv-checkov/.installed  ## the whole test suite, end-to-end tests 
 test-fast: venv  ## unit tests and the tiny-model integration tests only
 	$(BIN)/python -m pytest -m "not slow"
 
+image:  ## build the transformer image (docker, podman or buildah; a local Debian base where no registry is reachable)
+	scripts/build-image.sh
+
+image-test: model  ## build the image, then run it as the prod manifests start it against the local Triton and Redis
+	$(BIN)/python -m pytest -m image tests/deploy/test_container_image.py
+
 check-model: model  ## check model_repository/ (configs vs ONNX vs bundle) before an upload
 	$(SENTIMENT) model check
 
@@ -55,5 +61,5 @@ audit: venv  ## pip-audit of the installed dependencies (security/pip-audit-igno
 	$(BIN)/python scripts/audit_dependencies.py
 
 clean:  ## remove the venv, the built model repository and logs (not the per-machine cache)
-	rm -rf $(VENV) .venv-checkov .logs .pytest_cache
+	rm -rf $(VENV) .venv-checkov .logs .pytest_cache .image-ref
 	find model_repository -mindepth 1 -not -name README.md -delete

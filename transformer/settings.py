@@ -159,6 +159,13 @@ _KSERVE_SOURCES: list[tuple[str, str, str]] = [
 ]
 
 
+def environment_variables() -> frozenset[str]:
+    """Every environment variable the transformer reads itself (the OpenTelemetry SDK reads the other
+    OTEL_* ones): what a manifest may set (tests/deploy/test_container_image.py checks it)."""
+    return frozenset([env for _field, _flag, env, _kind in _SOURCES] + [env for _field, _flag, env in _KSERVE_SOURCES]
+                     + [TRACES_EXPORTER_ENV, SDK_DISABLED_ENV])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """KServe's model-server parser extended with the transformer's flags (all default to None)."""
     from kserve.model_server import parser as kserve_parser
