@@ -4,7 +4,10 @@
 # `sentiment` (model building, the local stack, measurements): no `sentiment` command, no torch.
 # Then leave out what the transformer never imports (measured, see below) and pip itself.
 #
-#   scripts/install-serving-package.sh VENV [SOURCE]     SOURCE: folder with pyproject.toml and transformer/
+#   scripts/install-serving-package.sh VENV [SOURCE [STEP]]
+#     SOURCE: folder with pyproject.toml and transformer/
+#     STEP: dependencies | package | all (default): the image installs the dependencies in a layer of
+#     their own, so that a change to the transformer alone rebuilds in seconds
 #
 # Dockerfile.transformer runs it; tests/deploy/test_container_image.py imports, inside the built
 # image, every module a transformer run loads (measured with PYTHONPROFILEIMPORTTIME on the local
@@ -12,6 +15,7 @@
 set -eu
 venv=$1
 source=${2:-.}
+step=${3:-all}
 requirements="$venv/serving-requirements.txt"
 
 # Declared by kserve, kubernetes or tokenizers, never imported by the transformer (kserve's storage,
@@ -27,25 +31,30 @@ huggingface_hub hf-xet httpx2 httpcore2 truststore fsspec filelock tqdm grpcio-t
 NEVER_LOADED="kubernetes/aio kubernetes/client/api/*_api.py kubernetes/client/models/[a-z]*.py
 pandas/tests numpy/*/tests numpy/tests numpy/_core/tests"
 
-"$venv/bin/python" - "$source/pyproject.toml" > "$requirements" <<'PYTHON'
+if [ "$step" != package ]; then
+  "$venv/bin/python" - "$source/pyproject.toml" > "$requirements" <<'PYTHON'
 import sys
 import tomllib
 
 with open(sys.argv[1], "rb") as handle:
     print("\n".join(tomllib.load(handle)["project"]["dependencies"]))
 PYTHON
-"$venv/bin/python" -m pip install --no-cache-dir --no-compile --disable-pip-version-check --quiet --requirement "$requirements"
-# shellcheck disable=SC2086  # word splitting wanted
-"$venv/bin/python" -m pip uninstall --yes --quiet $NEVER_IMPORTED 2>&1 | grep -v "not installed" || true
+  "$venv/bin/python" -m pip install --no-cache-dir --no-compile --disable-pip-version-check --quiet --requirement "$requirements"
+  # shellcheck disable=SC2086  # word splitting wanted
+  "$venv/bin/python" -m pip uninstall --yes --quiet $NEVER_IMPORTED 2>&1 | grep -v "not installed" || true
 
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  for part in $NEVER_LOADED; do
+    # shellcheck disable=SC2086  # the globs expand here
+    rm -rf "$site"/$part
+  done
+  find "$site" -name __pycache__ -prune -exec rm -rf {} +
+  # Byte-compiled once here: the image's root file system is read-only, Python cannot cache them later.
+  "$venv/bin/python" -m compileall -q -j 0 "$site" > /dev/null || true
+fi
+[ "$step" != dependencies ] || exit 0
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-for part in $NEVER_LOADED; do
-  # shellcheck disable=SC2086  # the globs expand here
-  rm -rf "$site"/$part
-done
 rm -rf "$site/transformer"
 cp -R "$source/transformer" "$site/transformer"
-find "$site" -name __pycache__ -prune -exec rm -rf {} +
-# Byte-compiled once here: the image's root file system is read-only, Python cannot cache them later.
-"$venv/bin/python" -m compileall -q -j 0 "$site" > /dev/null || true
+find "$site/transformer" -name __pycache__ -prune -exec rm -rf {} +
 "$venv/bin/python" -m compileall -q "$site/transformer"  # our own code: a syntax error fails the build

@@ -498,8 +498,10 @@ def test_image_matches_the_manifests_and_bakes_in_no_model():
     assert "EXPOSE 8080 8081" in instructions
     assert "HEALTHCHECK" not in text.replace("No HEALTHCHECK", "")
     assert not re.search(r"^(COPY|ADD)\b.*model_repository", text, re.MULTILINE)
-    for stage in re.findall(r"^FROM (\S+)", text, re.MULTILINE):
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", stage), stage
+    # every stage on the BASE_IMAGE build-arg, whose default is the pinned official slim image
+    assert set(re.findall(r"^FROM (\S+)", text, re.MULTILINE)) == {"${BASE_IMAGE}"}
+    (default_base,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", default_base), default_base
     ignored = [line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert ignored[0] == "*" and not any("model_repository" in line for line in ignored)
     isvc = only(render("prod"), "InferenceService")
