@@ -28,13 +28,13 @@ from sentiment.paths import REPO_ROOT
 from sentiment.stack.processes import ManagedProcess, free_port, port_is_free
 from sentiment.stack.redis_server import redis_process
 from tests.conftest import TransformerServer, TritonServer, wait_until
+from tests.deploy.test_manifests import render
 from tests.support.container import (
     BUILD_SCRIPT,
     IMAGE_REF_FILE,
     ContainerEngine,
     ContainerSpec,
     RunningContainer,
-    render,
     start_container,
 )
 
@@ -51,7 +51,7 @@ PLATFORM_ENV = {"STORAGE_URI": "KServe's controller starts its storage initializ
 # ---- the manifest, checked against the code (no image needed) -----------------------------------------
 @pytest.fixture(scope="module")
 def spec() -> ContainerSpec:
-    return ContainerSpec.from_documents(render())
+    return ContainerSpec.from_documents(render("prod"))
 
 
 def _flag_name(arg: str) -> str:

