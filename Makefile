@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip --disable-pip-version-check
 SENTIMENT := $(BIN)/sentiment
 
-.PHONY: help venv model run test test-fast lint check-model upload-model bench loadtest audit clean prune-exports
+.PHONY: help venv model run test test-fast lint image image-test check-model upload-model bench loadtest audit clean prune-exports
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ lint: venv  ## ruff over the code and tests, mypy over transformer/ (the tests r
 	$(BIN)/ruff check transformer sentiment scripts tests
 	$(BIN)/mypy
 
+image:  ## build the transformer image (docker, podman or buildah; a local Debian base where no registry is reachable)
+	scripts/build-image.sh
+
+image-test: model  ## build the image, then run it as the prod manifests start it against the local Triton and Redis
+	$(BIN)/python -m pytest -m image tests/deploy/test_container_image.py
+
 check-model: model  ## check model_repository/ (configs vs ONNX vs bundle) before an upload
 	$(SENTIMENT) model check
 
@@ -62,5 +68,5 @@ prune-exports: venv  ## remove the cached exports of `sentiment up --checkpoint`
 	$(SENTIMENT) model prune-exports --older-than-days $(or $(DAYS),7)
 
 clean:  ## remove the venv, the built model repository and logs (not the per-machine cache: see prune-exports)
-	rm -rf $(VENV) .venv-checkov .logs .pytest_cache
+	rm -rf $(VENV) .venv-checkov .logs .pytest_cache .image-ref
 	find model_repository -mindepth 1 -not -name README.md -delete

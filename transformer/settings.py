@@ -226,6 +226,12 @@ def sources() -> tuple[Source, ...]:
 SDK_DISABLED_ENV = "OTEL_SDK_DISABLED"
 
 
+def environment_variables() -> frozenset[str]:
+    """Every environment variable the transformer reads itself (the OpenTelemetry SDK reads the other
+    OTEL_* ones): what a manifest may set (tests/deploy/test_container_image.py checks it)."""
+    return frozenset([env for source in sources() for env in source.envs] + [SDK_DISABLED_ENV])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """KServe's model-server parser extended with the transformer's flags (all default to None)."""
     from kserve.model_server import parser as kserve_parser

@@ -508,8 +508,10 @@ def test_image_matches_the_manifests_and_bakes_in_no_model():
     assert "EXPOSE 8080 8081" in instructions
     assert "HEALTHCHECK" not in text.replace("No HEALTHCHECK", "")
     assert not re.search(r"^(COPY|ADD)\b.*model_repository", text, re.MULTILINE)
-    for stage in re.findall(r"^FROM (\S+)", text, re.MULTILINE):
-        assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", stage), stage
+    # every stage on the BASE_IMAGE build-arg, whose default is the pinned official slim image
+    assert set(re.findall(r"^FROM (\S+)", text, re.MULTILINE)) == {"${BASE_IMAGE}"}
+    (default_base,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", default_base), default_base
     ignored = [
         line for line in (REPO_ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")
     ]
@@ -522,7 +524,8 @@ def test_image_matches_the_manifests_and_bakes_in_no_model():
 # framework and resource name (Kubernetes) or file (Dockerfile); the reason sits with the skip.
 ALLOWED_SKIPS = {
     ("kubernetes", "redis"): {"CKV_K8S_40", "CKV_K8S_43"},  # uid 999 of the official image; digest per release
-    ("dockerfile", DOCKERFILE.name): {"CKV_DOCKER_2"},       # no HEALTHCHECK: Kubernetes probes instead
+    ("dockerfile", DOCKERFILE.name): {"CKV_DOCKER_2",        # no HEALTHCHECK: Kubernetes probes instead
+                                      "CKV_DOCKER_7"},       # FROM ${BASE_IMAGE}: its default is pinned
 }
 
 

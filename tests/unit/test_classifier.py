@@ -76,7 +76,7 @@ def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100, **s
                          fingerprint="f" * 64, max_batch_size=max_batch_size)
     settings = Settings(**{"pad_to_multiple": 1, "window_stride": 4, "max_concurrent_batches": 1, **settings})
     monitor = PredictorMonitor(predictor, "sentiment", bundle.fingerprint)
-    monitor.status.fingerprint = "match"
+    monitor.status.fingerprint, monitor.status.ready = "match", True
     return TextClassifier(bundle, default_base(), predictor, PredictionMemo(memo_size), remote, monitor, settings)
 
 
@@ -191,6 +191,19 @@ def test_misses_are_refused_until_the_predictor_fingerprint_is_verified():
     with pytest.raises(PredictorUnavailable):
         classify(classifier, ["new text"])
     assert predictor.batches == []
+
+
+def test_misses_are_refused_at_once_while_the_probe_finds_the_predictor_not_ready():
+    """A hung or down Triton: a 503 now, not after the predictor timeout; hits are still served."""
+    predictor = RecordingPredictor()
+    classifier = make_classifier(predictor)
+    classify(classifier, ["seen before"])
+    calls = len(predictor.batches)
+    classifier.monitor.status.ready = False
+    with pytest.raises(PredictorUnavailable, match="not ready"):
+        classify(classifier, ["new text"])
+    classify(classifier, ["seen before"])  # a cache hit needs no predictor
+    assert len(predictor.batches) == calls == 1
 
 
 def test_fingerprint_is_verified_on_every_probe():

@@ -192,9 +192,13 @@ class TextClassifier:
                      keys: list[str]) -> tuple[dict[str, asyncio.Future], dict[str, asyncio.Future]]:
         """Tokenize this request's own misses, admit their cost, and start computing them; returns
         (its own futures, the futures of texts another request started meanwhile)."""
-        if self.monitor.status.fingerprint != "match":
+        status = self.monitor.status
+        if status.fingerprint != "match":
             # Never compute with a predictor whose model is not the one our tokenizer and labels belong to.
-            raise PredictorUnavailable(f"the predictor's model is not verified: {self.monitor.status.reason}")
+            raise PredictorUnavailable(f"the predictor's model is not verified: {status.reason}")
+        if not status.ready:
+            # The probe found the predictor down or hung: answer now rather than wait out the predictor timeout.
+            raise PredictorUnavailable(f"the predictor is not ready ({status.reason}); retry shortly")
         # Shed before tokenizing when even a cheap estimate (a token per 4 characters) is over the
         # bound: refusing work must cost less than doing it. The real count is checked after.
         self._admit(sum(len(text) // 4 + self.encoder.special_tokens for text in mine.values()))
