@@ -45,7 +45,9 @@ INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-serving-package.sh"
 GRPC_SCRIPT = REPO_ROOT / "tests" / "support_grpc_client.py"
 SIZE_BUDGET_MB = 350
 # Env names a manifest may set that the KServe platform reads, not the transformer.
-PLATFORM_ENV = {"STORAGE_URI": "KServe's controller starts its storage initializer from it (model repository -> /mnt/models)"}
+PLATFORM_ENV = {
+    "STORAGE_URI": "KServe's controller starts its storage initializer from it (model repository -> /mnt/models)",
+}
 
 
 # ---- the manifest, checked against the code (no image needed) -----------------------------------------
@@ -132,8 +134,10 @@ def test_the_image_is_within_its_size_budget(engine, image):
     biggest = in_image(engine, image, (
         "import os, sysconfig\n"
         "site = sysconfig.get_paths()['purelib']\n"
-        "def size(p): return os.path.getsize(p) if os.path.isfile(p) else sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)\n"
-        "sizes = sorted(((size(os.path.join(site, e)), e) for e in os.listdir(site) if not e.endswith('-info')), reverse=True)\n"
+        "def size(p): return os.path.getsize(p) if os.path.isfile(p) else "
+        "sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)\n"
+        "sizes = sorted(((size(os.path.join(site, e)), e) for e in os.listdir(site) "
+        "if not e.endswith('-info')), reverse=True)\n"
         "print('\\n'.join(f'{s / 1e6:6.1f} MB {e}' for s, e in sizes[:10]))"))
     print(f"\n[image] {image}: {size / 1e6:.0f} MB; biggest packages:\n{biggest.stdout}")
     assert size <= SIZE_BUDGET_MB * 1e6, f"{size / 1e6:.0f} MB > budget {SIZE_BUDGET_MB} MB"
@@ -149,8 +153,10 @@ def test_the_image_holds_no_pip_no_build_settings_and_not_the_build_tools(engine
     assert "pip-ca" not in history and "PIP_CERT" not in history and "INDEX_URL" not in history, history
     result = in_image(engine, image, (
         "import importlib.util as u, glob, json\n"
-        "print(json.dumps([m for m in ('pip', 'setuptools', 'wheel', 'sentiment', 'torch', 'transformers') if u.find_spec(m)]))\n"
-        "print(json.dumps(sorted(glob.glob('/usr/**/*.whl', recursive=True) + glob.glob('/opt/**/*.whl', recursive=True)"
+        "print(json.dumps([m for m in ('pip', 'setuptools', 'wheel', 'sentiment', 'torch', 'transformers') "
+        "if u.find_spec(m)]))\n"
+        "print(json.dumps(sorted(glob.glob('/usr/**/*.whl', recursive=True) + "
+        "glob.glob('/opt/**/*.whl', recursive=True)"
         " + glob.glob('/opt/venv/bin/pip*') + glob.glob('/run/secrets/*') + glob.glob('/etc/pip.conf')"
         " + glob.glob('/etc/xdg/pip/*') + glob.glob('/opt/venv/pip.conf') + glob.glob('/opt/venv/*requirements*'))))"))
     assert result.returncode == 0, result.stderr
@@ -196,7 +202,8 @@ def import_closure(default_build, logs_dir, redis) -> list[str]:
             finally:
                 server.stop()
             lines = (logs_dir / f"transformer-{server.port}.log").read_text().splitlines()
-            modules |= {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:") and "|" in line}
+            modules |= {line.rsplit("|", 1)[1].strip() for line in lines
+                        if line.startswith("import time:") and "|" in line}
     finally:
         triton.stop()
     return sorted(set(modules) - {"imported package"})
@@ -220,7 +227,8 @@ for name in closure:
     except Exception as error:
         failed[name] = {'missing': None, 'error': repr(error)}
 loaded = {d for name in sys.modules for d in tops.get(name.split('.')[0], [])}
-print(json.dumps({'failed': failed, 'installed': sorted(tops), 'unloaded': sorted({d.metadata['Name'] for d in m.distributions()} - loaded)}))
+unloaded = sorted({d.metadata['Name'] for d in m.distributions()} - loaded)
+print(json.dumps({'failed': failed, 'installed': sorted(tops), 'unloaded': unloaded}))
 """
 
 
@@ -300,7 +308,8 @@ def manifest_ports_free(spec: ContainerSpec) -> None:
                     "(stop what listens there)")
 
 
-def run_transformer_container(engine, image, spec, triton, redis, default_build, tmp_dir: Path, name: str) -> RunningContainer:
+def run_transformer_container(engine, image, spec, triton, redis, default_build, tmp_dir: Path,
+                              name: str) -> RunningContainer:
     manifest_ports_free(spec)
     environment = spec.environment({"redis:6379": f"127.0.0.1:{redis['port']}"})
     return start_container(engine, image, spec, environment, default_build.repository,
@@ -388,7 +397,8 @@ def assert_same(container_answer, local_answer, where: str = "") -> None:
         for index, (mine, theirs) in enumerate(zip(container_answer, local_answer)):
             assert_same(mine, theirs, f"{where}[{index}]")
     elif isinstance(local_answer, float):
-        assert math.isclose(container_answer, local_answer, rel_tol=0, abs_tol=1e-6), (where, container_answer, local_answer)
+        assert math.isclose(container_answer, local_answer, rel_tol=0, abs_tol=1e-6), \
+            (where, container_answer, local_answer)
     else:
         assert container_answer == local_answer, where
 
@@ -481,7 +491,8 @@ def test_triton_frozen_answers_503_fast_as_the_local_stack_and_stays_live(spec, 
                                                                         timeout=2).status_code == 503,
                        predictor_timeout, 0.1, message="the local transformer's health 503")
             calls = [pool.submit(ask, base, label) for base, label in
-                     ((url, "container-1"), (url, "container-2"), (reference.url, "local-1"), (reference.url, "local-2"))]
+                     ((url, "container-1"), (url, "container-2"),
+                      (reference.url, "local-1"), (reference.url, "local-2"))]
             liveness = [probe(spec, "liveness") for _ in range(5)]
             answers = [call.result() for call in calls]
             held = waiting.result()

@@ -131,10 +131,12 @@ class ContainerEngine:
 
     @classmethod
     def find(cls) -> "ContainerEngine":
-        if shutil.which("podman") and subprocess.run(["podman", "info"], capture_output=True, timeout=60).returncode == 0:
+        if shutil.which("podman") and subprocess.run(["podman", "info"], capture_output=True,
+                                                     timeout=60).returncode == 0:
             runtime = ("--runtime", "runc") if shutil.which("runc") else ()
             return cls("podman", ("podman", *runtime))
-        if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0:
+        if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True,
+                                                     timeout=60).returncode == 0:
             return cls("docker", ("docker",))
         raise RuntimeError("no container engine to run the image: install podman and runc (apt-get install -y podman "
                            "runc; .ci/run does this) or docker with a running daemon")
