@@ -81,7 +81,11 @@ def wait_for_spans(receiver, trace_id: str, names: set[str], timeout: float = 15
     def arrived() -> bool:
         return names <= {span["name"] for span in spans_of(receiver, trace_id)}
 
-    wait_until(arrived, timeout, interval=0.1, message=f"spans {sorted(names)} of trace {trace_id}")
+    try:
+        wait_until(arrived, timeout, interval=0.1, message=f"spans {sorted(names)} of trace {trace_id}")
+    except pytest.fail.Exception as error:
+        seen = sorted({span["name"] for span in spans_of(receiver, trace_id)})
+        pytest.fail(f"{error}; arrived: {seen}")
     by_name: dict[str, list[dict]] = {}
     for span in spans_of(receiver, trace_id):
         by_name.setdefault(span["name"], []).append(span)
