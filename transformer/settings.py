@@ -244,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
         if source.flag is None or source.kserve:
             continue
         field = Settings.model_fields[source.field]
+        described = f"{field.description} [env {' or '.join(source.envs)}; default {field.default}]"
         parser.add_argument(source.flag, dest=source.field, type=source.parse, default=None,
-                            help=f"{field.description} [env {' or '.join(source.envs)}; default {field.default}]")
+                            help=described.replace("%", "%%"))  # argparse formats help with %
     # None = "not given": the environment, then our defaults, fill in. Per-request latency log lines
     # cost CPU on the hot path, so they are off unless asked for.
     parser.set_defaults(model_name=None, predictor_host=None, predictor_protocol=None, enable_latency_logging=False)
