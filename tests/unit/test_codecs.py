@@ -213,26 +213,34 @@ fuzzed_rest = st.tuples(
     st.binary(max_size=40), st.none() | st.text(max_size=4) | st.integers(-3, 400).map(str))
 
 
-def test_v2_rest_decoder_only_ever_refuses_with_invalid_request():
+def refuses_only_with_invalid_request(decode, valid, fuzzed, examples: int) -> None:
+    """Drive `decode` with valid and fuzzed cases: it either decodes into texts or raises
+    InvalidRequest, and both outcomes occur often enough to count (a decoder that always refused
+    would pass a plain no-crash check)."""
     outcomes = Counter()
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-    @given(case=valid_rest | fuzzed_rest)
-    def decode(case):
-        header, tail, length = case
-        body = json.dumps(header).encode() + tail
+    def attempt(case):
         try:
-            call = v2.decode_rest(body, length, DEFAULT)
+            call = decode(case)
         except InvalidRequest:
             outcomes["refused"] += 1
             return
         outcomes["decoded"] += 1
         assert all(isinstance(text, str) for text in call.request.texts)
 
-    decode()
+    settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])(
+        given(case=valid | fuzzed)(attempt))()
     # Hypothesis draws few of the valid cases among the fuzzed ones: some more on their own.
-    settings(max_examples=30, deadline=None)(given(case=valid_rest)(decode.hypothesis.inner_test))()
+    settings(max_examples=30, deadline=None)(given(case=valid)(attempt))()
     assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes
+
+
+def test_v2_rest_decoder_only_ever_refuses_with_invalid_request():
+    def decode(case):
+        header, tail, length = case
+        return v2.decode_rest(json.dumps(header).encode() + tail, length, DEFAULT)
+
+    refuses_only_with_invalid_request(decode, valid_rest, fuzzed_rest, examples=400)
 
 
 valid_grpc = st.lists(st.binary(min_size=1, max_size=6).filter(lambda b: b.isascii()), min_size=1, max_size=4).map(
@@ -245,10 +253,6 @@ fuzzed_grpc = st.fixed_dictionaries(dict(
 
 
 def test_grpc_decoder_only_ever_refuses_with_invalid_request():
-    outcomes = Counter()
-
-    @settings(max_examples=300, deadline=None)
-    @given(case=valid_grpc | fuzzed_grpc)
     def decode(case):
         tensor = pb.ModelInferRequest.InferInputTensor(
             name=case["name"], datatype=case["datatype"], shape=case["shape"]
@@ -258,18 +262,9 @@ def test_grpc_decoder_only_ever_refuses_with_invalid_request():
             pb.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in case["outputs"]])
         if case["truncation"] is not None:
             message.parameters["truncation"].string_param = case["truncation"]
-        try:
-            call = v2.decode_grpc(message, DEFAULT)
-        except InvalidRequest:
-            outcomes["refused"] += 1
-            return
-        outcomes["decoded"] += 1
-        assert all(isinstance(text, str) for text in call.request.texts)
+        return v2.decode_grpc(message, DEFAULT)
 
-    decode()
-    # Hypothesis draws few of the valid cases among the fuzzed ones: some more on their own.
-    settings(max_examples=30, deadline=None)(given(case=valid_grpc)(decode.hypothesis.inner_test))()
-    assert outcomes["decoded"] >= 20 and outcomes["refused"] >= 20, outcomes
+    refuses_only_with_invalid_request(decode, valid_grpc, fuzzed_grpc, examples=300)
 
 
 # ---- top_k and raw_scores ------------------------------------------------------------------------

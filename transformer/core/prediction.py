@@ -67,7 +67,7 @@ class Prediction:
         `raw_scores`, by the model's raw logit."""
         if top_k is None and not raw_scores:
             return self.ranked_json
-        return _ranked(self.raw if raw_scores else self.probabilities, labels, top_k)
+        return _ranked(self.scores(raw_scores), labels, top_k)
 
     def scores(self, raw_scores: bool) -> tuple[float, ...]:
         return self.raw if raw_scores else self.probabilities
