@@ -1,7 +1,8 @@
 """OpenTelemetry tracing, off unless OTEL_TRACES_EXPORTER names an exporter.
 
 Off (the default): the SDK is neither imported nor set up, `tracer` stays None, and every
-instrumented place pays one `tracing.tracer is None` check. On: one trace per request, continuing
+instrumented stage enters one shared no-op context manager (`span`, `shared_span`): the same when
+tracing is on and a request is not sampled. On: one trace per request, continuing
 the client's W3C `traceparent` (HTTP header or gRPC metadata):
 
     request (SERVER)                 route, protocol, status, texts, model version, answers by source
@@ -33,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from contextvars import ContextVar
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Sequence
 
 # The API only (light, and FastAPI imports it anyway); the SDK is imported by `setup` alone.
 from opentelemetry import context as otel_context
@@ -141,15 +142,23 @@ def end_request(span, tokens, protocol: str, status: int, code: str | None, grpc
     otel_context.detach(tokens[0])
 
 
-def annotate(attributes: dict) -> None:
-    """Attributes on the current span; a no-op when it is not recording."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes(attributes)
+Attributes = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
-def current_span():
-    return trace.get_current_span()
+def _evaluated(attributes: Attributes | None) -> Mapping[str, Any] | None:
+    return attributes() if callable(attributes) else attributes
+
+
+def annotate(attributes: Attributes) -> None:
+    """Attributes on the current span of a recorded request; a no-op otherwise (a function given as
+    `attributes` is not even called)."""
+    if RECORDING.get():
+        trace.get_current_span().set_attributes(_evaluated(attributes) or {})
+
+
+def recording_span():
+    """The current span of a recorded request (for work done later on its behalf), else None."""
+    return trace.get_current_span() if RECORDING.get() else None
 
 
 def current_ids() -> tuple[str, str] | None:
@@ -160,9 +169,19 @@ def current_ids() -> tuple[str, str] | None:
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"
 
 
-def span(name: str, attributes: dict | None = None):
-    """An INTERNAL child of the current span, current while the `with` block runs."""
-    return tracer.start_as_current_span(name, attributes=attributes)
+# What `span` and `shared_span` return outside a recorded request: one shared context manager whose
+# span (OpenTelemetry's own non-recording one) drops what it is given. Entering it is the whole cost
+# of an instrumented stage when tracing is off or the request is not sampled.
+_NOT_RECORDING = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
+def span(name: str, attributes: Attributes | None = None) -> ContextManager[Any]:
+    """An INTERNAL child of the current span, current while the `with` block runs; the shared no-op
+    outside a recorded request. `attributes` may be a function: it is called only when the span
+    records, so attributes that take work to compute cost nothing otherwise."""
+    if not RECORDING.get():
+        return _NOT_RECORDING
+    return tracer.start_as_current_span(name, attributes=_evaluated(attributes))
 
 
 # ---- shared work: predictor calls, the write-behind --------------------------------------------------
@@ -178,19 +197,26 @@ def _sampled(member) -> bool:
     return member.get_span_context().trace_flags.sampled
 
 
-@contextlib.contextmanager
-def shared_span(name: str, requests: Iterable[Any], attributes: dict, kind: str = "INTERNAL") -> Iterator[Any]:
-    """A span for work done for several requests (each given by a span of its own): a child of the
-    first sampled one, linked to the others, which link back to it. Current while the block runs."""
-
+def shared_span(name: str, requests: Iterable[Any], attributes: Attributes,
+                kind: str = "INTERNAL") -> ContextManager[Any]:
+    """A span for work done for several requests (each given by its span, None for one that is not
+    recorded): a child of the first sampled one, linked to the others, which link back to it.
+    Current while the block runs; the shared no-op when none of them is recorded."""
     members = _distinct(requests)
+    if not members:
+        return _NOT_RECORDING
+    return _shared(name, members, _evaluated(attributes) or {}, kind)
+
+
+@contextlib.contextmanager
+def _shared(name: str, members: list[Any], attributes: Mapping[str, Any], kind: str) -> Iterator[Any]:
     sampled = [member for member in members if _sampled(member)]
-    parent = sampled[0] if sampled else (members[0] if members else None)
+    parent = sampled[0] if sampled else members[0]
     others = [member for member in members if member is not parent]
     links = [Link(member.get_span_context()) for member in others if member.get_span_context().is_valid]
     attributes = {**attributes, "sentiment.requests": len(members)}
     with tracer.start_as_current_span(
-            name, context=trace.set_span_in_context(parent) if parent is not None else None,
+            name, context=trace.set_span_in_context(parent),
             kind=getattr(SpanKind, kind), links=links, attributes=attributes) as current:
         if current.is_recording():
             call = current.get_span_context()

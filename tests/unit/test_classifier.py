@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from sentiment.model.build import default_base
-from transformer.backends.cache import PredictionMemo
+from transformer.backends.cache import PredictionMemo, TwoTierCache
 from transformer.bundle import ModelBundle
 from transformer.core.classifier import TextClassifier
+from transformer.core.generation import build_classifier
 from transformer.core.prediction import encode_value
 from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions
@@ -77,7 +78,8 @@ def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100, **s
     settings = Settings(**{"pad_to_multiple": 1, "window_stride": 4, "max_concurrent_batches": 1, **settings})
     monitor = PredictorMonitor(predictor, "sentiment", bundle.fingerprint)
     monitor.status.fingerprint, monitor.status.ready = "match", True
-    return TextClassifier(bundle, default_base(), predictor, PredictionMemo(memo_size), remote, monitor, settings)
+    cache = TwoTierCache(PredictionMemo(memo_size), remote)
+    return build_classifier(settings, bundle, default_base(), predictor, cache, monitor)
 
 
 def classify(classifier, texts, options=CHUNK):
@@ -179,7 +181,7 @@ def test_predictor_failure_reaches_every_waiter_and_nothing_is_cached():
 
     results = asyncio.run(scenario())
     assert all(isinstance(r, PredictorUnavailable) for r in results)
-    assert len(classifier.memo) == 0 and not classifier._inflight
+    assert len(classifier.cache.memo) == 0 and not classifier._inflight
     predictor.fail = False
     assert len(classify(classifier, ["t"])) == 1  # recovers
 

@@ -1,8 +1,9 @@
-"""Per-text result cache: an in-process LRU of decoded predictions, and Redis behind it.
+"""Per-text result cache: an in-process LRU of decoded predictions, and Redis behind it, read and
+written as one `TwoTierCache`.
 
-Redis stores bytes (the value format is `core.prediction`'s). Redis failures never fail a
-request: every call has a short timeout, errors open a circuit breaker for a while, and the cache
-is retried after it.
+Redis stores bytes (the value format is `core.prediction`'s, passed in as functions: this layer
+knows no prediction). Redis failures never fail a request: every call has a short timeout, errors
+open a circuit breaker for a while, and the cache is retried after it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from transformer import metrics, tracing
 
 log = logging.getLogger(__name__)
+
 
 class RemoteCache(Protocol):
     """A shared byte cache (Redis); never raises for a backend failure."""
@@ -126,7 +128,7 @@ class RedisTextCache:
         self._client = redis.Redis(connection_pool=pool)
         self._errors = (redis.RedisError, OSError, asyncio.TimeoutError)
         self._pending: dict[str, bytes] = {}
-        self._pending_spans: list = []  # tracing on: the spans of the requests whose writes are pending
+        self._pending_spans: list = []  # per pending write, its request's span (None: not recorded)
         self._flusher: asyncio.Task | None = None
         self.max_pending = 20_000
 
@@ -176,8 +178,7 @@ class RedisTextCache:
             metrics.CACHE_ERRORS.labels(operation="set", reason="write_backlog_full").inc()
             return
         self._pending.update(items)
-        if tracing.RECORDING.get():  # a sampled request's writes
-            self._pending_spans.append(tracing.current_span())
+        self._pending_spans.append(tracing.recording_span())  # None: not a recorded request
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
@@ -185,9 +186,6 @@ class RedisTextCache:
         while self._pending:
             batch, self._pending = self._pending, {}
             spans, self._pending_spans = self._pending_spans, []
-            if not spans:
-                await self.set_many(batch)
-                continue
             attributes = {"sentiment.cache.tier": self.name, "sentiment.cache.keys": len(batch)}
             with tracing.shared_span("sentiment.cache.write", spans, attributes) as span:
                 span.set_attribute("sentiment.cache.written", await self.set_many(batch))
@@ -205,13 +203,76 @@ class RedisTextCache:
         await self._client.aclose()
 
 
-def build_caches(settings) -> tuple[PredictionMemo, RemoteCache | None]:
+class TwoTierCache:
+    """The in-process tier in front of the remote one (or alone, without Redis), read and written as
+    one cache: a read asks the in-process tier first and the remote one for the rest, filling the
+    in-process tier with what it found; a write fills the in-process tier now and the remote one
+    behind (`schedule_set`), so no request waits for Redis. Shared by every model generation: the
+    keys carry the model's fingerprint, and the value codec is the caller's."""
+
+    def __init__(self, memo: PredictionMemo, remote: RemoteCache | None = None):
+        self.memo = memo
+        self.remote = remote
+        self.tiers = [memo.name] + ([remote.name] if remote is not None else [])
+        self._lookup = {"sentiment.cache.tiers": self.tiers}
+        self._memo_hits = f"sentiment.cache.{memo.name}.hits"
+        self._remote_counts = (f"sentiment.cache.{remote.name}.hits", f"sentiment.cache.{remote.name}.misses") \
+            if remote is not None else ("", "")
+
+    @property
+    def description(self) -> str:
+        remote = f" + {self.remote.name}" if self.remote else ""
+        return f"{self.memo.name} LRU ({self.memo.max_entries} entries){remote}"
+
+    async def get_many(self, keys: Sequence[str], decode: Callable[[bytes], Any | None]) -> dict[str, Any]:
+        """The cached values of `keys` (distinct); `decode` turns the remote tier's bytes into a value,
+        None for bytes it cannot read (counted as corrupt, and a miss). A traced request's lookup is
+        a span with the hits and misses of each tier."""
+        with tracing.span("sentiment.cache.lookup", self._lookup) as span:
+            found = self.memo.get_many(keys)
+            span.set_attribute(self._memo_hits, len(found))
+            if len(found) < len(keys) and self.remote is not None:
+                remaining = [key for key in keys if key not in found]
+                fetched = self._decoded(remaining, await self.remote.get_many(remaining), decode)
+                self.memo.put_many(fetched)
+                found.update(fetched)
+                hits, misses = self._remote_counts
+                span.set_attributes({hits: len(fetched), misses: len(remaining) - len(fetched)})
+            span.set_attributes({"sentiment.cache.hits": len(found), "sentiment.cache.misses": len(keys) - len(found)})
+        return found
+
+    @staticmethod
+    def _decoded(keys: list[str], raws: list[bytes | None], decode: Callable[[bytes], Any | None]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for key, raw in zip(keys, raws):
+            if raw is None:
+                continue
+            value = decode(raw)
+            if value is not None:
+                values[key] = value
+            else:
+                metrics.CACHE_CORRUPT.inc()
+        return values
+
+    def put_many(self, values: Mapping[str, Any], encode: Callable[[Any], bytes]) -> None:
+        """Fill the in-process tier now and the remote one behind (encoded with `encode`)."""
+        self.memo.put_many(values)
+        if self.remote is not None:
+            self.remote.schedule_set({key: encode(value) for key, value in values.items()})
+
+    async def close(self) -> None:
+        self.memo.clear()
+        if self.remote is not None:
+            await self.remote.close()
+
+
+def build_cache(settings) -> TwoTierCache:
     """REDIS_URL set -> Redis behind a hot in-process tier (HOT_CACHE_SIZE, 0 = off);
     unset -> the in-process LRU alone (LOCAL_CACHE_SIZE)."""
     if not settings.redis_url:
-        return PredictionMemo(settings.local_cache_size, name="local"), None
+        return TwoTierCache(PredictionMemo(settings.local_cache_size, name="local"))
     redis_cache = RedisTextCache(
         settings.redis_url, settings.cache_ttl_s, settings.redis_timeout_ms, settings.redis_pool_size,
         CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
     )
-    return PredictionMemo(settings.hot_cache_size, name="hot"), redis_cache
+    return TwoTierCache(PredictionMemo(settings.hot_cache_size, name="hot"), redis_cache)

@@ -13,15 +13,14 @@ import asyncio
 import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from transformer import logs, metrics, tracing
-from transformer.backends.cache import PredictionMemo, RemoteCache
-from transformer.backends.predictor import Predictor
+from transformer.backends.cache import TwoTierCache
 from transformer.bundle import ModelBundle
 from transformer.core.prediction import Prediction, answer_mode, cache_key, decode_value, encode_value
 from transformer.core.readiness import PredictorMonitor
@@ -30,59 +29,63 @@ from transformer.core.scheduler import BatchScheduler
 from transformer.core.tokenization import TextEncoder, TextWindows, normalize_text
 from transformer.core.windows import Truncation, aggregate, raw_logits
 from transformer.errors import InvalidRequest, Overloaded, PredictorUnavailable, RequestTooLarge
-from transformer.settings import Settings
 
 log = logging.getLogger(__name__)
 
 CACHE, MODEL, SHARED = (metrics.SOURCES.index(source) for source in ("cache", "model", "shared"))
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineRules:
+    """What besides the model shapes or refuses an answer: the cache keys' prefix, how windows'
+    logits become one answer, and the admission bounds (tokens per request, expected wait)."""
+
+    cache_prefix: str
+    aggregation: str
+    max_request_tokens: int
+    max_text_chars: int  # named in the refusal of a request over `max_request_tokens`
+    max_queue_wait_ms: float
+
+
 class TextClassifier:
-    def __init__(self, bundle: ModelBundle, bundle_dir: Path, predictor: Predictor, memo: PredictionMemo,
-                 remote: RemoteCache | None, monitor: PredictorMonitor, settings: Settings):
+    """The pipeline of one model generation, given its parts: the generation builds the encoder,
+    the scheduler (over the predictor) and the tokenizer's thread pool; the cache is every
+    generation's."""
+
+    def __init__(self, bundle: ModelBundle, encoder: TextEncoder, scheduler: BatchScheduler, cache: TwoTierCache,
+                 monitor: PredictorMonitor, rules: PipelineRules, executor: Executor | None = None,
+                 prediction_log: logs.PredictionLog | None = None):
         self.bundle = bundle
         self.labels = list(bundle.labels)
-        self.settings = settings
-        self.encoder = TextEncoder(Path(bundle_dir) / bundle.tokenizer_file, bundle.max_length,
-                                   bundle.uses_token_type_ids, settings.pad_to_multiple, stride=settings.window_stride)
-        self.memo = memo
-        self.remote = remote
+        self.encoder = encoder
+        self.scheduler = scheduler
+        self.cache = cache
         self.monitor = monitor
-        self.scheduler = BatchScheduler(predictor, self.encoder, max_rows=bundle.max_batch_size,
-                                        max_batch_tokens=settings.max_batch_tokens,
-                                        max_concurrent=settings.max_concurrent_batches)
-        self.window_tokens = bundle.max_length - self.encoder.special_tokens
+        self.rules = rules
+        self._executor = executor  # None: tokenize on the event loop
+        self.prediction_log = prediction_log  # None: off
+        self.window_tokens = bundle.max_length - encoder.special_tokens
         # What besides the model changes an answer, as a cache-key segment per truncation mode.
         # The score function too, when it is not softmax: a bundle that records another one for the
         # same ONNX file never reads softmax entries.
         function = "" if bundle.score_function == "softmax" else f".{bundle.score_function}"
-        self._how = {mode: answer_mode(mode.value, bundle.max_length, settings.window_stride, settings.aggregation)
+        self._how = {mode: answer_mode(mode.value, bundle.max_length, encoder.stride, rules.aggregation)
                      + function for mode in Truncation}
+        self._decode = functools.partial(decode_value, labels=self.labels, function=bundle.score_function)
         self._inflight: dict[str, asyncio.Future] = {}
-        threads = settings.tokenizer_threads
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="tokenize") if threads else None
         self._background: set[asyncio.Task] = set()
         # raw text -> (key, normalized) per mode: a repeated short text skips normalization and hashing
         # (C-level LRU, bounded in entries and, through the length cut, in bytes).
         self._short_key = functools.lru_cache(maxsize=8192)(self._key)
         self._from = {source: metrics.TEXTS.labels(source=source) for source in metrics.SOURCES}
         self.stats = metrics.PREDICTIONS.for_version(bundle.version, self.labels)
-        self.prediction_log = logs.PredictionLog(settings.prediction_log_sample_rate, settings.prediction_log_text,
-                                                 self.labels, bundle.version) \
-            if settings.prediction_log_sample_rate else None
-        self._tiers = [memo.name] + ([remote.name] if remote is not None else [])
-
-    @property
-    def cache_description(self) -> str:
-        remote = f" + {self.remote.name}" if self.remote else ""
-        return f"{self.memo.name} LRU ({self.memo.max_entries} entries){remote}"
 
     def _key_of(self, text: str, how: str) -> tuple[str, str]:
         return self._short_key(text, how) if len(text) <= 256 else self._key(text, how)
 
     def _key(self, text: str, how: str) -> tuple[str, str]:
         normalized = normalize_text(text, self.bundle.lowercase)
-        return cache_key(self.settings.cache_prefix, self.bundle.fingerprint, how, normalized), normalized
+        return cache_key(self.rules.cache_prefix, self.bundle.fingerprint, how, normalized), normalized
 
     # ---- classification --------------------------------------------------------------------
     async def classify(self, texts: Sequence[str], options: ClassifyOptions, field: str = "text") -> list[Prediction]:
@@ -94,18 +97,13 @@ class TextClassifier:
         keyed = [self._key_of(text, how) for text in texts]
         keys = [key for key, _ in keyed]
         unique = dict(keyed)  # key -> normalized text, first occurrence order
-        if not tracing.RECORDING.get():
-            results = await self._lookup(list(unique))
-        else:
-            with tracing.span("sentiment.cache.lookup", {"sentiment.cache.tiers": self._tiers}) as span:
-                results = await self._lookup(list(unique), span)
+        results: dict[str, Prediction] = await self.cache.get_many(list(unique), self._decode)
         if options.truncation is Truncation.ERROR:
             self._refuse_long(field, keys, {key: p.tokens for key, p in results.items()})
         self._from["cache"].inc(len(results))
         self.stats.record((p.probabilities for p in results.values()), CACHE)
         if len(results) == len(unique):
-            if self.prediction_log is not None or tracing.RECORDING.get():
-                self._observe(started, results, {}, {}, keys, texts)
+            self._observe(started, results, {}, {}, keys, texts)
             return [results[key] for key in keys]
 
         waiting: dict[str, asyncio.Future] = {}
@@ -128,8 +126,7 @@ class TextClassifier:
         computed = dict(zip(own.keys(), await asyncio.gather(*own.values())))
         self.stats.record((p.probabilities for p in done.values()), SHARED)
         self.stats.record((p.probabilities for p in computed.values()), MODEL)
-        if self.prediction_log is not None or tracing.RECORDING.get():
-            self._observe(started, results, done, computed, keys, texts)
+        self._observe(started, results, done, computed, keys, texts)
         results.update(done)
         results.update(computed)
         return [results[key] for key in keys]
@@ -137,37 +134,11 @@ class TextClassifier:
     def _observe(self, started: float, cached: dict, shared: dict, computed: dict, keys: list[str],
                  texts: Sequence[str]) -> None:
         """The request's answers by source on its span, and the sampled prediction log."""
-        if tracing.RECORDING.get():
-            tracing.annotate({"sentiment.texts.cache": len(cached), "sentiment.texts.shared": len(shared),
-                              "sentiment.texts.model": len(computed)})
+        tracing.annotate(lambda: {"sentiment.texts.cache": len(cached), "sentiment.texts.shared": len(shared),
+                                  "sentiment.texts.model": len(computed)})
         if self.prediction_log is not None:
             raw = dict(zip(keys, texts)) if self.prediction_log.with_text else None
             self.prediction_log.record(started, (("cache", cached), ("shared", shared), ("model", computed)), raw)
-
-    async def _lookup(self, keys: list[str], span=None) -> dict[str, Prediction]:
-        """Cached predictions of `keys`: the in-process tier, then Redis for the rest. `span`
-        (tracing on) gets the hits and misses of each tier."""
-        results = self.memo.get_many(keys)
-        if span is not None:
-            span.set_attribute(f"sentiment.cache.{self.memo.name}.hits", len(results))
-        if len(results) < len(keys) and self.remote is not None:
-            remaining = [key for key in keys if key not in results]
-            fetched: dict[str, Prediction] = {}
-            for key, raw in zip(remaining, await self.remote.get_many(remaining)):
-                value = decode_value(raw, self.labels, self.bundle.score_function)
-                if value is not None:
-                    fetched[key] = value
-                elif raw is not None:
-                    metrics.CACHE_CORRUPT.inc()
-            self.memo.put_many(fetched)
-            results.update(fetched)
-            if span is not None:
-                span.set_attributes({f"sentiment.cache.{self.remote.name}.hits": len(fetched),
-                                     f"sentiment.cache.{self.remote.name}.misses": len(remaining) - len(fetched)})
-        if span is not None:
-            span.set_attributes({"sentiment.cache.hits": len(results),
-                                 "sentiment.cache.misses": len(keys) - len(results)})
-        return results
 
     def _refuse_long(self, field: str, keys: list[str], tokens: dict[str, int]) -> None:
         """`truncation=error`: a 422 naming the first text longer than the model's window."""
@@ -215,11 +186,11 @@ class TextClassifier:
         elif options.truncation is Truncation.HEAD:
             by_key = {key: _head(text) for key, text in by_key.items()}
         cost = sum(text.cost for text in by_key.values())
-        limit = self.settings.max_request_tokens
+        limit = self.rules.max_request_tokens
         if cost > limit:
             raise RequestTooLarge(
                 f"the new texts of this request are {cost} tokens for the model; the limit is {limit} tokens per "
-                f"request (and {self.settings.max_text_chars} characters per text): split the request",
+                f"request (and {self.rules.max_text_chars} characters per text): split the request",
                 limit=limit, tokens=cost)
         self._admit(cost)
         loop = asyncio.get_running_loop()
@@ -244,41 +215,32 @@ class TextClassifier:
         if not scheduler.backlog_beyond_next_round or scheduler.meter.prior:
             return  # a short queue, or no measurement yet (only the in-flight limit applies)
         wait = scheduler.expected_wait_s(cost)
-        bound = self.settings.max_queue_wait_ms / 1000
+        bound = self.rules.max_queue_wait_ms / 1000
         if wait > bound:
             metrics.SHED.labels(reason="expected_wait").inc()
             raise Overloaded(f"the model is busy: this request would wait about {wait:.1f} s (limit {bound:g} s); "
                              "retry after a second")
 
     async def _tokenize(self, texts: list[str]) -> list[TextWindows]:
-        if not tracing.RECORDING.get():
-            return await self._tokenize_untraced(texts)
         with tracing.span("sentiment.tokenize", {"sentiment.texts": len(texts)}) as span:
-            windows = await self._tokenize_untraced(texts)
-            span.set_attributes({"sentiment.windows": sum(len(text.windows) for text in windows),
-                                 "sentiment.tokens": sum(text.token_count for text in windows)})
-        return windows
-
-    async def _tokenize_untraced(self, texts: list[str]) -> list[TextWindows]:
-        started = time.perf_counter()
-        if self._executor is None:
-            windows = self.encoder.windows(texts)
-        else:
-            windows = await asyncio.get_running_loop().run_in_executor(self._executor, self.encoder.windows, texts)
-        metrics.TOKENIZE_SECONDS.observe(time.perf_counter() - started)
+            started = time.perf_counter()
+            if self._executor is None:
+                windows = self.encoder.windows(texts)
+            else:
+                windows = await asyncio.get_running_loop().run_in_executor(self._executor, self.encoder.windows, texts)
+            metrics.TOKENIZE_SECONDS.observe(time.perf_counter() - started)
+            if span.is_recording():
+                span.set_attributes({"sentiment.windows": sum(len(text.windows) for text in windows),
+                                     "sentiment.tokens": sum(text.token_count for text in windows)})
         return windows
 
     async def _compute(self, texts: dict[str, TextWindows], futures: dict[str, asyncio.Future],
                        truncation: Truncation) -> None:
         try:
-            if not tracing.RECORDING.get():
+            with tracing.span("sentiment.compute", lambda: {
+                    "sentiment.texts": len(texts), "sentiment.windows": sum(len(t.windows) for t in texts.values()),
+                    "sentiment.tokens": sum(t.cost for t in texts.values())}):
                 computed = await self._run_model(texts, truncation)
-            else:
-                attributes = {"sentiment.texts": len(texts),
-                              "sentiment.windows": sum(len(t.windows) for t in texts.values()),
-                              "sentiment.tokens": sum(t.cost for t in texts.values())}
-                with tracing.span("sentiment.compute", attributes):
-                    computed = await self._run_model(texts, truncation)
         except BaseException as error:  # noqa: BLE001 - every waiter must hear of it
             for key, future in futures.items():
                 if not future.done():
@@ -286,13 +248,12 @@ class TextClassifier:
                     future.exception()  # mark retrieved: joiners may be gone
                 self._inflight.pop(key, None)
             return
-        self.memo.put_many(computed)
         for key, future in futures.items():
             if not future.done():
                 future.set_result(computed[key])
             self._inflight.pop(key, None)
-        if self.remote is not None:
-            self.remote.schedule_set({key: encode_value(p) for key, p in computed.items()})
+        # In the same step, before any waiter runs: the next identical request is a hit by construction.
+        self.cache.put_many(computed, encode_value)
 
     async def _run_model(self, texts: dict[str, TextWindows], truncation: Truncation) -> dict[str, Prediction]:
         encodings = [window for text in texts.values() for window in text.windows]
@@ -305,7 +266,7 @@ class TextClassifier:
             logits = np.stack(rows[start:start + count])
             start += count
             scores = aggregate(
-                self.settings.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function
+                self.rules.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function
             )
             computed[key] = Prediction.of(scores, self.labels, text.token_count, count, raw_logits(logits))
             metrics.TEXT_TOKENS.observe(text.token_count)
@@ -325,10 +286,8 @@ class TextClassifier:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
-        self.memo.clear()
         await self.close_own()
-        if self.remote is not None:
-            await self.remote.close()
+        await self.cache.close()
 
 
 def _head(text: TextWindows) -> TextWindows:

@@ -146,7 +146,7 @@ class BatchScheduler:
         if not futures:
             return []
         owner = _Owner()
-        span = tracing.current_span() if tracing.RECORDING.get() else None
+        span = tracing.recording_span()
         # Longest first: the owner's first call is as wide as its widest window, and its shorter
         # windows ride along in the same call instead of waiting for calls of their own.
         for index in sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids)):
@@ -225,10 +225,10 @@ class BatchScheduler:
             inputs = self.encoder.pad([window.encoding for window in batch])
             metrics.PREDICTOR_BATCH_SIZE.observe(len(batch))
             metrics.PREDICTOR_BATCH_TOKENS.observe(inputs["input_ids"].size)
-            if tracing.tracer is None or not any(window.span is not None for window in batch):
+            # A span of its own when a recorded request's windows ride in it (see `tracing.shared_span`).
+            with tracing.shared_span("sentiment.predictor.infer", (window.span for window in batch),
+                                     lambda: self._call_attributes(inputs, tokens), kind="CLIENT"):
                 logits = await self.predictor.infer(inputs)
-            else:
-                logits = await self._traced_infer(batch, inputs, tokens)
         except Exception as error:  # every waiter must hear of it
             self._fail(batch, error)
         except BaseException:  # cancelled (shutdown): no new calls either
@@ -243,17 +243,12 @@ class BatchScheduler:
         self._finished(tokens)
         self._dispatch()
 
-    async def _traced_infer(self, batch: list[_Window], inputs, tokens: int) -> np.ndarray:
-        """The call in a span of its own, shared by the requests whose windows it carries (see
-        `tracing.shared_span`: a child of the first sampled one, links to and from the others)."""
+    def _call_attributes(self, inputs, tokens: int) -> dict:
         ids = inputs["input_ids"]
-        attributes = {"sentiment.batch.rows": int(ids.shape[0]), "sentiment.batch.padded_tokens": int(ids.size),
-                      "sentiment.batch.tokens": tokens,
-                      "sentiment.model.version": getattr(self.predictor, "version", "") or "unpinned",
-                      "sentiment.predictor.protocol": getattr(self.predictor, "protocol", "")}
-        with tracing.shared_span("sentiment.predictor.infer", (window.span for window in batch), attributes,
-                                 kind="CLIENT"):
-            return await self.predictor.infer(inputs)
+        return {"sentiment.batch.rows": int(ids.shape[0]), "sentiment.batch.padded_tokens": int(ids.size),
+                "sentiment.batch.tokens": tokens,
+                "sentiment.model.version": getattr(self.predictor, "version", "") or "unpinned",
+                "sentiment.predictor.protocol": getattr(self.predictor, "protocol", "")}
 
     @staticmethod
     def _fail(batch: list[_Window], error: BaseException) -> None:

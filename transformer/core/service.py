@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformer import metrics, tracing
 from transformer.api_keys import ApiKeys
-from transformer.backends.cache import build_caches
+from transformer.backends.cache import build_cache
 from transformer.core.classifier import TextClassifier
 from transformer.core.generation import Generation
 from transformer.core.prediction import Prediction
@@ -60,11 +60,10 @@ class ServingCore:
     @classmethod
     def from_settings(cls, settings: Settings) -> "ServingCore":
         api_keys = ApiKeys(Path(settings.api_keys)) if settings.api_keys else None  # refuses a bad file first
-        memo, remote = build_caches(settings)
-        generation = Generation.build(settings, Path(settings.model_bundle), memo, remote)
+        generation = Generation.build(settings, Path(settings.model_bundle), build_cache(settings))
         log.info("loaded bundle %s: version %s, labels %s, fingerprint %s, cache %s", settings.model_bundle,
                  generation.version, generation.labels, generation.bundle.fingerprint[:12],
-                 generation.classifier.cache_description)
+                 generation.classifier.cache.description)
         return cls(settings, generation, api_keys)
 
     @property
@@ -82,8 +81,7 @@ class ServingCore:
 
     async def classify(self, request: ClassifyRequest) -> ClassifyResult:
         texts = validate_texts(request.texts, self.limits, request.field)
-        if tracing.RECORDING.get():
-            tracing.annotate({"sentiment.texts": len(texts), "sentiment.model.version": self.generation.version})
+        tracing.annotate(lambda: {"sentiment.texts": len(texts), "sentiment.model.version": self.generation.version})
         if self.inflight >= self.settings.max_inflight:
             metrics.SHED.labels(reason="inflight").inc()
             raise Overloaded(f"over {self.settings.max_inflight} requests in flight; retry after a second")

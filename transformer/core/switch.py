@@ -116,8 +116,7 @@ async def next_generation(settings: Settings, old: Generation, bundle_dir: Path,
     take over. A failure leaves nothing to swap (the report says why)."""
     started = time.monotonic()
     report: dict = {"status": "failed", "from": old.describe(), "bundle": str(bundle_dir)}
-    classifier = old.classifier
-    new = Generation.build(settings, bundle_dir, classifier.memo, classifier.remote)
+    new = Generation.build(settings, bundle_dir, old.classifier.cache)
     report["to"] = new.describe()
     if new.bundle.fingerprint == old.bundle.fingerprint and new.version == old.version:
         report |= {"status": "unchanged", "seconds": 0.0}
