@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -81,6 +82,9 @@ class _Window:
     future: asyncio.Future
     tokens: int
     span: object = None  # a sampled request's: the span of the work that submitted it (its compute span)
+
+
+_SPAN_OF = operator.attrgetter("span")
 
 
 @dataclass(eq=False)
@@ -226,7 +230,7 @@ class BatchScheduler:
             metrics.PREDICTOR_BATCH_SIZE.observe(len(batch))
             metrics.PREDICTOR_BATCH_TOKENS.observe(inputs["input_ids"].size)
             # A span of its own when a recorded request's windows ride in it (see `tracing.shared_span`).
-            with tracing.shared_span("sentiment.predictor.infer", (window.span for window in batch),
+            with tracing.shared_span("sentiment.predictor.infer", map(_SPAN_OF, batch),
                                      lambda: self._call_attributes(inputs, tokens), kind="CLIENT"):
                 logits = await self.predictor.infer(inputs)
         except Exception as error:  # every waiter must hear of it
