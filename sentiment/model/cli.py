@@ -93,6 +93,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_card(args: argparse.Namespace) -> int:
+    from sentiment.model.card import main
+
+    print(main(Path(args.repository), Path(args.readme) if args.readme else None), end="")
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from sentiment.model.check import check_repository
 
@@ -110,7 +117,8 @@ def add_model_commands(commands) -> None:
         dest="model_command", required=True)
     repository = str(default_model_repository())
 
-    train = model.add_parser("train", help="fine-tune an encoder on the packaged movie-review sentences")
+    train = model.add_parser("train", help="fine-tune an encoder on the packaged corpora (tweets, sentences, "
+                                           "movie snippets, IMDB reviews)")
     train.add_argument("--base", default=None, help="HF encoder directory (default: packaged MiniLM-L6)")
     train.add_argument("--out", required=True, help="checkpoint directory to write")
     train.add_argument("--seed", type=int, default=TrainConfig.seed,
@@ -144,6 +152,12 @@ def add_model_commands(commands) -> None:
     build.add_argument("--force", action="store_true", help="retrain even if a cached checkpoint exists")
     _add_export_options(build)
     build.set_defaults(handler=_cmd_build)
+
+    card = model.add_parser("card", help="print the model card of a built repository (written from its measurements)")
+    card.add_argument("--repository", default=repository,
+                      help="the built model repository (default: ./model_repository)")
+    card.add_argument("--readme", default=None, help="also rewrite the card between the markers of this README")
+    card.set_defaults(handler=_cmd_card)
 
     check = model.add_parser("check", help="check a model repository: configs vs the ONNX file vs the bundle")
     check.add_argument("--repository", default=repository,

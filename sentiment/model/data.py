@@ -18,7 +18,7 @@ import tarfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from sentiment.model.fingerprint import sha256_file
 
@@ -59,6 +59,14 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
+
+    def sizes_by_source(self) -> dict[str, dict[str, int]]:
+        """Rows per source and split, e.g. {"tweets": {"train": 7000, "dev": 973, "test": 973}}."""
+        sizes: dict[str, dict[str, int]] = {}
+        for name, part in (("train", self.train), ("dev", self.dev), ("test", self.test)):
+            for example in part:
+                sizes.setdefault(example.source, {"train": 0, "dev": 0, "test": 0})[name] += 1
+        return sizes
 
 
 def fetch_vader_sdist(cache_dir: Path) -> Path:
@@ -123,11 +131,16 @@ def parse_ground_truth(content: str, source: str, neutral_margin: float) -> list
     return examples
 
 
+def text_key(text: str) -> str:
+    """The identity of a text across files and sources: case-folded, whitespace collapsed."""
+    return " ".join(text.casefold().split())
+
+
 def deduplicate(examples: Sequence[Example]) -> list[Example]:
     """Keep one example per case-folded text; drop texts whose copies disagree on the label."""
     by_text: dict[str, list[Example]] = {}
     for example in examples:
-        by_text.setdefault(" ".join(example.text.casefold().split()), []).append(example)
+        by_text.setdefault(text_key(example.text), []).append(example)
     kept = []
     for copies in by_text.values():
         if len({copy.label for copy in copies}) == 1:
@@ -154,35 +167,87 @@ def split_examples(examples: Sequence[Example], seed: int, dev_fraction: float, 
     return Splits(train=train, dev=dev, test=test)
 
 
+@dataclass(frozen=True)
+class SourcePlan:
+    """How one source is split (fractions of its cleaned rows, stratified by label) and how many of
+    its training rows one training run uses (None: all)."""
+
+    dev_fraction: float
+    test_fraction: float
+    train_rows: int | None = None
+
+
+# The held-out splits are fixed by these fractions and the seed; `train_rows` only samples the rest.
+SOURCE_PLANS: dict[str, SourcePlan] = {
+    "movies": SourcePlan(0.1, 0.1),           # 10,041 snippets -> 1,004 dev, 1,004 test (as before)
+    "tweets": SourcePlan(0.05, 0.05),         # about 22,000 -> 1,100 dev, 1,100 test
+    "uci": SourcePlan(0.1, 0.2),              # about 2,950 -> 295 dev, 590 test
+    "imdb": SourcePlan(0.01, 0.02),           # 49,580 reviews -> 496 dev, 992 test
+}
+
+
+def load_source(name: str, cache_dir: Path, neutral_margin: float, exclude: set[str]) -> list[Example]:
+    """One source's cleaned, deduplicated examples, minus the texts in `exclude`."""
+    if name == "movies":
+        files = read_corpus_files(fetch_vader_sdist(cache_dir), ["movies"])
+        examples = parse_ground_truth(files["movies"], "movies", neutral_margin)
+    else:
+        from sentiment.model.corpora import load_corpus
+
+        examples = load_corpus(name, cache_dir, exclude)
+    return deduplicate(examples)
+
+
 def load_splits(
     cache_dir: Path,
     *,
     seed: int,
+    sources: Sequence[str] = ("movies",),
+    train_rows: Mapping[str, int | None] | None = None,
     neutral_margin: float = 0.5,
-    eval_source: str = "movies",
-    extra_train_sources: Sequence[str] = (),
-    dev_fraction: float = 0.1,
-    test_fraction: float = 0.1,
 ) -> Splits:
-    """The default data set: `eval_source` split train/dev/test, extra sources added to train only.
+    """Every source split train/dev/test by its `SOURCE_PLANS` entry; the training rows of each
+    source sampled down to `train_rows[source]` (default: the plan's). A text held out by any source
+    is in no source's training rows."""
+    exclude: set[str] = set()
+    if set(sources) - {"movies"}:
+        from sentiment.model.corpora import judge_set_texts
 
-    Extra sources never enter dev or test, so the reported accuracy stays comparable.
-    """
-    sdist = fetch_vader_sdist(cache_dir)
-    files = read_corpus_files(sdist, [eval_source, *extra_train_sources])
-    main = deduplicate(parse_ground_truth(files[eval_source], eval_source, neutral_margin))
-    splits = split_examples(main, seed, dev_fraction, test_fraction)
-    held_out = {" ".join(e.text.casefold().split()) for e in splits.dev + splits.test}
-    extra: list[Example] = []
-    for source in extra_train_sources:
-        for example in deduplicate(parse_ground_truth(files[source], source, neutral_margin)):
-            if " ".join(example.text.casefold().split()) not in held_out:
-                extra.append(example)
-    if extra:
-        train = splits.train + extra
-        random.Random(seed + 1).shuffle(train)
-        splits = Splits(train=train, dev=splits.dev, test=splits.test)
-    return splits
+        exclude = judge_set_texts(cache_dir) - _movie_keys(cache_dir)
+    per_source = {}
+    for index, name in enumerate(sources):
+        plan = SOURCE_PLANS[name]
+        examples = load_source(name, cache_dir, neutral_margin, exclude)
+        per_source[name] = split_examples(examples, seed + index, plan.dev_fraction, plan.test_fraction)
+    held_out = {text_key(e.text) for part in per_source.values() for e in part.dev + part.test}
+    rng = random.Random(seed)
+    train: list[Example] = []
+    for name, part in per_source.items():
+        rows = [e for e in part.train if text_key(e.text) not in held_out]
+        wanted = (train_rows or {}).get(name, SOURCE_PLANS[name].train_rows)
+        train += rows if wanted is None or wanted >= len(rows) else balanced_sample(rows, wanted, rng)
+    rng.shuffle(train)
+    return Splits(train=train, dev=[e for p in per_source.values() for e in p.dev],
+                  test=[e for p in per_source.values() for e in p.test])
+
+
+def balanced_sample(examples: Sequence[Example], count: int, rng: random.Random) -> list[Example]:
+    """`count` examples, as near half of each label as the rarer label allows (the tweets are 3:1
+    negative; a sample that kept that ratio would teach the model that a tweet is probably negative)."""
+    groups = sorted(([e for e in examples if e.label == label] for label in range(len(LABELS))), key=len)
+    chosen: list[Example] = []
+    remaining = count
+    for left, group in zip(range(len(groups), 0, -1), groups):  # the rarest label first
+        take = min(len(group), remaining // left)
+        chosen += rng.sample(sorted(group, key=lambda e: e.text), take)
+        remaining -= take
+    return chosen
+
+
+def _movie_keys(cache_dir: Path) -> set[str]:
+    """The movie snippets are a source of ours (split like the others), not only a judge set."""
+    files = read_corpus_files(fetch_vader_sdist(cache_dir), ["movies"])
+    return {text_key(e.text) for e in parse_ground_truth(files["movies"], "movies", neutral_margin=-1.0)}
 
 
 def write_splits(splits: Splits, directory: Path) -> None:

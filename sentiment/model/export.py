@@ -1,8 +1,12 @@
 """Export an HF `*ForSequenceClassification` checkpoint to ONNX (fp32 and int8) and a Triton repository.
 
 The default variant is chosen on the dev split (never the test split): int8 when it loses at most
-`max_int8_loss` accuracy points against fp32, else fp32. Accuracy and speed of both variants go
-into `<repository>/sentiment/<version>/bundle/export_report.json` for the model card.
+`max_int8_loss` accuracy points against fp32, else fp32. The int8 model is quantized statically:
+activation ranges calibrated once on training texts, so a text's answer never depends on the
+texts batched with it (dynamic quantization scales activations per batch; it is used only where no
+training texts are at hand). Accuracy and calibration per source, and the speed of both variants,
+go into `<repository>/sentiment/<version>/bundle/export_report.json`, which the model card is
+written from (`sentiment.model.card`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ import numpy as np
 
 from sentiment.model.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
 from sentiment.model.data import Example, read_split
-from sentiment.model.evaluation import accuracy, predict_in_length_order
+from sentiment.model.evaluation import accuracy, predict_in_length_order, split_report
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
 from sentiment.model.triton_repository import (FIRST_VERSION, MODEL_NAME, OUTPUT_NAME, TritonModelSpec, read_spec,
                                                 write_repository)
 from transformer.bundle import ModelBundle
 from transformer.core.tokenization import TextEncoder
+from transformer.core.windows import DEFAULT_AGGREGATION, aggregate
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +75,52 @@ def export_onnx(checkpoint: Path, info: CheckpointInfo, out_file: Path) -> None:
         )
 
 
-def quantize_int8(fp32_file: Path, int8_file: Path) -> None:
-    """Dynamic (weight-only int8, activations quantized at run time) quantization with onnxruntime."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+CALIBRATION_TEXTS = 256    # training texts that fix the int8 activation ranges
+CALIBRATION_BATCH = 16
+
+
+def quantize_int8(fp32_file: Path, int8_file: Path, calibration: Sequence[dict] = ()) -> str:
+    """Quantize the MatMuls to int8 with onnxruntime; returns the method used.
+
+    With `calibration` (model input batches) it is static: weights int8 per channel, activation
+    ranges fixed by those batches (MinMax), QDQ format, so a row's answer is the same in any batch.
+    Without, dynamic (activations scaled per batch at run time): only for checkpoints that come with
+    no training texts."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(progress(calibration, desc="calibrate int8", unit="batch"))
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.WARNING)  # the quantizer logs one INFO line per tensor on the root logger
     try:
-        quantize_dynamic(str(fp32_file), str(int8_file), weight_type=QuantType.QInt8, per_channel=False)
+        if not calibration:
+            quantize_dynamic(str(fp32_file), str(int8_file), weight_type=QuantType.QInt8, per_channel=False)
+            return "dynamic"
+        quantize_static(str(fp32_file), str(int8_file), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        op_types_to_quantize=["MatMul"], activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        return "static"
     finally:
         root.setLevel(level)
+
+
+def calibration_batches(encoder: TextEncoder, texts: Sequence[str], count: int = CALIBRATION_TEXTS,
+                        seed: int = 0) -> list[dict]:
+    """Model inputs for static quantization: `count` of `texts` drawn with a fixed seed, in batches."""
+    if not texts:
+        return []
+    rng = np.random.default_rng(seed)
+    chosen = [texts[i] for i in sorted(rng.choice(len(texts), min(count, len(texts)), replace=False))]
+    return [dict(encoder.encode_batch(chosen[i:i + CALIBRATION_BATCH]))
+            for i in range(0, len(chosen), CALIBRATION_BATCH)]
 
 
 class OnnxClassifier:
@@ -95,6 +135,7 @@ class OnnxClassifier:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         self.encoder = encoder
+        self.name = Path(onnx_file).stem
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         batch = self.encoder.encode_batch(texts)
@@ -105,6 +146,36 @@ class OnnxClassifier:
 
     def accuracy(self, examples: Sequence[Example]) -> float:
         return accuracy(self.predict([e.text for e in examples]), examples)
+
+    def chunked_log_scores(self, texts: Sequence[str], aggregation: str = DEFAULT_AGGREGATION,
+                           batch_size: int = 64) -> np.ndarray:
+        """What the service answers in chunk mode (every window classified, `aggregation` over them),
+        as log-probabilities [n, labels] (a short text is its one window)."""
+        windowed = self.encoder.windows(texts)
+        flat = [(t, i, window) for t, w in enumerate(windowed) for i, window in enumerate(w.windows)]
+        flat.sort(key=lambda item: len(item[2].ids))
+        logits = [np.zeros((len(w.windows), 0), dtype=np.float32) for w in windowed]
+        for start in progress(range(0, len(flat), batch_size), desc=f"evaluate {self.name}", unit="batch"):
+            chunk = flat[start:start + batch_size]
+            out = self.session.run([OUTPUT_NAME], self.encoder.pad([window for _, _, window in chunk]))[0]
+            for (t, i, _), row in zip(chunk, out):
+                if logits[t].shape[1] == 0:
+                    logits[t] = np.zeros((len(windowed[t].windows), len(row)), dtype=np.float32)
+                logits[t][i] = row
+        return np.log(np.maximum(np.stack([
+            aggregate(aggregation, rows, np.asarray(w.new_tokens)) for rows, w in zip(logits, windowed)]), 1e-12))
+
+    def report(self, examples: Sequence[Example], temperature: float | None = None) -> dict:
+        """Accuracy and calibration error per source, as the service answers (chunk mode). With the
+        `temperature` the model's head was divided by, also the calibration error the same answers had
+        without it (`uncalibrated_ece`: scores from logits x T; exact for mean-of-logits windows)."""
+        log_scores = self.chunked_log_scores([e.text for e in examples])
+        result = split_report(log_scores, examples)
+        if temperature is not None:
+            before = split_report(log_scores * temperature, examples)
+            result["uncalibrated_ece"] = {"all": before["ece"],
+                                          **{name: s["ece"] for name, s in before["sources"].items()}}
+        return result
 
     def sentences_per_second(self, texts: Sequence[str], batch_size: int, min_seconds: float = 2.0) -> float:
         """Throughput over whole batches of `texts` (tokenization included), after one warm-up batch."""
@@ -124,9 +195,32 @@ class OnnxClassifier:
 class VariantReport:
     name: str
     size_mb: float
-    dev_accuracy: float | None = None
+    dev_accuracy: float | None = None   # mean over sources (each source counts once)
     test_accuracy: float | None = None
     sentences_per_second: dict[str, float] | None = None
+    dev: dict | None = None             # per source: rows, accuracy, ece (`evaluation.split_report`)
+    test: dict | None = None
+    quantization: str | None = None     # int8 only: "static" or "dynamic"
+
+
+def progress(items, **options):
+    """A progress bar on stderr for one stage of the build (sparse when stderr is not a terminal)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(items, dynamic_ncols=True, leave=False, mininterval=0.2 if sys.stderr.isatty() else 15.0, **options)
+
+
+def training_temperature(checkpoint: Path) -> float | None:
+    """The temperature the training run divided the head by (`metrics.json`), if it calibrated."""
+    try:
+        return float(json.loads((checkpoint / "metrics.json").read_text())["calibration"]["temperature"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+SPEED_TEXT_TOKENS = 64   # the speed is measured on dev texts up to this long (sentences, not documents)
 
 
 def _evaluate(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: Path | None, speed_batches: Sequence[int],
@@ -136,13 +230,33 @@ def _evaluate(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: Path
         return report
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
     dev, test = read_split(splits_dir / "dev.tsv"), read_split(splits_dir / "test.tsv")
-    report.dev_accuracy = round(runner.accuracy(dev), 4)
-    report.test_accuracy = round(runner.accuracy(test), 4)
+    temperature = training_temperature(splits_dir.parent)
+    report.dev, report.test = runner.report(dev, temperature), runner.report(test, temperature)
+    report.dev_accuracy, report.test_accuracy = report.dev["mean_accuracy"], report.test["mean_accuracy"]
     texts = [e.text for e in dev]
+    lengths = [len(e.ids) for e in encoder.tokenize(texts)]
+    texts = [t for t, n in zip(texts, lengths) if n <= SPEED_TEXT_TOKENS] or texts
     report.sentences_per_second = {
         str(b): round(runner.sentences_per_second(texts, b, min_seconds=1.5), 1) for b in speed_batches
     }
     return report
+
+
+def machine_description() -> str:
+    """The CPU the speeds were measured on, e.g. "AMD EPYC, 2 cores, AVX-512" (speeds differ by machine)."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                      if line.startswith("model name")), model)
+        flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    isa = "AVX-512" if " avx512f" in flags else "AVX2" if " avx2" in flags else "no AVX2"
+    return f"{model}, {os.cpu_count()} cores, {isa}"
 
 
 def choose_variant(fp32: VariantReport, int8: VariantReport | None, max_int8_loss: float) -> tuple[str, str]:
@@ -192,9 +306,13 @@ def _build_variants(checkpoint: Path, info: CheckpointInfo, encoder: TextEncoder
     export_onnx(checkpoint, info, fp32_file)
     reports = {"fp32": evaluate(fp32_file, "fp32")}
     if options.variant in ("auto", "int8"):
-        log.info("quantizing to int8 (dynamic)")
-        quantize_int8(fp32_file, int8_file)
+        train_file = checkpoint / "splits" / "train.tsv"
+        texts = [e.text for e in read_split(train_file)] if train_file.is_file() else []
+        log.info("quantizing to int8 (%s)", "static, calibrated on training texts" if texts else
+                 "dynamic: no training texts next to the checkpoint to calibrate on")
+        method = quantize_int8(fp32_file, int8_file, calibration_batches(encoder, texts))
         reports["int8"] = evaluate(int8_file, "int8")
+        reports["int8"].quantization = method
     if options.variant == "auto":
         name, reason = choose_variant(reports["fp32"], reports.get("int8"), options.max_int8_loss)
     else:
@@ -283,7 +401,14 @@ def export(
     bundle.write(bundle_dir)
     report = {"chosen": chosen.name, "reason": chosen.reason,
               "variants": {name: asdict(r) for name, r in chosen.reports.items()}, "threads": threads,
-              "duration_s": round(time.monotonic() - started, 1), "fingerprint": fingerprint}
+              "duration_s": round(time.monotonic() - started, 1), "fingerprint": fingerprint,
+              "machine": machine_description(), "date": time.strftime("%Y-%m-%d")}
     (bundle_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if splits_dir is not None:
+        from sentiment.model.card import render
+
+        metrics_file = checkpoint / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        (bundle_dir / "MODEL_CARD.md").write_text(render(report, metrics, speeds=True))
     log.info("exported %s variant (%s) as version %s to %s", chosen.name, chosen.reason, version, repository)
     return bundle

