@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from transformer.core.windows import softmax
+
 ECE_BINS = 15
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted.astype(np.float64))
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:

@@ -193,11 +193,13 @@ def read_imdb(archive: Path) -> list[Example]:
 
 
 def judge_set_texts(cache_dir: Path) -> set[str]:
-    """The texts of the VADER sets the model is judged on from outside (tweets, Amazon, NYT; movies
-    too, which have their own split): a corpus row equal to one of them is dropped."""
+    """The texts of the VADER sets the model is judged on from outside (tweets, Amazon, NYT) that are
+    not also movie snippets (those are a source of ours, split like the others): a corpus row equal
+    to one of them is dropped."""
     files = read_corpus_files(fetch_vader_sdist(cache_dir), ["movies", "tweets", "amazon", "nyt"])
-    return {text_key(e.text) for name, content in files.items()
-            for e in parse_ground_truth(content, name, neutral_margin=-1.0)}
+    keys = {name: {text_key(e.text) for e in parse_ground_truth(content, name, neutral_margin=-1.0)}
+            for name, content in files.items()}
+    return (keys["tweets"] | keys["amazon"] | keys["nyt"]) - keys["movies"]
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ def load_splits(
     if set(sources) - {"movies"}:
         from sentiment.model.corpora import judge_set_texts
 
-        exclude = judge_set_texts(cache_dir) - _movie_keys(cache_dir)
+        exclude = judge_set_texts(cache_dir)
     per_source = {}
     for index, name in enumerate(sources):
         plan = SOURCE_PLANS[name]
@@ -242,12 +242,6 @@ def balanced_sample(examples: Sequence[Example], count: int, rng: random.Random)
         chosen += rng.sample(sorted(group, key=lambda e: e.text), take)
         remaining -= take
     return chosen
-
-
-def _movie_keys(cache_dir: Path) -> set[str]:
-    """The movie snippets are a source of ours (split like the others), not only a judge set."""
-    files = read_corpus_files(fetch_vader_sdist(cache_dir), ["movies"])
-    return {text_key(e.text) for e in parse_ground_truth(files["movies"], "movies", neutral_margin=-1.0)}
 
 
 def write_splits(splits: Splits, directory: Path) -> None:

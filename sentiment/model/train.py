@@ -129,6 +129,7 @@ class _Fit:
     history: list[dict] = field(default_factory=list)
     best_dev: float = -1.0
     best_epoch: int = 0
+    best_dev_logits: np.ndarray | None = None  # the kept weights' dev logits: what calibration fits on
 
 
 def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: TrainConfig) -> _Fit:
@@ -163,7 +164,7 @@ def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: 
         progress.write(f"epoch {epoch}: train loss {running / steps_per_epoch:.4f}, dev accuracy by source "
                        + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in dev_report["sources"].items()))
         if dev_accuracy > fit.best_dev:
-            fit.best_dev, fit.best_epoch = dev_accuracy, epoch
+            fit.best_dev, fit.best_epoch, fit.best_dev_logits = dev_accuracy, epoch, dev_logits
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     progress.close()
     if best_state is not None:
@@ -171,12 +172,12 @@ def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: 
     return fit
 
 
-def _calibrate(model, tokenizer, dev: Sequence[Example], config: TrainConfig) -> dict:
-    """Fit a temperature on the dev logits and divide the classifier head by it, so the exported
-    model's softmax is calibrated (a linear head scaled by 1/T gives logits / T; argmax unchanged)."""
+def _calibrate(model, logits: np.ndarray, dev: Sequence[Example]) -> dict:
+    """Fit a temperature on the dev logits of `model`'s weights and divide its classifier head by it, so
+    the exported model's softmax is calibrated (a linear head scaled by 1/T gives logits / T; argmax
+    unchanged)."""
     import torch
 
-    logits = predict_logits(model, tokenizer, dev, config.max_length, config.document_sources)
     temperature = fit_temperature(logits, np.array([e.label for e in dev]))
     head = model.classifier
     with torch.no_grad():
@@ -212,7 +213,8 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
     for row, example in zip(encoded, splits.train):
         row["labels"] = example.label
     fit = _fit(model, tokenizer, encoded, splits.dev, config)
-    calibration = _calibrate(model, tokenizer, splits.dev, config) if config.calibrate else None
+    calibration = _calibrate(model, fit.best_dev_logits, splits.dev) \
+        if config.calibrate and fit.best_dev_logits is not None else None
     test_report = split_report(
         predict_logits(model, tokenizer, splits.test, config.max_length, config.document_sources), splits.test)
 

@@ -64,7 +64,6 @@ def test_load_splits_keeps_every_held_out_text_out_of_training(monkeypatch, tmp_
                          [Example(f"tweet {i}", i % 2, 1.0, "tweets") for i in range(400)]}
     monkeypatch.setattr(data, "load_source", lambda name, cache, margin, exclude: data.deduplicate(sources[name]))
     monkeypatch.setattr(corpora, "judge_set_texts", lambda cache: set())
-    monkeypatch.setattr(data, "_movie_keys", lambda cache: set())
     splits = data.load_splits(tmp_path, seed=3, sources=("movies", "tweets"), train_rows={"tweets": 100})
     held_out = {text_key(e.text) for e in splits.dev + splits.test}
     assert held_out and not held_out & {text_key(e.text) for e in splits.train}
