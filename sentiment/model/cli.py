@@ -44,9 +44,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sentiment.paths import cache_home
 
     config = default_train_config(base=args.base, seed=args.seed, epochs=args.epochs, learning_rate=args.learning_rate,
-                                  batch_size=args.batch_size, max_length=args.max_length, threads=args.threads)
+                                  batch_size=args.batch_size, max_length=args.max_length, threads=args.threads,
+                                  frozen_layers=args.frozen_layers)
     result = train(config, Path(args.out), cache_home() / "data")
-    print(json.dumps({k: result.metrics[k] for k in ("data", "dev_accuracy", "test_accuracy", "duration_s")}, indent=2))
+    print(json.dumps({k: result.metrics[k] for k in ("data", "dev_accuracy", "duration_s")}, indent=2))
     return 0
 
 
@@ -133,6 +134,9 @@ def add_model_commands(commands) -> None:
     )
     train.add_argument("--max-length", type=int, default=TrainConfig.max_length,
                        help="tokens per training sentence, special tokens included (default %(default)s)")
+    train.add_argument("--frozen-layers", type=int, default=TrainConfig.frozen_layers,
+                       help="keep the embeddings and the first N encoder layers as pretrained: faster steps, "
+                            "usually a little less accuracy (default %(default)s: train everything)")
     train.add_argument(
         "--threads", type=int, default=TrainConfig.threads, help="PyTorch CPU threads (default %(default)s)"
     )

@@ -6,7 +6,7 @@ cores than fixed-length padding. The recipe is shaped to a budget of model token
 `make run` must stay short on 2 cores): one pass over short texts of every source plus the last
 window of a sample of whole reviews (where a review's verdict usually is). Model selection and
 the temperature that calibrates the scores use the dev split only; the test split is scored once,
-at the end.
+by the export, on the model as served (so training does not run a second, PyTorch-only test pass).
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class TrainConfig:
     document_sources: tuple[str, ...] = ("imdb",)
     calibrate: bool = True
     threads: int = 2
+    # The embeddings and the first `frozen_layers` encoder layers keep their pretrained weights: no
+    # backward pass runs through them, so a step is cheaper (measured on recipe 3 with 2 of MiniLM's 6
+    # layers frozen: 17 % less training time, movie snippets 1.8 points worse on dev, tweets 1.1 better).
+    frozen_layers: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -108,17 +112,37 @@ def predict_logits(model, tokenizer, examples: Sequence[Example], max_length: in
                                       lambda rows: model(**_collate(tokenizer, rows)).logits.numpy(), batch_size)
 
 
+def _encoder_layers(model):
+    """The encoder's layer list of an HF model (BERT-like `encoder.layer`, DistilBERT `transformer.layer`)."""
+    base = model.base_model
+    for holder in ("encoder", "transformer"):
+        layers = getattr(getattr(base, holder, None), "layer", None)
+        if layers is not None:
+            return layers
+    raise ValueError(f"{type(model).__name__}: no encoder layer list to freeze layers of")
+
+
+def freeze_lower_layers(model, count: int) -> int:
+    """Stop training the embeddings and the first `count` encoder layers (none if `count` is 0);
+    returns the parameters left to train. Nothing below the first trained layer needs a gradient,
+    so backward stops there."""
+    frozen = [model.base_model.embeddings, *list(_encoder_layers(model))[:count]] if count > 0 else []
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def _optimizer(model, config: TrainConfig, total_steps: int):
     """AdamW without weight decay on biases and norms, and a linear schedule with warm-up."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)],
-         "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
-         "weight_decay": 0.0},
+        {"params": [p for n, p in trained if not any(k in n for k in no_decay)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in trained if any(k in n for k in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     return optimizer, get_linear_schedule_with_warmup(optimizer, int(total_steps * config.warmup_fraction), total_steps)
@@ -150,7 +174,7 @@ def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: 
         for step, batch_index in enumerate(_bucketed_batches(lengths, config.batch_size, rng), start=1):
             loss = model(**_collate(tokenizer, [encoded[i] for i in batch_index])).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -209,15 +233,14 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
         id2label=dict(enumerate(LABELS)),
         label2id={label: i for i, label in enumerate(LABELS)},
     )
+    trainable = freeze_lower_layers(model, config.frozen_layers)
+    log.info("training %.1f M of %.1f M parameters", trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
     encoded = _encode(tokenizer, splits.train, config.max_length, config.document_sources)
     for row, example in zip(encoded, splits.train):
         row["labels"] = example.label
     fit = _fit(model, tokenizer, encoded, splits.dev, config)
     calibration = _calibrate(model, fit.best_dev_logits, splits.dev) \
         if config.calibrate and fit.best_dev_logits is not None else None
-    test_report = split_report(
-        predict_logits(model, tokenizer, splits.test, config.max_length, config.document_sources), splits.test)
-
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.max_length_for_serving = config.max_length
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -231,12 +254,9 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
         "best_epoch": fit.best_epoch,
         "dev_accuracy": fit.best_dev,
         "calibration": calibration,
-        "test": test_report,
-        "test_accuracy": test_report["mean_accuracy"],
         "duration_s": round(time.monotonic() - started, 1),
         "torch_version": torch.__version__,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("trained in %.0f s: dev %.4f, test %.4f (mean over sources)", metrics["duration_s"], fit.best_dev,
-             test_report["mean_accuracy"])
+    log.info("trained in %.0f s: dev accuracy %.4f (mean over sources)", metrics["duration_s"], fit.best_dev)
     return TrainResult(checkpoint=out_dir, metrics=metrics)

@@ -98,3 +98,32 @@ def test_export_report_and_bundle_agree(tiny_repositories):
     assert report["chosen"] == bundle.variant == "fp32"
     assert report["fingerprint"] == bundle.fingerprint
     assert bundle.labels == ["NEGATIVE", "POSITIVE"]
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "bert"])
+def test_static_int8_quantizes_every_weight_matmul_and_stores_the_embeddings_in_8_bits(kind, tiny_repositories,
+                                                                                        tmp_path):
+    """What `quantize_int8` does to an exported encoder (2 layers, hidden 32, feed-forward 64)."""
+    import onnx
+    from onnx import TensorProto
+
+    from sentiment.model.export import calibration_batches, quantize_int8
+
+    model_dir = tiny_repositories[kind] / "sentiment" / "1"
+    fp32_file = model_dir / "model.onnx"
+    bundle = ModelBundle.load(model_dir / "bundle")
+    encoder = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length, bundle.uses_token_type_ids)
+    int8_file = tmp_path / "model.int8.onnx"
+    assert quantize_int8(fp32_file, int8_file, calibration_batches(encoder, TEXTS * 8)) == "static"
+    graph = onnx.load(str(int8_file)).graph
+    weights = {init.name for init in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    weight_matmuls = [node for node in graph.node if node.op_type == "MatMul" and node.input[1] in producers
+                      and producers[node.input[1]].op_type == "DequantizeLinear"
+                      and producers[node.input[1]].input[0] in weights]
+    assert len(weight_matmuls) >= 2 * 6, [n.name for n in weight_matmuls]  # q, k, v, out, ffn in, ffn out per layer
+    float_weight_matmuls = [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in weights]
+    assert float_weight_matmuls == []
+    eight_bit = [list(init.dims) for init in graph.initializer
+                 if init.data_type in (TensorProto.INT8, TensorProto.UINT8)]
+    assert [30522, 32] in eight_bit  # the token embedding table is stored in 8 bits

