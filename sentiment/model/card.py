@@ -70,9 +70,23 @@ def load_build(repository: Path) -> tuple[dict, dict]:
     return report, metrics
 
 
-def _overview(metrics: dict) -> list[str]:
+def _calibration(metrics: dict, report: dict) -> str:
+    trained = (metrics.get("calibration") or {}).get("temperature")
+    served = report["variants"][report["chosen"]].get("serving_temperature")
+    parts = []
+    if trained:
+        parts.append(f"the head divided by T = {trained}, fitted on the dev splits' PyTorch logits in training")
+    if served:
+        parts.append(f"the served file's output layer divided by a further T = {served}, fitted on the served "
+                     f"variant's own dev answers (quantization changes how confident the model is)")
+    if not parts:
+        return "none"
+    total = (trained or 1.0) * (served or 1.0)
+    return "temperature scaling (log-loss): " + "; then ".join(parts) + f" (in all, logits / {total:.4f})"
+
+
+def _overview(metrics: dict, report: dict) -> list[str]:
     config = metrics.get("config", {})
-    calibration = metrics.get("calibration") or {}
     rows = dict(config.get("train_rows", []))
     documents = ", ".join(config.get("document_sources", []))
     sampled = ", ".join(f"{k} {v:,}" for k, v in rows.items())
@@ -81,12 +95,10 @@ def _overview(metrics: dict) -> list[str]:
                 f"AdamW lr {config.get('learning_rate')}, batch {config.get('batch_size')}, warm-up "
                 f"{100 * config.get('warmup_fraction', 0):.0f} %, max length {config.get('max_length')}, "
                 f"length-bucketed batches; {documents} reviews are trained on their last window")
-    calibrated = (f"temperature scaling: the head divided by T = {calibration['temperature']}, fitted on the dev "
-                  "splits (log-loss)" if calibration else "none")
     return markdown_table(["", ""], [
         ("base encoder", BASE_ENCODER),
         ("training", training),
-        ("calibration", calibrated),
+        ("calibration", _calibration(metrics, report)),
         ("splits", f"stratified per source, seed {config.get('seed')}, written to `<checkpoint>/splits/`; dev "
                    "chooses the variant and the temperature, test is only reported"),
         ("labels", ", ".join(f"`{label}`" for label in data.LABELS)),
@@ -144,7 +156,7 @@ def _speed_table(report: dict) -> list[str]:
 
 def render(report: dict, metrics: dict, speeds: bool = False) -> str:
     """The card as Markdown; `speeds` adds the machine's throughput table (not in the README)."""
-    lines = [*_overview(metrics), "", "Data (every source's rows after cleaning and deduplication; the VADER "
+    lines = [*_overview(metrics, report), "", "Data (every source's rows after cleaning and deduplication; the VADER "
              "tweets, Amazon and NYT sets are never trained on, only used to remove overlaps):", "",
              *_data_table(metrics), "",
              "Held-out test accuracy of the served model as it answers (chunk mode: a long review's windows are "

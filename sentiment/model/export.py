@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sentiment.model.calibration import fit_temperature
 from sentiment.model.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
 from sentiment.model.data import Example, read_split
 from sentiment.model.evaluation import accuracy, predict_in_length_order, split_report
@@ -129,6 +130,38 @@ def calibration_batches(encoder: TextEncoder, texts: Sequence[str], count: int =
             for i in range(0, len(chosen), CALIBRATION_BATCH)]
 
 
+def scores_report(log_scores: np.ndarray, examples: Sequence[Example], temperature: float | None = None) -> dict:
+    """`split_report` of served log-scores; with the `temperature` the served logits were divided by,
+    also the calibration error without it (`uncalibrated_ece`; exact for mean-of-logits windows)."""
+    result = split_report(log_scores, examples)
+    if temperature is not None:
+        before = split_report(log_scores * temperature, examples)
+        result["uncalibrated_ece"] = {"all": before["ece"], **{name: s["ece"] for name, s in before["sources"].items()}}
+    return result
+
+
+def divide_output_layer(onnx_file: Path, temperature: float) -> bool:
+    """Divide the weights and bias of the Gemm that produces the logits by `temperature`, in place, so
+    the file's softmax is calibrated (argmax unchanged); False where the logits come from another op.
+    The head is a float Gemm in both variants (static int8 quantizes MatMuls and Gathers only)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_file))
+    producers = {output: node for node in model.graph.node for output in node.output}
+    node = producers.get(OUTPUT_NAME)
+    while node is not None and node.op_type == "Identity":
+        node = producers.get(node.input[0])
+    initializers = {init.name: init for init in model.graph.initializer}
+    if node is None or node.op_type != "Gemm" or not all(name in initializers for name in node.input[1:3]):
+        return False
+    for name in node.input[1:3]:
+        scaled = numpy_helper.to_array(initializers[name]) / np.float32(temperature)
+        initializers[name].CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), name))
+    onnx.save(model, str(onnx_file))
+    return True
+
+
 class OnnxClassifier:
     """ONNX Runtime session plus the serving tokenizer: evaluation and the model-alone benchmark."""
 
@@ -175,13 +208,7 @@ class OnnxClassifier:
         """Accuracy and calibration error per source, as the service answers (chunk mode). With the
         `temperature` the model's head was divided by, also the calibration error the same answers had
         without it (`uncalibrated_ece`: scores from logits x T; exact for mean-of-logits windows)."""
-        log_scores = self.chunked_log_scores([e.text for e in examples])
-        result = split_report(log_scores, examples)
-        if temperature is not None:
-            before = split_report(log_scores * temperature, examples)
-            result["uncalibrated_ece"] = {"all": before["ece"],
-                                          **{name: s["ece"] for name, s in before["sources"].items()}}
-        return result
+        return scores_report(self.chunked_log_scores([e.text for e in examples]), examples, temperature)
 
     def sentences_per_second(self, texts: Sequence[str], batch_size: int, min_seconds: float = 2.0) -> float:
         """Throughput over whole batches of `texts` (tokenization included), after one warm-up batch."""
@@ -207,6 +234,7 @@ class VariantReport:
     dev: dict | None = None             # per source: rows, accuracy, ece (`evaluation.split_report`)
     test: dict | None = None
     quantization: str | None = None     # int8 only: "static" or "dynamic"
+    serving_temperature: float | None = None  # the served variant: what the export divided its output layer by
 
 
 def progress(items, **options):
@@ -230,15 +258,17 @@ SPEED_TEXT_TOKENS = 64   # the speed is measured on dev texts up to this long (s
 
 
 def _evaluate_dev(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: Path | None,
-                  speed_batches: Sequence[int], threads: int) -> VariantReport:
+                  speed_batches: Sequence[int], threads: int, dev_scores: dict[str, np.ndarray]) -> VariantReport:
     """A variant's size, dev accuracy and calibration per source, and speed: what the choice between
-    variants reads. The test split is left for the variant chosen (`_evaluate_test`)."""
+    variants reads (its dev log-scores go into `dev_scores`, for calibration). The test split is left
+    for the variant chosen (`_evaluate_test`)."""
     report = VariantReport(name=name, size_mb=round(onnx_file.stat().st_size / 1e6, 1))
     if splits_dir is None:
         return report
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
     dev = read_split(splits_dir / "dev.tsv")
-    report.dev = runner.report(dev, training_temperature(splits_dir.parent))
+    dev_scores[name] = runner.chunked_log_scores([e.text for e in dev])
+    report.dev = scores_report(dev_scores[name], dev, training_temperature(splits_dir.parent))
     report.dev_accuracy = report.dev["mean_accuracy"]
     texts = [e.text for e in dev]
     lengths = [len(e.ids) for e in encoder.tokenize(texts)]
@@ -253,8 +283,27 @@ def _evaluate_test(report: VariantReport, onnx_file: Path, encoder: TextEncoder,
                    threads: int) -> None:
     """The served variant's test accuracy and calibration per source, measured once, as served."""
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
-    report.test = runner.report(read_split(splits_dir / "test.tsv"), training_temperature(splits_dir.parent))
+    temperature = (training_temperature(splits_dir.parent) or 1.0) * (report.serving_temperature or 1.0)
+    report.test = runner.report(read_split(splits_dir / "test.tsv"), temperature)
     report.test_accuracy = report.test["mean_accuracy"]
+
+
+def _calibrate_served(chosen: ChosenVariant, dev_log_scores: np.ndarray, splits_dir: Path) -> None:
+    """Fit a temperature on the served variant's own dev answers (chunk mode) and divide its output
+    layer by it. Quantization changes how confident the model is: on recipe 3's checkpoint, static
+    int8 answered less confidently than the fp32 model the training's temperature was fitted on
+    (served test ECE 0.058 with that temperature alone; a temperature of 0.80 on int8's dev answers
+    was the best fit), so the file that is served is calibrated on what it answers."""
+    dev = read_split(splits_dir / "dev.tsv")
+    temperature = fit_temperature(dev_log_scores, np.array([e.label for e in dev]))
+    if not divide_output_layer(chosen.file, temperature):
+        log.info("the logits do not come from a Gemm with constant weights: the served file keeps its scores")
+        return
+    report = chosen.reports[chosen.name]
+    report.serving_temperature = round(temperature, 4)
+    total = (training_temperature(splits_dir.parent) or 1.0) * temperature
+    report.dev = scores_report(dev_log_scores / temperature, dev, total)
+    log.info("calibrated the served %s file on its dev answers: output layer divided by %.3f", chosen.name, temperature)
 
 
 def machine_description() -> str:
@@ -399,10 +448,12 @@ def export(
         tokenizer_file = _save_tokenizer(checkpoint, scratch / "tokenizer.json")
         encoder = TextEncoder(tokenizer_file, info.max_length, info.uses_token_type_ids)
         log.info("exporting %s (%s) to ONNX opset %d", checkpoint, info.model_type, OPSET)
+        dev_scores: dict[str, np.ndarray] = {}
         chosen = _build_variants(checkpoint, info, encoder, scratch, options,
                                  lambda file, name: _evaluate_dev(file, encoder, name, splits_dir, speed_batches,
-                                                                  threads))
+                                                                  threads, dev_scores))
         if splits_dir is not None:
+            _calibrate_served(chosen, dev_scores[chosen.name], splits_dir)
             _evaluate_test(chosen.reports[chosen.name], chosen.file, encoder, splits_dir, threads)
         adding, version = version is not None, version or FIRST_VERSION
         bundle_dir, spec = _write_version(repository, version, chosen.file, info, options, adding)

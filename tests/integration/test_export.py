@@ -127,3 +127,22 @@ def test_static_int8_quantizes_every_weight_matmul_and_stores_the_embeddings_in_
     eight_bit = [list(init.dims) for init in graph.initializer
                  if init.data_type in (TensorProto.INT8, TensorProto.UINT8)]
     assert [30522, 32] in eight_bit  # the token embedding table is stored in 8 bits
+
+
+def test_dividing_the_output_layer_divides_the_logits(tiny_repositories, tmp_path):
+    """What the export does to calibrate the served file: logits / T, nothing else."""
+    import onnxruntime as ort
+
+    from sentiment.model.export import divide_output_layer
+
+    model_dir = tiny_repositories["bert"] / "sentiment" / "1"
+    bundle = ModelBundle.load(model_dir / "bundle")
+    batch = TextEncoder(model_dir / "bundle" / "tokenizer.json", bundle.max_length,
+                        bundle.uses_token_type_ids).encode_batch(TEXTS)
+    scaled = tmp_path / "model.onnx"
+    shutil.copyfile(model_dir / "model.onnx", scaled)
+    assert divide_output_layer(scaled, 2.5)
+    before, after = (ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(["logits"], batch)[0]
+                     for f in (model_dir / "model.onnx", scaled))
+    assert np.ptp(before) > 1e-2
+    np.testing.assert_allclose(after, before / 2.5, rtol=1e-5, atol=1e-6)

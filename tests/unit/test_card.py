@@ -17,6 +17,7 @@ def report():
     return {"chosen": "int8", "reason": "int8 loses 0.10 points", "threads": 2, "machine": "CPU X",
             "variants": {"fp32": {"size_mb": 91.0, "dev_accuracy": 0.8825, "dev": fp32_dev, "test": None, **speed},
                          "int8": {"size_mb": 23.0, "dev_accuracy": 0.87, "dev": int8_dev, "test": test,
+                                  "serving_temperature": 0.8,
                                   "test_accuracy": 0.88, "quantization": "static", **speed}}}
 
 
@@ -33,7 +34,7 @@ def test_the_card_states_the_measured_figures_and_which_targets_are_met():
     assert "| all (mean over sources) | 1,900 | 0.8800 |  | 0.0800 | 0.0300 (<= 0.05: yes) |" in card
     assert "| variant | size | dev tweets | dev imdb | dev mean |" in card
     assert "| fp32 ONNX | 91.0 MB | 0.9050 | 0.8600 | 0.8825 |" in card
-    assert "T = 1.7" in card
+    assert "the head divided by T = 1.7" in card and "a further T = 0.8" in card and "logits / 1.3600" in card
     assert "| int8 ONNX (static quantization) (served) | 23.0 MB | 0.9000 | 0.8400 | 0.8700 |" in card
     assert "The served default is **int8**: int8 loses 0.10 points." in card
     assert "sentences/s" not in card and "sentences/s batch 8" in render(report(), METRICS, speeds=True)
