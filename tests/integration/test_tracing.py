@@ -4,7 +4,9 @@ receiver started here that decodes the protobuf (Triton's JSON too) into a spans
 
 One request with a client `traceparent` gives the expected tree, down to Triton's spans, in the
 client's trace; a cache hit has no predictor span; gRPC requests are traced; error log lines
-carry the trace id; with tracing off nothing is exported.
+carry the trace id; with tracing off nothing is exported. Triton's gRPC frontend drops the trace of a
+few calls in a hundred (`tests.conftest.until_triton_traced` says why): a test that needs Triton's
+spans sends a lost request again with a new trace, and one test measures the loss over gRPC and HTTP.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import pytest
@@ -22,7 +25,7 @@ import pytest
 from sentiment.stack.processes import free_port
 from sentiment.stack.traces import TRACES_PATH, OtlpHttpReceiver, read_spans
 from sentiment.stack.transformer import tracing_environment
-from tests.conftest import TransformerServer, TritonServer, started, wait_until
+from tests.conftest import TransformerServer, TritonServer, started, until_triton_traced, wait_until
 
 GRPC_SCRIPT = Path(__file__).resolve().parent.parent / "support_grpc_client.py"
 
@@ -52,6 +55,20 @@ def traced(traced_triton, module_redis, receiver, logs_dir):
             traced_triton,
             logs_dir / "tracing-on",
             env=tracing_environment(receiver.endpoint),
+            extra_args=["--redis_url", module_redis.url],
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def traced_over_http(traced_triton, module_redis, receiver, logs_dir):
+    """The traced transformer calling Triton over HTTP (`--protocol v2`) instead of gRPC."""
+    yield from started(
+        TransformerServer(
+            traced_triton,
+            logs_dir / "tracing-over-http",
+            env=tracing_environment(receiver.endpoint),
+            protocol="v2",
             extra_args=["--redis_url", module_redis.url],
         )
     )
@@ -92,6 +109,26 @@ def wait_for_spans(receiver, trace_id: str, names: set[str], timeout: float = 15
     return by_name
 
 
+def traced_through_triton(receiver, send: Callable[[str, str], None],
+                          names: set[str]) -> tuple[str, str, dict[str, list[dict]]]:
+    """One request whose trace arrived whole, Triton's spans included: `send(trace_id, traceparent)`
+    makes it and checks its answer; a trace Triton dropped is sent anew (`until_triton_traced`).
+    Returns the trace id, the client's span id and the trace's spans by name."""
+    client_spans: dict[str, str] = {}
+
+    def send_new() -> str:
+        trace_id, client_span, traceparent = new_trace()
+        client_spans[trace_id] = client_span
+        send(trace_id, traceparent)
+        return trace_id
+
+    def whole(trace_id: str) -> bool:
+        return names <= {span["name"] for span in spans_of(receiver, trace_id)}
+
+    trace_id = until_triton_traced(send_new, whole)
+    return trace_id, client_spans[trace_id], wait_for_spans(receiver, trace_id, names)
+
+
 def post(server: TransformerServer, body: dict, traceparent: str) -> httpx.Response:
     return httpx.post(server.url + "/project/bulk-predict", json=body, headers={"traceparent": traceparent}, timeout=30)
 
@@ -108,10 +145,11 @@ TRITON_SPANS = {"InferRequest", "sentiment", "compute"}
 
 
 def test_one_request_is_one_trace_from_the_client_down_to_tritons_compute(traced, receiver):
-    trace_id, client_span, traceparent = new_trace()
-    texts = [f"tracing makes the time visible {trace_id}", f"and this one is new too {trace_id}"]
-    assert post(traced, {"text": texts}, traceparent).status_code == 200
-    spans = wait_for_spans(receiver, trace_id, TRANSFORMER_SPANS | TRITON_SPANS)
+    def send(trace_id: str, traceparent: str) -> None:
+        texts = [f"tracing makes the time visible {trace_id}", f"and this one is new too {trace_id}"]
+        assert post(traced, {"text": texts}, traceparent).status_code == 200
+
+    _trace_id, client_span, spans = traced_through_triton(receiver, send, TRANSFORMER_SPANS | TRITON_SPANS)
     request, lookup, tokenize, compute, call, write = (one(spans, name) for name in (
         REQUEST, "sentiment.cache.lookup", "sentiment.tokenize", "sentiment.compute", "sentiment.predictor.infer",
         "sentiment.cache.write"))
@@ -181,10 +219,12 @@ def grpc_infer(server: TransformerServer, texts: list[str], traceparent: str) ->
 
 
 def test_grpc_requests_are_traced_the_same_way(traced, receiver):
-    trace_id, client_span, traceparent = new_trace()
-    assert grpc_infer(traced, [f"over grpc {trace_id}"], traceparent)["ok"]
+    def send(trace_id: str, traceparent: str) -> None:
+        assert grpc_infer(traced, [f"over grpc {trace_id}"], traceparent)["ok"]
+
     name = "inference.GRPCInferenceService/ModelInfer"
-    spans = wait_for_spans(receiver, trace_id, {name, "sentiment.predictor.infer", "InferRequest"})
+    _trace_id, client_span, spans = traced_through_triton(receiver, send,
+                                                          {name, "sentiment.predictor.infer", "InferRequest"})
     request = one(spans, name)
     assert request["parent_span_id"] == client_span
     assert request["attributes"]["rpc.system"] == "grpc" and request["attributes"]["rpc.grpc.status_code"] == 0
@@ -219,9 +259,10 @@ def test_with_tracing_off_nothing_is_exported_and_logs_carry_no_trace(untraced, 
     def marker_arrived() -> None:
         """A request through the traced transformer, and its spans in: every exporter on the same schedule
         (0.2 s) has flushed what came before it, and Triton exports in order."""
-        marker, _client, marker_parent = new_trace()
-        assert post(traced, {"text": [f"marker {marker}"]}, marker_parent).status_code == 200
-        wait_for_spans(receiver, marker, {REQUEST, "InferRequest"})
+        def send(marker: str, traceparent: str) -> None:
+            assert post(traced, {"text": [f"marker {marker}"]}, traceparent).status_code == 200
+
+        traced_through_triton(receiver, send, {REQUEST, "InferRequest"})
 
     marker_arrived()
     before = triton_requests()
@@ -235,4 +276,31 @@ def test_with_tracing_off_nothing_is_exported_and_logs_carry_no_trace(untraced, 
     marker_arrived()
     assert spans_of(receiver, trace_id) == []
     assert all(span["service"] != "must-not-appear" for span in read_spans(receiver.spans.path))
-    assert triton_requests() == before + 1  # the marker's alone
+    assert triton_requests() == before + 1  # the marker's alone (a marker Triton dropped has none)
+
+
+def test_triton_joins_every_trace_over_http_and_most_over_grpc(traced, traced_over_http, receiver):
+    """The loss `until_triton_traced` works around, measured: 40 traced requests through a transformer
+    that calls Triton over gRPC, 40 through one that calls it over HTTP, one after another."""
+    def send(server: TransformerServer, count: int) -> list[str]:
+        trace_ids = []
+        for _ in range(count):
+            trace_id, _client, traceparent = new_trace()
+            assert post(server, {"text": [f"counted {trace_id}"]}, traceparent).status_code == 200
+            trace_ids.append(trace_id)
+        return trace_ids
+
+    def with_triton(trace_ids: list[str]) -> list[str]:
+        return [trace_id for trace_id in trace_ids
+                if "InferRequest" in {span["name"] for span in spans_of(receiver, trace_id)}]
+
+    over_grpc, over_http = send(traced, 40), send(traced_over_http, 40)
+    # Every HTTP call's trace has Triton's spans; the gRPC calls ended earlier, so theirs are in by then.
+    wait_until(lambda: with_triton(over_http) == over_http, 20, message="Triton's spans of all 40 HTTP calls")
+    for trace_ids, protocol in ((over_grpc, "grpc-v2"), (over_http, "v2")):
+        calls = [one(wait_for_spans(receiver, trace_id, {"sentiment.predictor.infer"}), "sentiment.predictor.infer")
+                 for trace_id in trace_ids]
+        assert {call["attributes"]["sentiment.predictor.protocol"] for call in calls} == {protocol}
+    joined = len(with_triton(over_grpc))
+    print(f"Triton's spans joined {joined} of 40 traces over gRPC, 40 of 40 over HTTP")
+    assert joined >= 30, f"Triton joined only {joined} of 40 traces over gRPC: more than its known loss"
