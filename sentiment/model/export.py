@@ -254,23 +254,45 @@ def training_temperature(checkpoint: Path) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """What the export measures on, read once: the checkpoint's dev examples, where its test split is
+    (scored once, on the served variant), and the temperature the training already divided the head
+    by (reports state calibration against the logits before any temperature)."""
+
+    splits_dir: Path
+    dev: list[Example]
+    training_temperature: float | None
+
+    @classmethod
+    def of(cls, checkpoint: Path) -> "HeldOut | None":
+        """The checkpoint's held-out splits; None when it has none (a user's checkpoint)."""
+        splits_dir = checkpoint / "splits"
+        if not (splits_dir / "dev.tsv").is_file():
+            return None
+        return cls(splits_dir, read_split(splits_dir / "dev.tsv"), training_temperature(checkpoint))
+
+    def with_serving(self, serving_temperature: float | None) -> float:
+        """The whole temperature the served logits were divided by: the training's, then the export's."""
+        return (self.training_temperature or 1.0) * (serving_temperature or 1.0)
+
+
 SPEED_TEXT_TOKENS = 64   # the speed is measured on dev texts up to this long (sentences, not documents)
 
 
-def _evaluate_dev(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: Path | None,
+def _evaluate_dev(onnx_file: Path, encoder: TextEncoder, name: str, held_out: HeldOut | None,
                   speed_batches: Sequence[int], threads: int, dev_scores: dict[str, np.ndarray]) -> VariantReport:
     """A variant's size, dev accuracy and calibration per source, and speed: what the choice between
     variants reads (its dev log-scores go into `dev_scores`, for calibration). The test split is left
     for the variant chosen (`_evaluate_test`)."""
     report = VariantReport(name=name, size_mb=round(onnx_file.stat().st_size / 1e6, 1))
-    if splits_dir is None:
+    if held_out is None:
         return report
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
-    dev = read_split(splits_dir / "dev.tsv")
-    dev_scores[name] = runner.chunked_log_scores([e.text for e in dev])
-    report.dev = scores_report(dev_scores[name], dev, training_temperature(splits_dir.parent))
+    texts = [e.text for e in held_out.dev]
+    dev_scores[name] = runner.chunked_log_scores(texts)
+    report.dev = scores_report(dev_scores[name], held_out.dev, held_out.training_temperature)
     report.dev_accuracy = report.dev["mean_accuracy"]
-    texts = [e.text for e in dev]
     lengths = [len(e.ids) for e in encoder.tokenize(texts)]
     texts = [t for t, n in zip(texts, lengths) if n <= SPEED_TEXT_TOKENS] or texts
     report.sentences_per_second = {
@@ -279,30 +301,28 @@ def _evaluate_dev(onnx_file: Path, encoder: TextEncoder, name: str, splits_dir: 
     return report
 
 
-def _evaluate_test(report: VariantReport, onnx_file: Path, encoder: TextEncoder, splits_dir: Path,
+def _evaluate_test(report: VariantReport, onnx_file: Path, encoder: TextEncoder, held_out: HeldOut,
                    threads: int) -> None:
     """The served variant's test accuracy and calibration per source, measured once, as served."""
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
-    temperature = (training_temperature(splits_dir.parent) or 1.0) * (report.serving_temperature or 1.0)
-    report.test = runner.report(read_split(splits_dir / "test.tsv"), temperature)
+    report.test = runner.report(read_split(held_out.splits_dir / "test.tsv"),
+                                held_out.with_serving(report.serving_temperature))
     report.test_accuracy = report.test["mean_accuracy"]
 
 
-def _calibrate_served(chosen: ChosenVariant, dev_log_scores: np.ndarray, splits_dir: Path) -> None:
+def _calibrate_served(chosen: ChosenVariant, dev_log_scores: np.ndarray, held_out: HeldOut) -> None:
     """Fit a temperature on the served variant's own dev answers (chunk mode) and divide its output
     layer by it. Quantization changes how confident the model is: on recipe 3's checkpoint, static
     int8 answered less confidently than the fp32 model the training's temperature was fitted on
     (served test ECE 0.058 with that temperature alone; a temperature of 0.80 on int8's dev answers
     was the best fit), so the file that is served is calibrated on what it answers."""
-    dev = read_split(splits_dir / "dev.tsv")
-    temperature = fit_temperature(dev_log_scores, np.array([e.label for e in dev]))
+    temperature = fit_temperature(dev_log_scores, np.array([e.label for e in held_out.dev]))
     if not divide_output_layer(chosen.file, temperature):
         log.info("the logits do not come from a Gemm with constant weights: the served file keeps its scores")
         return
     report = chosen.reports[chosen.name]
     report.serving_temperature = round(temperature, 4)
-    total = (training_temperature(splits_dir.parent) or 1.0) * temperature
-    report.dev = scores_report(dev_log_scores / temperature, dev, total)
+    report.dev = scores_report(dev_log_scores / temperature, held_out.dev, held_out.with_serving(temperature))
     log.info("calibrated the served %s file on its dev answers: output layer divided by %.3f", chosen.name, temperature)
 
 
@@ -441,7 +461,7 @@ def export(
     started = time.monotonic()
     checkpoint = Path(checkpoint)
     info = inspect_checkpoint(checkpoint, options.max_length)
-    splits_dir = checkpoint / "splits" if evaluate and (checkpoint / "splits" / "dev.tsv").is_file() else None
+    held_out = HeldOut.of(checkpoint) if evaluate else None
 
     with tempfile.TemporaryDirectory(prefix="sentiment-export-") as scratch_name:
         scratch = Path(scratch_name)
@@ -450,11 +470,11 @@ def export(
         log.info("exporting %s (%s) to ONNX opset %d", checkpoint, info.model_type, OPSET)
         dev_scores: dict[str, np.ndarray] = {}
         chosen = _build_variants(checkpoint, info, encoder, scratch, options,
-                                 lambda file, name: _evaluate_dev(file, encoder, name, splits_dir, speed_batches,
+                                 lambda file, name: _evaluate_dev(file, encoder, name, held_out, speed_batches,
                                                                   threads, dev_scores))
-        if splits_dir is not None:
-            _calibrate_served(chosen, dev_scores[chosen.name], splits_dir)
-            _evaluate_test(chosen.reports[chosen.name], chosen.file, encoder, splits_dir, threads)
+        if held_out is not None:
+            _calibrate_served(chosen, dev_scores[chosen.name], held_out)
+            _evaluate_test(chosen.reports[chosen.name], chosen.file, encoder, held_out, threads)
         adding, version = version is not None, version or FIRST_VERSION
         bundle_dir, spec = _write_version(repository, version, chosen.file, info, options, adding)
         shutil.copyfile(tokenizer_file, bundle_dir / "tokenizer.json")
@@ -479,7 +499,7 @@ def export(
               "duration_s": round(time.monotonic() - started, 1), "fingerprint": fingerprint,
               "machine": machine_description(), "date": time.strftime("%Y-%m-%d")}
     (bundle_dir / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if splits_dir is not None:
+    if held_out is not None:
         from sentiment.model.card import render
 
         metrics_file = checkpoint / "metrics.json"

@@ -165,6 +165,7 @@ def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: 
     rng = random.Random(config.seed)
     steps_per_epoch = math.ceil(len(encoded) / config.batch_size)
     optimizer, scheduler = _optimizer(model, config, steps_per_epoch * config.epochs)
+    trained = [p for p in model.parameters() if p.requires_grad]  # the frozen layers stay out of clipping
     fit, best_state = _Fit(), None
     progress = tqdm(total=steps_per_epoch * config.epochs, desc="fine-tune", unit="step", dynamic_ncols=True,
                     mininterval=0.2 if sys.stderr.isatty() else 15.0)
@@ -174,7 +175,7 @@ def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: 
         for step, batch_index in enumerate(_bucketed_batches(lengths, config.batch_size, rng), start=1):
             loss = model(**_collate(tokenizer, [encoded[i] for i in batch_index])).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
