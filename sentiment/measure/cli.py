@@ -114,7 +114,8 @@ def add_bench_command(commands) -> None:
     parser = commands.add_parser("bench", help="benchmark this stack against the classic FastAPI + pipeline service",
                                  description=bench.__doc__)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(defaults.workloads),
-                        help="; ".join(f"{name}: {workload.description}" for name, workload in WORKLOADS.items()))
+                        help="; ".join(f"{name}: {workload.description}" for name, workload in WORKLOADS.items())
+                        .replace("%", "%%"))  # argparse formats help with %: "80 %" is text
     parser.add_argument("--vus", type=int, default=defaults.shape.vus, help="k6 virtual users (default %(default)s)")
     parser.add_argument("--ramp-up", default=defaults.shape.ramp_up, help="k6 ramp-up duration (default %(default)s)")
     parser.add_argument("--hold", default=defaults.shape.hold, help="k6 duration at --vus users (default %(default)s)")
