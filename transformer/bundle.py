@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,8 +39,16 @@ class ModelBundle(BaseModel):
     fingerprint: str = Field(description="sha256 of the ONNX file, shared with the Triton config")
     max_batch_size: int = Field(gt=0, description="the Triton model's max_batch_size")
     variant: str = "fp32"
+    document_temperatures: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="per aggregation: what the aggregated answer of a text read in several "
+        "windows is divided by (`windows.aggregate`), fitted by the export on the dev split's multi-window texts; "
+        "an aggregation not named here, and every bundle written before it was recorded, answers uncalibrated")
     tokenizer_file: str = "tokenizer.json"
     source: dict = Field(default_factory=dict, description="where the checkpoint came from")
+
+    def document_temperature(self, aggregation: str) -> float:
+        """The temperature of `aggregation`'s multi-window answers (1.0: none fitted)."""
+        return self.document_temperatures.get(aggregation, 1.0)
 
     @property
     def input_names(self) -> list[str]:

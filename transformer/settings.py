@@ -95,7 +95,8 @@ class Settings(BaseModel):
     window_stride: int = setting(0, "tokens shared by consecutive windows of a long text (0 measured best)", ge=0)
     aggregation: str = setting("mean_logits", "how a long text's windows are combined: `mean_logits`, "
                                "`mean_probabilities`, `length_weighted`, `confidence_weighted`, `most_confident`, "
-                               "`first_window`")
+                               "`first_window` (each calibrated by the bundle's temperature for it, where the "
+                               "export fitted one)")
     max_batch_tokens: int = setting(512, "padded tokens (rows × length) per Triton call, besides the model's "
                                     "`max_batch_size` rows: small calls keep a short request's wait short", gt=0)
     max_concurrent_batches: int = setting(3, "Triton calls in flight at once (one per instance, plus one queued so "

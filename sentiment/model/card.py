@@ -16,6 +16,7 @@ from typing import Sequence
 
 from sentiment.markdown import markdown_table
 from sentiment.model import corpora, data
+from transformer.core.windows import DEFAULT_AGGREGATION
 
 BEGIN = "<!-- model-card:begin: written by `sentiment model card --readme README.md` from the build; do not edit -->"
 END = "<!-- model-card:end -->"
@@ -82,7 +83,14 @@ def _calibration(metrics: dict, report: dict) -> str:
     if not parts:
         return "none"
     total = (trained or 1.0) * (served or 1.0)
-    return "temperature scaling (log-loss): " + "; then ".join(parts) + f" (in all, logits / {total:.4f})"
+    text = "temperature scaling (log-loss): " + "; then ".join(parts) + f" (in all, logits / {total:.4f})"
+    documents = report["variants"][report["chosen"]].get("document_temperatures") or {}
+    if DEFAULT_AGGREGATION in documents:
+        text += (f"; a text read in several windows has its aggregated answer divided by a further "
+                 f"T = {documents[DEFAULT_AGGREGATION]} ({DEFAULT_AGGREGATION}; the bundle has one per aggregation), "
+                 f"fitted on the dev texts read in several windows: their windows disagree, which pulls "
+                 f"the aggregate towards chance")
+    return text
 
 
 def _overview(metrics: dict, report: dict) -> list[str]:

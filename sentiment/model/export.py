@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sentiment.model.answers import WindowAnswers, fit_document_temperatures
 from sentiment.model.calibration import fit_temperature
 from sentiment.model.checkpoint import CheckpointInfo, ExportError, inspect_checkpoint
 from sentiment.model.data import Example, read_split
@@ -35,7 +36,7 @@ from sentiment.model.triton_repository import (FIRST_VERSION, MODEL_NAME, OUTPUT
                                                 write_repository)
 from transformer.bundle import ModelBundle
 from transformer.core.tokenization import TextEncoder
-from transformer.core.windows import DEFAULT_AGGREGATION, aggregate
+from transformer.core.windows import DEFAULT_AGGREGATION
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,12 @@ def calibration_batches(encoder: TextEncoder, texts: Sequence[str], count: int =
             for i in range(0, len(chosen), CALIBRATION_BATCH)]
 
 
-def scores_report(log_scores: np.ndarray, examples: Sequence[Example], temperature: float | None = None) -> dict:
-    """`split_report` of served log-scores; with the `temperature` the served logits were divided by,
-    also the calibration error without it (`uncalibrated_ece`; exact for mean-of-logits windows)."""
+def scores_report(log_scores: np.ndarray, examples: Sequence[Example], uncalibrated: np.ndarray | None = None) -> dict:
+    """`split_report` of served log-scores; with the `uncalibrated` log-scores of the same texts (no
+    temperature anywhere), also their calibration error (`uncalibrated_ece`)."""
     result = split_report(log_scores, examples)
-    if temperature is not None:
-        before = split_report(log_scores * temperature, examples)
+    if uncalibrated is not None:
+        before = split_report(uncalibrated, examples)
         result["uncalibrated_ece"] = {"all": before["ece"], **{name: s["ece"] for name, s in before["sources"].items()}}
     return result
 
@@ -186,10 +187,8 @@ class OnnxClassifier:
     def accuracy(self, examples: Sequence[Example]) -> float:
         return accuracy(self.predict([e.text for e in examples]), examples)
 
-    def chunked_log_scores(self, texts: Sequence[str], aggregation: str = DEFAULT_AGGREGATION,
-                           batch_size: int = 64) -> np.ndarray:
-        """What the service answers in chunk mode (every window classified, `aggregation` over them),
-        as log-probabilities [n, labels] (a short text is its one window)."""
+    def window_answers(self, texts: Sequence[str], batch_size: int = 64) -> WindowAnswers:
+        """Every window's logits of every text, windowed as the service windows them (chunk mode)."""
         windowed = self.encoder.windows(texts)
         flat = [(t, i, window) for t, w in enumerate(windowed) for i, window in enumerate(w.windows)]
         flat.sort(key=lambda item: len(item[2].ids))
@@ -201,14 +200,19 @@ class OnnxClassifier:
                 if logits[t].shape[1] == 0:
                     logits[t] = np.zeros((len(windowed[t].windows), len(row)), dtype=np.float32)
                 logits[t][i] = row
-        return np.log(np.maximum(np.stack([
-            aggregate(aggregation, rows, np.asarray(w.new_tokens)) for rows, w in zip(logits, windowed)]), 1e-12))
+        return WindowAnswers(logits, [np.asarray(w.new_tokens) for w in windowed])
 
-    def report(self, examples: Sequence[Example], temperature: float | None = None) -> dict:
-        """Accuracy and calibration error per source, as the service answers (chunk mode). With the
-        `temperature` the model's head was divided by, also the calibration error the same answers had
-        without it (`uncalibrated_ece`: scores from logits x T; exact for mean-of-logits windows)."""
-        return scores_report(self.chunked_log_scores([e.text for e in examples]), examples, temperature)
+    def chunked_log_scores(self, texts: Sequence[str], aggregation: str = DEFAULT_AGGREGATION,
+                           document_temperature: float = 1.0) -> np.ndarray:
+        """What the service answers in chunk mode (every window classified, `aggregation` over them,
+        a multi-window answer divided by `document_temperature`), as log-probabilities [n, labels]."""
+        return self.window_answers(texts).log_scores(aggregation, document_temperature)
+
+    def report(self, examples: Sequence[Example], document_temperature: float = 1.0) -> dict:
+        """Accuracy and calibration error per source, as the service answers (chunk mode, the default
+        aggregation, with the bundle's `document_temperature` for it)."""
+        return scores_report(self.chunked_log_scores([e.text for e in examples], DEFAULT_AGGREGATION,
+                                                     document_temperature), examples)
 
     def sentences_per_second(self, texts: Sequence[str], batch_size: int, min_seconds: float = 2.0) -> float:
         """Throughput over whole batches of `texts` (tokenization included), after one warm-up batch."""
@@ -235,6 +239,8 @@ class VariantReport:
     test: dict | None = None
     quantization: str | None = None     # int8 only: "static" or "dynamic"
     serving_temperature: float | None = None  # the served variant: what the export divided its output layer by
+    # The served variant, per aggregation: what a multi-window answer is divided by (the bundle's copy)
+    document_temperatures: dict[str, float] | None = None
 
 
 def progress(items, **options):
@@ -272,6 +278,16 @@ class HeldOut:
             return None
         return cls(splits_dir, read_split(splits_dir / "dev.tsv"), training_temperature(checkpoint))
 
+    @property
+    def dev_labels(self) -> np.ndarray:
+        return np.array([e.label for e in self.dev])
+
+    def uncalibrated(self, answers: WindowAnswers, serving_temperature: float | None = None) -> np.ndarray | None:
+        """The log-scores `answers` would have had with no temperature anywhere (None: none was applied)."""
+        if self.training_temperature is None and serving_temperature is None:
+            return None
+        return answers.divided(1.0 / self.with_serving(serving_temperature)).log_scores()
+
     def with_serving(self, serving_temperature: float | None) -> float:
         """The whole temperature the served logits were divided by: the training's, then the export's."""
         return (self.training_temperature or 1.0) * (serving_temperature or 1.0)
@@ -281,17 +297,17 @@ SPEED_TEXT_TOKENS = 64   # the speed is measured on dev texts up to this long (s
 
 
 def _evaluate_dev(onnx_file: Path, encoder: TextEncoder, name: str, held_out: HeldOut | None,
-                  speed_batches: Sequence[int], threads: int, dev_scores: dict[str, np.ndarray]) -> VariantReport:
+                  speed_batches: Sequence[int], threads: int, dev_answers: dict[str, WindowAnswers]) -> VariantReport:
     """A variant's size, dev accuracy and calibration per source, and speed: what the choice between
-    variants reads (its dev log-scores go into `dev_scores`, for calibration). The test split is left
-    for the variant chosen (`_evaluate_test`)."""
+    variants reads (its dev window logits go into `dev_answers`, for calibration). The test split is
+    left for the variant chosen (`_evaluate_test`)."""
     report = VariantReport(name=name, size_mb=round(onnx_file.stat().st_size / 1e6, 1))
     if held_out is None:
         return report
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
     texts = [e.text for e in held_out.dev]
-    dev_scores[name] = runner.chunked_log_scores(texts)
-    report.dev = scores_report(dev_scores[name], held_out.dev, held_out.training_temperature)
+    answers = dev_answers[name] = runner.window_answers(texts)
+    report.dev = scores_report(answers.log_scores(), held_out.dev, held_out.uncalibrated(answers))
     report.dev_accuracy = report.dev["mean_accuracy"]
     lengths = [len(e.ids) for e in encoder.tokenize(texts)]
     texts = [t for t, n in zip(texts, lengths) if n <= SPEED_TEXT_TOKENS] or texts
@@ -305,25 +321,38 @@ def _evaluate_test(report: VariantReport, onnx_file: Path, encoder: TextEncoder,
                    threads: int) -> None:
     """The served variant's test accuracy and calibration per source, measured once, as served."""
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
-    report.test = runner.report(read_split(held_out.splits_dir / "test.tsv"),
-                                held_out.with_serving(report.serving_temperature))
+    test = read_split(held_out.splits_dir / "test.tsv")
+    answers = runner.window_answers([e.text for e in test])
+    document_temperature = (report.document_temperatures or {}).get(DEFAULT_AGGREGATION, 1.0)
+    report.test = scores_report(answers.log_scores(DEFAULT_AGGREGATION, document_temperature), test,
+                                held_out.uncalibrated(answers, report.serving_temperature))
     report.test_accuracy = report.test["mean_accuracy"]
 
 
-def _calibrate_served(chosen: ChosenVariant, dev_log_scores: np.ndarray, held_out: HeldOut) -> None:
+def _calibrate_served(chosen: ChosenVariant, dev_answers: WindowAnswers, held_out: HeldOut) -> None:
     """Fit a temperature on the served variant's own dev answers (chunk mode) and divide its output
-    layer by it. Quantization changes how confident the model is: on recipe 3's checkpoint, static
-    int8 answered less confidently than the fp32 model the training's temperature was fitted on
-    (served test ECE 0.058 with that temperature alone; a temperature of 0.80 on int8's dev answers
-    was the best fit), so the file that is served is calibrated on what it answers."""
-    temperature = fit_temperature(dev_log_scores, np.array([e.label for e in held_out.dev]))
+    layer by it; then fit, per aggregation, a temperature of the answers to texts read in several
+    windows (the bundle's `document_temperatures`, applied by the transformer after aggregating).
+    Quantization changes how confident the model is: on recipe 3's checkpoint, static int8 answered
+    less confidently than the fp32 model the training's temperature was fitted on (served test ECE
+    0.058 with that temperature alone; 0.80 on int8's dev answers was the best fit), so the file that
+    is served is calibrated on what it answers. Whole reviews were still under-confident after that
+    (IMDB test ECE 0.074): see `answers.fit_document_temperatures`."""
+    labels = held_out.dev_labels
+    temperature = fit_temperature(dev_answers.log_scores(), labels)
     if not divide_output_layer(chosen.file, temperature):
         log.info("the logits do not come from a Gemm with constant weights: the served file keeps its scores")
         return
     report = chosen.reports[chosen.name]
     report.serving_temperature = round(temperature, 4)
-    report.dev = scores_report(dev_log_scores / temperature, held_out.dev, held_out.with_serving(temperature))
-    log.info("calibrated the served %s file on its dev answers: output layer divided by %.3f", chosen.name, temperature)
+    served = dev_answers.divided(temperature)
+    report.document_temperatures = fit_document_temperatures(served, labels)
+    document_temperature = report.document_temperatures.get(DEFAULT_AGGREGATION, 1.0)
+    report.dev = scores_report(served.log_scores(DEFAULT_AGGREGATION, document_temperature), held_out.dev,
+                               held_out.uncalibrated(served, temperature))
+    log.info("calibrated the served %s file on its dev answers: output layer divided by %.3f, answers to "
+             "texts read in several windows (%s) by %.3f", chosen.name, temperature, DEFAULT_AGGREGATION,
+             document_temperature)
 
 
 def machine_description() -> str:
@@ -468,12 +497,12 @@ def export(
         tokenizer_file = _save_tokenizer(checkpoint, scratch / "tokenizer.json")
         encoder = TextEncoder(tokenizer_file, info.max_length, info.uses_token_type_ids)
         log.info("exporting %s (%s) to ONNX opset %d", checkpoint, info.model_type, OPSET)
-        dev_scores: dict[str, np.ndarray] = {}
+        dev_answers: dict[str, WindowAnswers] = {}
         chosen = _build_variants(checkpoint, info, encoder, scratch, options,
                                  lambda file, name: _evaluate_dev(file, encoder, name, held_out, speed_batches,
-                                                                  threads, dev_scores))
+                                                                  threads, dev_answers))
         if held_out is not None:
-            _calibrate_served(chosen, dev_scores[chosen.name], held_out)
+            _calibrate_served(chosen, dev_answers[chosen.name], held_out)
             _evaluate_test(chosen.reports[chosen.name], chosen.file, encoder, held_out, threads)
         adding, version = version is not None, version or FIRST_VERSION
         bundle_dir, spec = _write_version(repository, version, chosen.file, info, options, adding)
@@ -491,6 +520,7 @@ def export(
         fingerprint=fingerprint,
         max_batch_size=spec.max_batch_size,
         variant=chosen.name,
+        document_temperatures=chosen.reports[chosen.name].document_temperatures or {},
         source={"checkpoint": str(checkpoint), "model_type": info.model_type, **(source or {})},
     )
     bundle.write(bundle_dir)

@@ -14,6 +14,7 @@ from sentiment.model.export import OnnxClassifier
 from tests.conftest import TritonServer, started
 from transformer.bundle import ModelBundle
 from transformer.core.tokenization import TextEncoder
+from transformer.core.windows import AGGREGATIONS, DEFAULT_AGGREGATION
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -51,7 +52,7 @@ def test_splits_are_disjoint_per_text_and_sized_per_source(default_build, splits
 def test_the_served_model_answers_the_test_splits_as_its_report_says(default_build, splits, report, served):
     bundle = ModelBundle.load(default_build.repository / "sentiment" / "1" / "bundle")
     assert report["chosen"] == bundle.variant
-    measured = served.report(splits["test"])
+    measured = served.report(splits["test"], bundle.document_temperature(DEFAULT_AGGREGATION))
     for source in SOURCES:
         expected = report["variants"][bundle.variant]["test"]["sources"][source]
         assert measured["sources"][source]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-4), source
@@ -70,6 +71,13 @@ def test_the_scores_are_calibrated(default_build, report):
     fitted on dev did not make dev calibration worse (it minimises dev log-loss, T = 1 included)."""
     served = report["variants"][report["chosen"]]
     assert served["test"]["ece"] <= ECE_TARGET
+    for source in SOURCES:  # each source on its own too: whole reviews as well as sentences
+        assert served["test"]["sources"][source]["ece"] <= ECE_TARGET, source
+    # A text read in several windows has a temperature of its own, for every aggregation the service offers,
+    # and the bundle the transformer reads carries the same ones.
+    bundle = ModelBundle.load(default_build.repository / "sentiment" / "1" / "bundle")
+    assert set(served["document_temperatures"]) == set(AGGREGATIONS)
+    assert bundle.document_temperatures == served["document_temperatures"]
     # The served file was calibrated on its own dev answers, and that fit is what its dev ECE reports.
     assert served["serving_temperature"] is not None and served["dev"]["ece"] <= ECE_TARGET
     calibration = json.loads((default_build.checkpoint / "metrics.json").read_text())["calibration"]

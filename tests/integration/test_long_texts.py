@@ -40,13 +40,17 @@ def splits_dir(default_build):
     return default_build.checkpoint / "splits"
 
 
-def labels_of(client, texts, **options) -> list[str]:
+def ranked_of(client, texts, **options) -> list[list[dict]]:
     answers = []
     for start in range(0, len(texts), 32):
         response = client.post("/project/bulk-predict", json={"text": texts[start:start + 32], **options})
         assert response.status_code == 200, response.text
-        answers += [ranked[0]["label"] for ranked in response.json()["predictions"]]
+        answers += response.json()["predictions"]
     return answers
+
+
+def labels_of(client, texts, **options) -> list[str]:
+    return [ranked[0]["label"] for ranked in ranked_of(client, texts, **options)]
 
 
 def accuracy(client, documents, **options) -> float:
@@ -80,12 +84,22 @@ def test_whole_test_reviews_are_judged_as_the_export_measured_them(client, defau
 
     reviews = [LongDocument(e.text, e.label, "imdb") for e in read_split(splits_dir / "test.tsv") if e.source == "imdb"]
     assert len(reviews) >= 900 and np.median([len(d.text.split()) for d in reviews]) > 150
-    chunk, head = accuracy(client, reviews), accuracy(client, reviews, truncation="head")
+    from sentiment.model.calibration import expected_calibration_error
+
+    ranked = ranked_of(client, [d.text for d in reviews])
+    probabilities = np.array([[next(s["score"] for s in answer if s["label"] == label) for label in LABELS]
+                              for answer in ranked])
+    truth = np.array([d.label for d in reviews])
+    chunk = float((probabilities.argmax(axis=1) == truth).mean())
+    ece = expected_calibration_error(np.log(np.maximum(probabilities, 1e-12)), truth)
+    head = accuracy(client, reviews, truncation="head")
     report = json.loads((default_build.repository / "sentiment" / "1" / "bundle" / "export_report.json").read_text())
     measured = report["variants"][report["chosen"]]["test"]["sources"]["imdb"]
-    print(f"\n[IMDB test reviews] chunk {chunk:.4f} head {head:.4f}, export measured {measured}")
+    print(f"\n[IMDB test reviews] chunk {chunk:.4f} (ECE {ece:.4f}) head {head:.4f}, export measured {measured}")
     assert len(reviews) == measured["rows"]
     assert chunk == pytest.approx(measured["accuracy"], abs=1e-4)
+    # The scores too: the transformer applies the bundle's document temperature as the export measured it.
+    assert ece == pytest.approx(measured["ece"], abs=1e-3)
     assert chunk > head
 
 

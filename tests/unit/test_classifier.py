@@ -14,7 +14,7 @@ from transformer.core.generation import build_classifier
 from transformer.core.prediction import encode_value
 from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions
-from transformer.core.windows import Truncation
+from transformer.core.windows import Truncation, softmax
 from transformer.errors import InvalidRequest, Overloaded, PredictorUnavailable, RequestTooLarge
 from transformer.settings import Settings
 
@@ -72,9 +72,11 @@ class DictRemote:
         pass
 
 
-def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100, **settings) -> TextClassifier:
+def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100, document_temperatures=None,
+                    **settings) -> TextClassifier:
     bundle = ModelBundle(labels=["NEGATIVE", "POSITIVE"], max_length=32, uses_token_type_ids=True, lowercase=True,
-                         fingerprint="f" * 64, max_batch_size=max_batch_size)
+                         fingerprint="f" * 64, max_batch_size=max_batch_size,
+                         document_temperatures=document_temperatures or {})
     settings = Settings(**{"pad_to_multiple": 1, "window_stride": 4, "max_concurrent_batches": 1, **settings})
     monitor = PredictorMonitor(predictor, "sentiment", bundle.fingerprint)
     monitor.status.fingerprint, monitor.status.ready = "match", True
@@ -242,6 +244,38 @@ def test_a_long_text_is_judged_whole_in_chunk_mode_and_cut_in_head_mode():
     assert head.windows == 1 and head.tokens == 80
     assert classifier.details(head)["truncated"] is True
     assert head.probabilities != chunk.probabilities
+
+
+def test_the_bundles_document_temperature_calibrates_long_texts_only_and_names_their_cache_entries():
+    temperatures = {"mean_logits": 0.5, "most_confident": 3.0}
+    plain = make_classifier(RecordingPredictor())
+    calibrated = make_classifier(RecordingPredictor(), document_temperatures=temperatures)
+    short, long = "a few words", LONG
+    before, after = classify(plain, [short, long]), classify(calibrated, [short, long])
+    assert after[0].probabilities == before[0].probabilities  # one window: as the model answered
+    assert after[1].windows > 1
+    # mean_logits, T = 0.5: softmax(mean logits / T), the same label, more sure (the windows agree here)
+    expected = softmax(np.log(np.array(before[1].probabilities)) / 0.5)
+    np.testing.assert_allclose(after[1].probabilities, expected, rtol=1e-5)
+    assert max(after[1].probabilities) > max(before[1].probabilities)
+    assert np.argmax(after[1].probabilities) == np.argmax(before[1].probabilities)
+    # chunk-mode keys name the temperature; head mode, which reads one window, does not
+    assert calibrated._how[Truncation.CHUNK] == plain._how[Truncation.CHUNK] + ".t0.5"
+    assert calibrated._how[Truncation.HEAD] == plain._how[Truncation.HEAD]
+    # another aggregation served: its own temperature
+    other = make_classifier(RecordingPredictor(), document_temperatures=temperatures, aggregation="most_confident")
+    assert other.document_temperature == 3.0 and other._how[Truncation.CHUNK].endswith(".most_confident.t3.0")
+
+
+def test_a_bundle_refuses_a_document_temperature_that_is_not_a_positive_number():
+    from transformer.bundle import ModelBundle
+
+    fields = dict(labels=["NEGATIVE", "POSITIVE"], max_length=32, uses_token_type_ids=True, lowercase=True,
+                  fingerprint="f" * 64, max_batch_size=4)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            ModelBundle(**fields, document_temperatures={"mean_logits": bad})
+    assert ModelBundle(**fields).document_temperature("mean_logits") == 1.0  # older bundles: uncalibrated
 
 
 def test_error_mode_names_the_long_text_and_its_token_count_even_when_cached():

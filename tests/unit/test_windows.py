@@ -108,3 +108,19 @@ def test_raw_logits_of_a_long_text_are_the_mean_of_its_windows():
 
     np.testing.assert_allclose(raw_logits(LOGITS), LOGITS.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(raw_logits(LOGITS[1:2]), LOGITS[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATIONS))
+def test_a_document_temperature_rescales_a_long_texts_answer_and_keeps_its_label(name):
+    plain = aggregate(name, LOGITS, NEW)
+    for temperature in (0.5, 2.0):
+        scaled = aggregate(name, LOGITS, NEW, "softmax", temperature)
+        np.testing.assert_allclose(scaled, softmax(np.log(plain) / temperature), rtol=1e-5)
+        assert scaled.argmax() == plain.argmax() and np.isclose(scaled.sum(), 1.0)
+        assert (scaled.max() > plain.max()) == (temperature < 1)
+        # one window, or scores that are not one softmax, are left as the model answered
+        np.testing.assert_allclose(aggregate(name, LOGITS[:1], NEW[:1], "softmax", temperature), softmax(LOGITS[0]))
+        np.testing.assert_allclose(aggregate(name, LOGITS, NEW, "sigmoid", temperature), aggregate(name, LOGITS, NEW,
+                                                                                                    "sigmoid"))
+    mean = LOGITS.mean(axis=0)
+    np.testing.assert_allclose(aggregate("mean_logits", LOGITS, NEW, "softmax", 0.7), softmax(mean / 0.7), rtol=1e-5)

@@ -69,8 +69,12 @@ class TextClassifier:
         # The score function too, when it is not softmax: a bundle that records another one for the
         # same ONNX file never reads softmax entries.
         function = "" if bundle.score_function == "softmax" else f".{bundle.score_function}"
+        # A long text's answer is calibrated by the bundle's temperature for the served aggregation;
+        # chunk-mode keys name it, so a bundle with another fit never reads these entries.
+        self.document_temperature = bundle.document_temperature(rules.aggregation)
+        calibrated = "" if self.document_temperature == 1.0 else f".t{self.document_temperature!r}"
         self._how = {mode: answer_mode(mode.value, bundle.max_length, encoder.stride, rules.aggregation)
-                     + function for mode in Truncation}
+                     + (calibrated if mode is Truncation.CHUNK else "") + function for mode in Truncation}
         self._decode = functools.partial(decode_value, labels=self.labels, function=bundle.score_function)
         self._inflight: dict[str, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()
@@ -265,9 +269,8 @@ class TextClassifier:
             count = len(text.windows)
             logits = np.stack(rows[start:start + count])
             start += count
-            scores = aggregate(
-                self.rules.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function
-            )
+            scores = aggregate(self.rules.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function,
+                               self.document_temperature)
             computed[key] = Prediction.of(scores, self.labels, text.token_count, count, raw_logits(logits))
             metrics.TEXT_TOKENS.observe(text.token_count)
             if text.token_count > self.window_tokens:

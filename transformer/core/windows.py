@@ -92,13 +92,23 @@ AGGREGATIONS: Mapping[str, Aggregation] = {
 DEFAULT_AGGREGATION = "mean_logits"
 
 
-def aggregate(name: str, logits: np.ndarray, new_tokens: np.ndarray, function: str = "softmax") -> np.ndarray:
+def aggregate(name: str, logits: np.ndarray, new_tokens: np.ndarray, function: str = "softmax",
+              temperature: float = 1.0) -> np.ndarray:
     """Scores (float32) of one text from its windows' logits, through the model's score function
-    (softmax: probabilities summing to 1; sigmoid: one probability per label; none: raw values)."""
+    (softmax: probabilities summing to 1; sigmoid: one probability per label; none: raw values).
+
+    `temperature` calibrates what an aggregation answers for a text read in several windows (the
+    bundle's `document_temperatures`): softmax scores become softmax(log(scores) / T), which for
+    `mean_logits` is exactly softmax(mean logits / T) and keeps every aggregation's ranking. Windows
+    that disagree pull a document's answer towards chance, so documents need their own fit. One
+    window, or another score function, is left as the model answered."""
     score = SCORE_FUNCTIONS[function]
     if logits.shape[0] == 1:
         return score(logits[0]).astype(np.float32)
-    return AGGREGATIONS[name](logits, new_tokens, score).astype(np.float32)
+    scores = AGGREGATIONS[name](logits, new_tokens, score)
+    if temperature != 1.0 and function == "softmax":
+        scores = softmax(np.log(np.maximum(scores, 1e-300)) / temperature)
+    return scores.astype(np.float32)
 
 
 def raw_logits(logits: np.ndarray) -> np.ndarray:
