@@ -47,31 +47,24 @@ def traced_triton(tiny_repositories, receiver, logs_dir):
                                     traces_url=receiver.endpoint + TRACES_PATH))
 
 
+def traced_transformer(triton: TritonServer, redis_url: str, receiver, logs: Path,
+                       protocol: str = "grpc-v2") -> TransformerServer:
+    """A transformer with tracing on, as `sentiment up --with-tracing` configures it."""
+    return TransformerServer(triton, logs, env=tracing_environment(receiver.endpoint), protocol=protocol,
+                             extra_args=["--redis_url", redis_url])
+
+
 @pytest.fixture(scope="module")
 def traced(traced_triton, module_redis, receiver, logs_dir):
-    """The transformer with tracing on, as `sentiment up --with-tracing` configures it."""
-    yield from started(
-        TransformerServer(
-            traced_triton,
-            logs_dir / "tracing-on",
-            env=tracing_environment(receiver.endpoint),
-            extra_args=["--redis_url", module_redis.url],
-        )
-    )
+    """The traced transformer, calling Triton over gRPC (the default)."""
+    yield from started(traced_transformer(traced_triton, module_redis.url, receiver, logs_dir / "tracing-on"))
 
 
 @pytest.fixture(scope="module")
 def traced_over_http(traced_triton, module_redis, receiver, logs_dir):
     """The traced transformer calling Triton over HTTP (`--protocol v2`) instead of gRPC."""
-    yield from started(
-        TransformerServer(
-            traced_triton,
-            logs_dir / "tracing-over-http",
-            env=tracing_environment(receiver.endpoint),
-            protocol="v2",
-            extra_args=["--redis_url", module_redis.url],
-        )
-    )
+    yield from started(traced_transformer(traced_triton, module_redis.url, receiver, logs_dir / "tracing-over-http",
+                                          protocol="v2"))
 
 
 @pytest.fixture(scope="module")
