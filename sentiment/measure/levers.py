@@ -32,7 +32,7 @@ class Lever:
 
 LEVERS = [
     Lever("default", "defaults: int8, delay 2 ms, max batch 64, 2 instances × 1 ORT thread, pad 8, gRPC, uvloop, "
-                     "calls of at most 1,024 tokens, 3 in flight"),
+                     "calls of at most 512 padded tokens, 3 in flight"),
     Lever("fp32", "fp32 ONNX instead of int8", variant="fp32"),
     Lever("delay-0", "no dynamic-batching delay (0 µs)", spec={"max_queue_delay_us": 0}),
     Lever("delay-10ms", "dynamic-batching delay 10 ms", spec={"max_queue_delay_us": 10_000}),
@@ -47,7 +47,8 @@ LEVERS = [
     Lever("asyncio", "asyncio event loop instead of uvloop", transformer_args=("--event-loop", "asyncio")),
     Lever("inline-tokenize", "tokenize on the event loop instead of a thread",
           transformer_args=("--tokenizer_threads", "0")),
-    Lever("call-512", "at most 512 padded tokens per Triton call", transformer_args=("--max_batch_tokens", "512")),
+    Lever("call-1024", "at most 1,024 padded tokens per Triton call",
+          transformer_args=("--max_batch_tokens", "1024")),
     Lever("call-4096", "at most 4,096 padded tokens per Triton call", transformer_args=("--max_batch_tokens", "4096")),
     Lever("calls-2", "2 Triton calls in flight (one per instance)", transformer_args=("--max_concurrent_batches", "2")),
     Lever("calls-4", "4 Triton calls in flight", transformer_args=("--max_concurrent_batches", "4")),

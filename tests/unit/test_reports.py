@@ -154,3 +154,18 @@ def test_the_html_report_is_titled_with_its_run(tmp_path):
     name_html_report(report, "hit rate 0")
     assert report.read_text() == "<html><head><title>k6 report: hit rate 0</title></head><body>k6 report</body></html>"
     name_html_report(tmp_path / "missing.html", "hit rate 0")  # --no-html: nothing to name
+
+
+def test_the_default_levers_description_names_the_settings_defaults():
+    """The default lever's row says what the defaults are; it said 1,024-token calls after they became 512."""
+    from sentiment.measure.levers import LEVERS
+    from transformer.settings import Settings
+
+    default, settings = LEVERS[0], Settings()
+    assert default.name == "default" and not default.transformer_args
+    assert f"at most {settings.max_batch_tokens:,} padded tokens" in default.description
+    assert f"{settings.max_concurrent_batches} in flight" in default.description
+    for lever in LEVERS[1:]:  # every other lever changes something
+        assert lever.spec or lever.transformer_args or lever.variant or lever.protocol != default.protocol, lever.name
+        if "--max_batch_tokens" in lever.transformer_args:
+            assert lever.transformer_args[-1] != str(settings.max_batch_tokens), lever.name
