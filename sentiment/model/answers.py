@@ -41,6 +41,11 @@ class WindowAnswers:
         return WindowAnswers([a for a, keep in zip(self.logits, rows) if keep],
                              [t for t, keep in zip(self.new_tokens, rows) if keep])
 
+    def log_scores_before(self, temperature: float | None) -> np.ndarray | None:
+        """The default aggregation's log-scores of the same model before its logits were divided by
+        `temperature` (None: no temperature was applied, nothing to undo)."""
+        return None if temperature is None else self.divided(1.0 / temperature).log_scores()
+
     def log_scores(self, aggregation: str = DEFAULT_AGGREGATION, document_temperature: float = 1.0) -> np.ndarray:
         """Log-probabilities [texts, labels] as the service answers them with `aggregation` and the
         bundle's `document_temperature` for it (a short text is its one window)."""

@@ -72,8 +72,9 @@ def load_build(repository: Path) -> tuple[dict, dict]:
 
 
 def _calibration(metrics: dict, report: dict) -> str:
+    chosen = report["variants"][report["chosen"]]
     trained = (metrics.get("calibration") or {}).get("temperature")
-    served = report["variants"][report["chosen"]].get("serving_temperature")
+    served = chosen.get("serving_temperature")
     parts = []
     if trained:
         parts.append(f"the head divided by T = {trained}, fitted on the dev splits' PyTorch logits in training")
@@ -84,7 +85,7 @@ def _calibration(metrics: dict, report: dict) -> str:
         return "none"
     total = (trained or 1.0) * (served or 1.0)
     text = "temperature scaling (log-loss): " + "; then ".join(parts) + f" (in all, logits / {total:.4f})"
-    documents = report["variants"][report["chosen"]].get("document_temperatures") or {}
+    documents = chosen.get("document_temperatures") or {}
     if DEFAULT_AGGREGATION in documents:
         text += (f"; a text read in several windows has its aggregated answer divided by a further "
                  f"T = {documents[DEFAULT_AGGREGATION]} ({DEFAULT_AGGREGATION}; the bundle has one per aggregation), "

@@ -202,17 +202,14 @@ class OnnxClassifier:
                 logits[t][i] = row
         return WindowAnswers(logits, [np.asarray(w.new_tokens) for w in windowed])
 
-    def chunked_log_scores(self, texts: Sequence[str], aggregation: str = DEFAULT_AGGREGATION,
-                           document_temperature: float = 1.0) -> np.ndarray:
-        """What the service answers in chunk mode (every window classified, `aggregation` over them,
-        a multi-window answer divided by `document_temperature`), as log-probabilities [n, labels]."""
-        return self.window_answers(texts).log_scores(aggregation, document_temperature)
-
-    def report(self, examples: Sequence[Example], document_temperature: float = 1.0) -> dict:
+    def report(self, examples: Sequence[Example], document_temperature: float = 1.0,
+               temperature: float | None = None) -> dict:
         """Accuracy and calibration error per source, as the service answers (chunk mode, the default
-        aggregation, with the bundle's `document_temperature` for it)."""
-        return scores_report(self.chunked_log_scores([e.text for e in examples], DEFAULT_AGGREGATION,
-                                                     document_temperature), examples)
+        aggregation, with the bundle's `document_temperature` for it); with `temperature`, the whole
+        one the logits were divided by, also the calibration error before any (`uncalibrated_ece`)."""
+        answers = self.window_answers([e.text for e in examples])
+        return scores_report(answers.log_scores(DEFAULT_AGGREGATION, document_temperature), examples,
+                             answers.log_scores_before(temperature))
 
     def sentences_per_second(self, texts: Sequence[str], batch_size: int, min_seconds: float = 2.0) -> float:
         """Throughput over whole batches of `texts` (tokenization included), after one warm-up batch."""
@@ -282,14 +279,11 @@ class HeldOut:
     def dev_labels(self) -> np.ndarray:
         return np.array([e.label for e in self.dev])
 
-    def uncalibrated(self, answers: WindowAnswers, serving_temperature: float | None = None) -> np.ndarray | None:
-        """The log-scores `answers` would have had with no temperature anywhere (None: none was applied)."""
+    def with_serving(self, serving_temperature: float | None = None) -> float | None:
+        """The whole temperature the served logits were divided by: the training's, then the export's
+        (None: neither divided them)."""
         if self.training_temperature is None and serving_temperature is None:
             return None
-        return answers.divided(1.0 / self.with_serving(serving_temperature)).log_scores()
-
-    def with_serving(self, serving_temperature: float | None) -> float:
-        """The whole temperature the served logits were divided by: the training's, then the export's."""
         return (self.training_temperature or 1.0) * (serving_temperature or 1.0)
 
 
@@ -307,7 +301,7 @@ def _evaluate_dev(onnx_file: Path, encoder: TextEncoder, name: str, held_out: He
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
     texts = [e.text for e in held_out.dev]
     answers = dev_answers[name] = runner.window_answers(texts)
-    report.dev = scores_report(answers.log_scores(), held_out.dev, held_out.uncalibrated(answers))
+    report.dev = scores_report(answers.log_scores(), held_out.dev, answers.log_scores_before(held_out.with_serving()))
     report.dev_accuracy = report.dev["mean_accuracy"]
     lengths = [len(e.ids) for e in encoder.tokenize(texts)]
     texts = [t for t, n in zip(texts, lengths) if n <= SPEED_TEXT_TOKENS] or texts
@@ -321,11 +315,9 @@ def _evaluate_test(report: VariantReport, onnx_file: Path, encoder: TextEncoder,
                    threads: int) -> None:
     """The served variant's test accuracy and calibration per source, measured once, as served."""
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
-    test = read_split(held_out.splits_dir / "test.tsv")
-    answers = runner.window_answers([e.text for e in test])
-    document_temperature = (report.document_temperatures or {}).get(DEFAULT_AGGREGATION, 1.0)
-    report.test = scores_report(answers.log_scores(DEFAULT_AGGREGATION, document_temperature), test,
-                                held_out.uncalibrated(answers, report.serving_temperature))
+    report.test = runner.report(read_split(held_out.splits_dir / "test.tsv"),
+                                (report.document_temperatures or {}).get(DEFAULT_AGGREGATION, 1.0),
+                                held_out.with_serving(report.serving_temperature))
     report.test_accuracy = report.test["mean_accuracy"]
 
 
@@ -349,7 +341,7 @@ def _calibrate_served(chosen: ChosenVariant, dev_answers: WindowAnswers, held_ou
     report.document_temperatures = fit_document_temperatures(served, labels)
     document_temperature = report.document_temperatures.get(DEFAULT_AGGREGATION, 1.0)
     report.dev = scores_report(served.log_scores(DEFAULT_AGGREGATION, document_temperature), held_out.dev,
-                               held_out.uncalibrated(served, temperature))
+                               served.log_scores_before(held_out.with_serving(temperature)))
     log.info("calibrated the served %s file on its dev answers: output layer divided by %.3f, answers to "
              "texts read in several windows (%s) by %.3f", chosen.name, temperature, DEFAULT_AGGREGATION,
              document_temperature)

@@ -20,6 +20,8 @@ def test_log_scores_are_the_services_aggregate_and_dividing_divides_every_window
         expected = [aggregate(name, rows.astype(np.float32), np.full(len(rows), 10), "softmax", 0.8) for rows in logits]
         np.testing.assert_allclose(np.exp(answers.log_scores(name, 0.8)), expected, rtol=1e-5)
     np.testing.assert_allclose(answers.divided(2.0).logits[1], logits[1] / 2.0, rtol=1e-6)
+    np.testing.assert_allclose(answers.divided(2.0).log_scores_before(2.0), answers.log_scores(), rtol=1e-5)
+    assert answers.log_scores_before(None) is None
     assert len(answers.only(answers.documents).logits) == 2
 
 
