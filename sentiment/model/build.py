@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +76,31 @@ def checkpoint_key(config: TrainConfig) -> str:
 
 
 def export_code_sources() -> list[Path]:
-    """The source files that decide what an export writes: the export step, whatever it imports
-    for the repository and the bundle (found through the objects, so a moved module is followed),
+    """The source files that decide what an export writes: the export step, the card it renders into
+    the bundle, every project module they reach through the objects they import (followed module by
+    module, so the temperature fits, the windows' aggregation and a moved or new module all count),
     and the Python-backend model it copies."""
-    from sentiment.model import checkpoint, export, export_options, triton_repository
+    from sentiment.model import card, export, triton_repository
 
-    parts = (export, checkpoint, export_options, triton_repository, export.ModelBundle, export.TextEncoder)
-    files = {Path(inspect.getsourcefile(part)).resolve() for part in parts}
+    root = Path(export.__file__).resolve().parents[2]
+    packages = (root / "sentiment", root / "transformer")
+
+    def in_project(module: types.ModuleType | None) -> bool:
+        source = getattr(module, "__file__", None)
+        return source is not None and any(Path(source).resolve().is_relative_to(p) for p in packages)
+
+    seen: set[types.ModuleType] = set()
+    pending = [export, card]
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for value in vars(module).values():
+            found = value if isinstance(value, types.ModuleType) else inspect.getmodule(value)
+            if found is not None and found not in seen and in_project(found):
+                pending.append(found)
+    files = {Path(inspect.getsourcefile(module)).resolve() for module in seen}
     return sorted(files | {triton_repository.PYTHON_BACKEND_SOURCE.resolve()})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,19 @@ def test_an_up_to_date_build_exports_nothing(stamped, checkpoint, tmp_path):
     result = build(tmp_path / "repository", config=TrainConfig(base=str(tmp_path)))
     assert (result.exported, result.trained, result.reasons) == (False, False, ())
     assert stamped["exports"] == []
+
+
+def test_the_export_is_redone_when_any_code_that_decides_its_output_changes():
+    """What the bundle holds is computed by more than export.py: the temperatures (calibration.py,
+    answers.py), the aggregation they are fitted through (windows.py), the card (card.py). A change to
+    any of them must make the repository stale; training code and the serving path must not."""
+    root = Path(build_module.__file__).resolve().parents[2]
+    sources = {path.relative_to(root).as_posix() for path in build_module.export_code_sources()}
+    for deciding in ("sentiment/model/export.py", "sentiment/model/answers.py", "sentiment/model/calibration.py",
+                     "sentiment/model/card.py", "sentiment/model/evaluation.py", "transformer/core/windows.py",
+                     "transformer/core/tokenization.py", "transformer/bundle.py",
+                     "sentiment/model/triton_python_model.py"):
+        assert deciding in sources, deciding
+    for unrelated in ("sentiment/model/train.py", "sentiment/model/build.py", "transformer/core/scheduler.py",
+                      "transformer/server.py"):
+        assert unrelated not in sources, unrelated
