@@ -459,7 +459,7 @@ POSITIVE_PHRASES = ["a joy from start to finish", "warm, funny and beautifully m
 NEGATIVE_PHRASES = ["a tedious, muddled mess", "dull and predictable", "a painful waste of time",
                     "boring and far too long", "awful", "a stupid mess"]
 # Candidate lukewarm or off-topic texts; `chosen` keeps those the served model is unsure about (the
-# default model of 2026-12: top score 0.52 to 0.88, median 0.79). Repeated (cache hits count as answers
+# default model, recipe 4: top score 0.50 to 0.98, median 0.77). Repeated (cache hits count as answers
 # too): the model's confidence on new texts with numbers in them swings with the numbers.
 UNSURE = ["It is what it is.", "It has a beginning, a middle and an end.", "Passable.", "It was okay, I guess.",
           "It exists.", "table river seven", "blue paper city", "Okay.", "I have seen it.", "Hard to say.",
@@ -591,8 +591,8 @@ def test_the_prediction_alerts_fire_when_the_label_mix_shifts(monitored, chosen)
             assert "%" in description and "error" not in description.lower(), description
             assert not firing(api, confidence), "the NEGATIVE texts are answered as confidently as the POSITIVE ones"
 
-            # Lukewarm and off-topic texts: the model is unsure (median top score about 0.8 against the clear
-            # texts' median 30 s earlier, about 0.995): the confidence alert fires.
+            # Lukewarm and off-topic texts: the model is unsure (median top score about 0.65 against the clear
+            # texts' median 30 s earlier, about 0.99): the confidence alert fires.
             traffic.kind, started = chosen.unsure_text, time.monotonic()
             dropped = poll(lambda: firing(api, confidence), 25, f"{confidence} (scaled) did not fire")
             dropped_after = time.monotonic() - started
