@@ -131,10 +131,13 @@ def calibration_batches(encoder: TextEncoder, texts: Sequence[str], count: int =
             for i in range(0, len(chosen), CALIBRATION_BATCH)]
 
 
-def scores_report(log_scores: np.ndarray, examples: Sequence[Example], uncalibrated: np.ndarray | None = None) -> dict:
-    """`split_report` of served log-scores; with the `uncalibrated` log-scores of the same texts (no
-    temperature anywhere), also their calibration error (`uncalibrated_ece`)."""
-    result = split_report(log_scores, examples)
+def answers_report(answers: WindowAnswers, examples: Sequence[Example], document_temperature: float = 1.0,
+                   temperature: float | None = None) -> dict:
+    """`split_report` of `answers` as the service gives them (the default aggregation, a multi-window
+    answer divided by `document_temperature`); with `temperature`, the whole one their logits were
+    divided by, also the calibration error with no temperature anywhere (`uncalibrated_ece`)."""
+    result = split_report(answers.log_scores(DEFAULT_AGGREGATION, document_temperature), examples)
+    uncalibrated = answers.log_scores_before(temperature)
     if uncalibrated is not None:
         before = split_report(uncalibrated, examples)
         result["uncalibrated_ece"] = {"all": before["ece"], **{name: s["ece"] for name, s in before["sources"].items()}}
@@ -207,9 +210,8 @@ class OnnxClassifier:
         """Accuracy and calibration error per source, as the service answers (chunk mode, the default
         aggregation, with the bundle's `document_temperature` for it); with `temperature`, the whole
         one the logits were divided by, also the calibration error before any (`uncalibrated_ece`)."""
-        answers = self.window_answers([e.text for e in examples])
-        return scores_report(answers.log_scores(DEFAULT_AGGREGATION, document_temperature), examples,
-                             answers.log_scores_before(temperature))
+        return answers_report(self.window_answers([e.text for e in examples]), examples, document_temperature,
+                              temperature)
 
     def sentences_per_second(self, texts: Sequence[str], batch_size: int, min_seconds: float = 2.0) -> float:
         """Throughput over whole batches of `texts` (tokenization included), after one warm-up batch."""
@@ -301,7 +303,7 @@ def _evaluate_dev(onnx_file: Path, encoder: TextEncoder, name: str, held_out: He
     runner = OnnxClassifier(onnx_file, encoder, threads=threads)
     texts = [e.text for e in held_out.dev]
     answers = dev_answers[name] = runner.window_answers(texts)
-    report.dev = scores_report(answers.log_scores(), held_out.dev, answers.log_scores_before(held_out.with_serving()))
+    report.dev = answers_report(answers, held_out.dev, temperature=held_out.with_serving())
     report.dev_accuracy = report.dev["mean_accuracy"]
     lengths = [len(e.ids) for e in encoder.tokenize(texts)]
     texts = [t for t, n in zip(texts, lengths) if n <= SPEED_TEXT_TOKENS] or texts
@@ -340,8 +342,7 @@ def _calibrate_served(chosen: ChosenVariant, dev_answers: WindowAnswers, held_ou
     served = dev_answers.divided(temperature)
     report.document_temperatures = fit_document_temperatures(served, labels)
     document_temperature = report.document_temperatures.get(DEFAULT_AGGREGATION, 1.0)
-    report.dev = scores_report(served.log_scores(DEFAULT_AGGREGATION, document_temperature), held_out.dev,
-                               served.log_scores_before(held_out.with_serving(temperature)))
+    report.dev = answers_report(served, held_out.dev, document_temperature, held_out.with_serving(temperature))
     log.info("calibrated the served %s file on its dev answers: output layer divided by %.3f, answers to "
              "texts read in several windows (%s) by %.3f", chosen.name, temperature, DEFAULT_AGGREGATION,
              document_temperature)
