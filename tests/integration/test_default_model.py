@@ -136,3 +136,14 @@ def test_a_text_scores_the_same_beside_any_batch_mates_in_triton(default_build, 
                 batch = [mate, probe] if index % 2 else [probe, mate, mates[-1 - index]]
                 row = batch.index(probe)
                 assert np.array_equal(infer(client, batch)[row], alone), (probe, mate[:60])
+
+
+def test_emoji_are_one_unknown_token_and_emoticons_are_read(served):
+    """What the README's "Emoji are not read" says of the built model: the vocabulary has no emoji, so
+    opposite emoji are the same input and get the same answer, while opposite emoticons get opposite ones."""
+    unknown = served.encoder.tokenize(["[UNK]"])[0].ids
+    tokens = [encoding.ids for encoding in served.encoder.tokenize(["😡", "😍", "👍", "👎", "😂"])]
+    assert all(ids == unknown for ids in tokens), tokens
+    angry, smitten = served.logits(["great day 😡", "great day 😍"])
+    np.testing.assert_array_equal(angry, smitten)
+    assert served.predict([":)", ":("]) == [1, 0]  # POSITIVE, NEGATIVE
