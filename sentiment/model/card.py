@@ -104,6 +104,10 @@ def _overview(metrics: dict, report: dict) -> list[str]:
                 f"AdamW lr {config.get('learning_rate')}, batch {config.get('batch_size')}, warm-up "
                 f"{100 * config.get('warmup_fraction', 0):.0f} %, max length {config.get('max_length')}, "
                 f"length-bucketed batches; {documents} reviews are trained on their last window")
+    replaced = metrics.get("text_replacements")
+    if replaced:  # what the model reads in place of characters its vocabulary lacks (training and serving alike)
+        training += (f"; {replaced['characters']:,} characters the vocabulary lacks are read as words: "
+                     f"{replaced['what']} (`{replaced['package']}`, BSD-3-Clause), skin tones dropped")
     return markdown_table(["", ""], [
         ("base encoder", BASE_ENCODER),
         ("training", training),

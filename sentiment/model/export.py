@@ -35,7 +35,7 @@ from sentiment.model.fingerprint import sha256_file
 from sentiment.model.triton_repository import (FIRST_VERSION, MODEL_NAME, OUTPUT_NAME, TritonModelSpec, read_spec,
                                                 write_repository)
 from transformer.bundle import ModelBundle
-from transformer.core.tokenization import TextEncoder
+from transformer.core.tokenization import TextEncoder, TextReplacements
 from transformer.core.windows import DEFAULT_AGGREGATION
 
 log = logging.getLogger(__name__)
@@ -401,13 +401,16 @@ class ChosenVariant:
 
 def _save_tokenizer(checkpoint: Path, target: Path) -> Path:
     """The checkpoint's fast tokenizer as one tokenizer.json, without padding or truncation (the
-    transformer pads and truncates itself)."""
+    transformer pads and truncates itself), and its text replacements beside it, if it has any."""
     from transformers import AutoTokenizer
 
     backend = AutoTokenizer.from_pretrained(checkpoint, use_fast=True).backend_tokenizer
     backend.no_padding()
     backend.no_truncation()
     backend.save(str(target))
+    replacements = TextReplacements.beside(Path(checkpoint) / "tokenizer.json")
+    if replacements is not None:  # the checkpoint reads some characters as words: so does everything built on it
+        replacements.write_beside(target)
     return target
 
 
@@ -500,6 +503,8 @@ def export(
         adding, version = version is not None, version or FIRST_VERSION
         bundle_dir, spec = _write_version(repository, version, chosen.file, info, options, adding)
         shutil.copyfile(tokenizer_file, bundle_dir / "tokenizer.json")
+        if encoder.replacements is not None:
+            encoder.replacements.write_beside(bundle_dir / "tokenizer.json")
 
     fingerprint = sha256_file(bundle_dir.parent / "model.onnx")
     bundle = ModelBundle(

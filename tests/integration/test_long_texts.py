@@ -1,8 +1,8 @@
 """Long texts against the real stack and the default model: judged whole (`chunk`) rather than by
 their first window (`head`), on the TEST split's IMDB reviews and on documents built from the TEST
 split only (the window, stride and aggregation were chosen on dev reviews: `sentiment model
-eval-long`), every mode on every protocol, and short texts answered exactly as the model alone
-answers them."""
+eval-long`), every mode on every protocol, short texts answered exactly as the model alone
+answers them, and emoji read by the service as their names, as the model was built to read them."""
 
 from __future__ import annotations
 
@@ -214,3 +214,20 @@ def test_a_whole_article_is_one_text_and_the_limits_are_in_tokens(client):
     assert body["code"] == "request_too_large" and "65536 tokens per request" in body["error"]
     too_long = client.post("/project/bulk-predict", json={"text": ["x" * 50_001]})
     assert too_long.status_code == 413 and "50000 characters" in too_long.json()["error"]
+
+
+def test_the_service_reads_emoji_as_their_names(client, default_build):
+    """The bundle's text replacements apply in the service: an emoji alone gets its name's answer, and
+    a text's answer changes with its emoji (without them, every emoji was one unknown token)."""
+    bundle_dir = default_build.repository / "sentiment" / "1" / "bundle"
+    assert (bundle_dir / "text_replacements.json").is_file()
+    thumbs_up, thumbs_down, angry, smitten = "\U0001F44D", "\U0001F44E", "\U0001F621", "\U0001F60D"
+    assert labels_of(client, [thumbs_up, thumbs_down, "thumbs up", "thumbs down"]) == \
+        ["POSITIVE", "NEGATIVE", "POSITIVE", "NEGATIVE"]
+    by_name, by_emoji = ranked_of(client, ["smiling face with heart-eyes", smitten])
+    assert by_name == by_emoji
+    angry_day, smitten_day = ranked_of(client, [f"great day {angry}", f"great day {smitten}"])
+    assert angry_day != smitten_day
+    # The README names what the names do not carry; a model that reads these right makes it out of date.
+    assert labels_of(client, [angry, "\U0001F644", "\U0001F494"]) == ["POSITIVE"] * 3
+    assert labels_of(client, ["\U0001F602", "\u2764\ufe0f", "\U0001F62D"]) == ["POSITIVE", "POSITIVE", "NEGATIVE"]

@@ -2,6 +2,7 @@
 cache use. (The real predictor path is covered by tests/integration against Triton.)"""
 
 import asyncio
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from transformer.core.generation import build_classifier
 from transformer.core.prediction import encode_value
 from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions
+from transformer.core.tokenization import TextReplacements
 from transformer.core.windows import Truncation, softmax
 from transformer.errors import InvalidRequest, Overloaded, PredictorUnavailable, RequestTooLarge
 from transformer.settings import Settings
@@ -73,7 +75,7 @@ class DictRemote:
 
 
 def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100, document_temperatures=None,
-                    **settings) -> TextClassifier:
+                    bundle_dir=None, **settings) -> TextClassifier:
     bundle = ModelBundle(labels=["NEGATIVE", "POSITIVE"], max_length=32, uses_token_type_ids=True, lowercase=True,
                          fingerprint="f" * 64, max_batch_size=max_batch_size,
                          document_temperatures=document_temperatures or {})
@@ -81,7 +83,7 @@ def make_classifier(predictor, remote=None, max_batch_size=4, memo_size=100, doc
     monitor = PredictorMonitor(predictor, "sentiment", bundle.fingerprint)
     monitor.status.fingerprint, monitor.status.ready = "match", True
     cache = TwoTierCache(PredictionMemo(memo_size), remote)
-    return build_classifier(settings, bundle, default_base(), predictor, cache, monitor)
+    return build_classifier(settings, bundle, bundle_dir or default_base(), predictor, cache, monitor)
 
 
 def classify(classifier, texts, options=CHUNK):
@@ -363,3 +365,18 @@ def test_prediction_metrics_count_answers_by_version_label_and_source():
 
     assert dict(zip(SOURCES, delta)) == {"cache": 1, "model": 3, "shared": 1}
     assert sum(stats.buckets) - scored_before == 5  # every answer's top score observed once
+
+
+def test_a_models_text_replacements_name_its_cache_entries_and_change_what_the_model_reads(tmp_path):
+    """Emoji read as names live beside the tokenizer, not in the ONNX file (the fingerprint): the keys
+    name the table, so answers given under another table (or none) are never read back."""
+    shutil.copyfile(default_base() / "tokenizer.json", tmp_path / "tokenizer.json")
+    TextReplacements({"\U0001F621": "enraged face"}).write_beside(tmp_path / "tokenizer.json")
+    plain = make_classifier(RecordingPredictor())
+    named = make_classifier(RecordingPredictor(), bundle_dir=tmp_path)
+    digest = named.encoder.replacements.digest
+    for mode in Truncation:
+        assert named._how[mode] == plain._how[mode] + f".r{digest}"
+    angry, smitten = "\U0001F621", "\U0001F60D"
+    assert plain.encoder.tokenize([angry])[0].ids == plain.encoder.tokenize([smitten])[0].ids  # both [UNK]
+    assert named.encoder.tokenize([angry])[0].tokens == ["[CLS]", "enraged", "face", "[SEP]"]

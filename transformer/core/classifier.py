@@ -73,8 +73,11 @@ class TextClassifier:
         # chunk-mode keys name it, so a bundle with another fit never reads these entries.
         self.document_temperature = bundle.document_temperature(rules.aggregation)
         calibrated = "" if self.document_temperature == 1.0 else f".t{self.document_temperature!r}"
+        # The model's text replacements (emoji read as names) live beside its tokenizer, not in the ONNX
+        # file: keys name their table, so a new table never reads answers given under another.
+        replaced = "" if encoder.replacements is None else f".r{encoder.replacements.digest}"
         self._how = {mode: answer_mode(mode.value, bundle.max_length, encoder.stride, rules.aggregation)
-                     + (calibrated if mode is Truncation.CHUNK else "") + function for mode in Truncation}
+                     + (calibrated if mode is Truncation.CHUNK else "") + function + replaced for mode in Truncation}
         self._decode = functools.partial(decode_value, labels=self.labels, function=bundle.score_function)
         self._inflight: dict[str, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()
