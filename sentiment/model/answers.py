@@ -9,11 +9,12 @@ the calibrated file follow without running it again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from sentiment.model.calibration import fit_temperature
+from transformer.core.lexical import LexicalHead
 from transformer.core.windows import AGGREGATIONS, DEFAULT_AGGREGATION, aggregate
 
 # Fewer multi-window dev texts than this and no document temperature is fitted (too few to fit on).
@@ -22,10 +23,14 @@ MIN_DOCUMENTS = 50
 
 @dataclass(frozen=True)
 class WindowAnswers:
-    """Per text: its windows' logits [windows, labels] and the new tokens each window adds."""
+    """Per text: its windows' logits [windows, labels] and the new tokens each window adds; with a
+    lexical head, also its margin per text, combined into the answers once the head has combinations
+    (as the transformer combines them)."""
 
     logits: list[np.ndarray]
     new_tokens: list[np.ndarray]
+    margins: np.ndarray | None = None
+    head: LexicalHead | None = None
 
     @property
     def documents(self) -> np.ndarray:
@@ -34,23 +39,36 @@ class WindowAnswers:
 
     def divided(self, temperature: float) -> "WindowAnswers":
         """The answers of the same model with its output layer divided by `temperature`."""
-        return WindowAnswers([rows / np.float32(temperature) for rows in self.logits], self.new_tokens)
+        return replace(self, logits=[rows / np.float32(temperature) for rows in self.logits])
+
+    def with_head(self, head: LexicalHead | None) -> "WindowAnswers":
+        """The same answers combined with `head` (None: the network's alone)."""
+        return replace(self, head=head)
+
+    @property
+    def combined(self) -> bool:
+        return self.head is not None and self.head.combines and self.margins is not None
 
     def only(self, rows: np.ndarray) -> "WindowAnswers":
         """The answers of the texts where `rows` is true."""
-        return WindowAnswers([a for a, keep in zip(self.logits, rows) if keep],
-                             [t for t, keep in zip(self.new_tokens, rows) if keep])
+        return replace(self, logits=[a for a, keep in zip(self.logits, rows) if keep],
+                       new_tokens=[t for t, keep in zip(self.new_tokens, rows) if keep],
+                       margins=None if self.margins is None else self.margins[np.asarray(rows, dtype=bool)])
 
     def log_scores_before(self, temperature: float | None) -> np.ndarray | None:
         """The default aggregation's log-scores of the same model before its logits were divided by
-        `temperature` (None: no temperature was applied, nothing to undo)."""
-        return None if temperature is None else self.divided(1.0 / temperature).log_scores()
+        `temperature` (None: no temperature was applied, nothing to undo): the network's, uncombined."""
+        return None if temperature is None else self.with_head(None).divided(1.0 / temperature).log_scores()
 
     def log_scores(self, aggregation: str = DEFAULT_AGGREGATION, document_temperature: float = 1.0) -> np.ndarray:
         """Log-probabilities [texts, labels] as the service answers them with `aggregation` and the
-        bundle's `document_temperature` for it (a short text is its one window)."""
+        bundle's `document_temperature` for it (a short text is its one window), combined with the
+        lexical head where it has combinations."""
         scores = [aggregate(aggregation, rows, tokens, "softmax", document_temperature)
                   for rows, tokens in zip(self.logits, self.new_tokens)]
+        if self.combined:
+            scores = [self.head.combine_margin(s, float(m), rows.shape[0] > 1)
+                      for s, m, rows in zip(scores, self.margins, self.logits)]
         return np.log(np.maximum(np.stack(scores), 1e-12))
 
 
@@ -64,5 +82,5 @@ def fit_document_temperatures(answers: WindowAnswers, labels: np.ndarray,
     documents = answers.documents
     if int(documents.sum()) < min_documents:
         return {}
-    subset, truth = answers.only(documents), np.asarray(labels)[documents]
+    subset, truth = answers.with_head(None).only(documents), np.asarray(labels)[documents]
     return {name: round(fit_temperature(subset.log_scores(name), truth), 4) for name in AGGREGATIONS}

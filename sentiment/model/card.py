@@ -108,14 +108,42 @@ def _overview(metrics: dict, report: dict) -> list[str]:
     if replaced:  # what the model reads in place of characters its vocabulary lacks (training and serving alike)
         training += (f"; {replaced['characters']:,} characters the vocabulary lacks are read as words: "
                      f"{replaced['what']} (`{replaced['package']}`, BSD-3-Clause), skin tones dropped")
+    rows = [("base encoder", BASE_ENCODER), ("training", training)]
+    lexical = _lexical(metrics, report)
+    if lexical:
+        rows.append(("lexical head", lexical))
     return markdown_table(["", ""], [
-        ("base encoder", BASE_ENCODER),
-        ("training", training),
+        *rows,
         ("calibration", _calibration(metrics, report)),
         ("splits", f"stratified per source, seed {config.get('seed')}, written to `<checkpoint>/splits/`; dev "
                    "chooses the variant and the temperature, test is only reported"),
         ("labels", ", ".join(f"`{label}`" for label in data.LABELS)),
     ], numeric_from=2)
+
+
+def _combination(how: dict) -> str:
+    return f"{how['network']:.3f} x network + {how['lexical']:.3f} x lexical {how['bias']:+.3f}"
+
+
+def _lexical(metrics: dict, report: dict) -> str:
+    """The lexical head in words: what it reads, what it was fitted on, how it combines (empty: none)."""
+    fitted, config = metrics.get("lexical_head"), (metrics.get("config") or {}).get("lexical")
+    combined = report["variants"][report["chosen"]].get("lexical")
+    if not fitted or not config:
+        return ""
+    sources = ", ".join(f"{name} {count:,}" for name, count in fitted["by_source"].items())
+    text = (f"a logistic regression (C = {config['c']}, liblinear, `scikit-learn=={fitted['scikit_learn_version']}`) "
+            f"over the word-piece 1- to {config['max_n']}-grams of the whole text (the ids themselves, and longer "
+            f"n-grams hashed into {config['buckets']:,} buckets; sublinear tf-idf, L2-normalized), fitted on every "
+            f"training-side row of every source ({fitted['rows']:,}: {sources})")
+    if combined:
+        kinds = (("texts read in one window", combined.get("texts")),
+                 ("texts read in several windows", combined.get("documents")))
+        text += ("; its margin is combined with the network's calibrated log-odds by a logistic regression "
+                 "fitted on the dev split: " + ", ".join(
+                     f"{kind} {_combination(how)}" if how else f"{kind} keep the network's answer"
+                     for kind, how in kinds))
+    return text
 
 
 def _data_table(metrics: dict) -> list[str]:
@@ -129,19 +157,26 @@ def _data_table(metrics: dict) -> list[str]:
 
 
 def _accuracy_table(report: dict) -> list[str]:
-    served = report["variants"][report["chosen"]]["test"]
+    chosen = report["variants"][report["chosen"]]
+    served = chosen["test"]
     before = served.get("uncalibrated_ece", {})
+    # With a lexical head: the network's own test accuracy beside the served (combined) one.
+    network = ((chosen.get("lexical") or {}).get("test_network") or {})
+    alone = {name: result["accuracy"] for name, result in network.get("sources", {}).items()}
     rows = []
     for name, result in served["sources"].items():
         target = TARGETS.get(name)
-        rows.append((name, f"{result['rows']:,}", _points(result["accuracy"]),
+        rows.append((name, f"{result['rows']:,}", *([_points(alone.get(name))] if network else []),
+                     _points(result["accuracy"]),
                      "-" if target is None else f">= {target:.2f}: {_met(result['accuracy'], target)}",
                      _points(before.get(name)), _points(result["ece"])))
     rows.append(("all (mean over sources)", f"{sum(s['rows'] for s in served['sources'].values()):,}",
+                 *([_points(network.get("mean_accuracy"))] if network else []),
                  _points(served["mean_accuracy"]), "", _points(before.get("all")),
                  f"{_points(served['ece'])} (<= {ECE_TARGET}: {_met(served['ece'], ECE_TARGET, at_least=False)})"))
-    return markdown_table(["test split", "rows", "accuracy", "target met", "ECE before calibration", "ECE served"],
-                          rows, text_columns=(3,))
+    accuracy = ["network alone", "accuracy served"] if network else ["accuracy"]
+    return markdown_table(["test split", "rows", *accuracy, "target met", "ECE before calibration", "ECE served"],
+                          rows, text_columns=(len(accuracy) + 2,))
 
 
 def _variant_table(report: dict) -> list[str]:
@@ -153,9 +188,14 @@ def _variant_table(report: dict) -> list[str]:
         method = variant.get("quantization") or "dynamic"
         label = "fp32 ONNX" if name == "fp32" else f"int8 ONNX ({method} quantization)"
         dev = (variant.get("dev") or {}).get("sources", {})
-        rows.append((label + (" (served)" if name == report["chosen"] else ""), f"{variant['size_mb']} MB",
-                     *(_points(dev.get(source, {}).get("accuracy")) for source in sources),
+        rows.append((label + (" (served)" if name == report["chosen"] and not variant.get("lexical") else ""),
+                     f"{variant['size_mb']} MB", *(_points(dev.get(source, {}).get("accuracy")) for source in sources),
                      _points(variant["dev_accuracy"])))
+        combined = (variant.get("lexical") or {}).get("dev")
+        if combined:  # what is served: the chosen variant with the lexical head (chosen before it was fitted)
+            rows.append((label + " with the lexical head (served; its combination fitted on these dev answers)", "",
+                         *(_points(combined["sources"].get(source, {}).get("accuracy")) for source in sources),
+                         _points(combined["mean_accuracy"])))
     return markdown_table(["variant", "size", *(f"dev {source}" for source in sources), "dev mean"], rows)
 
 

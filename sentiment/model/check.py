@@ -109,6 +109,33 @@ def _bundle_problems(version_dir: Path, fingerprint: str, onnx_signature, max_ba
         problems.append(f"bundle has {len(bundle.labels)} labels, the model outputs {logits_dims[1]}")
     if bundle.max_batch_size != max_batch_size:
         problems.append("bundle max_batch_size differs from config.pbtxt")
+    return problems + _lexical_problems(version_dir / "bundle" / bundle.tokenizer_file, bundle)
+
+
+def _lexical_problems(tokenizer_file: Path, bundle) -> list[str]:
+    """A lexical head beside the bundle's tokenizer: readable, combinable with this model, and over
+    the ids this tokenizer gives."""
+    from tokenizers import Tokenizer
+
+    from transformer.core.lexical import LEXICAL_FILE, LexicalHead
+
+    try:
+        head = LexicalHead.beside(tokenizer_file)
+    except ValueError as error:
+        return [str(error)]
+    if head is None:
+        return []
+    problems = []
+    if not head.combines:
+        problems.append(f"the bundle's {LEXICAL_FILE} has no combination with the network (the export fits one "
+                        "on the dev split): the transformer would not apply it")
+    if bundle.score_function != "softmax" or len(bundle.labels) != 2:
+        problems.append(f"the bundle's {LEXICAL_FILE} combines with two softmax scores; the model answers "
+                        f"{len(bundle.labels)} {bundle.score_function} scores")
+    vocabulary = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
+    if head.vocab_size < vocabulary:
+        problems.append(f"the bundle's {LEXICAL_FILE} reads {head.vocab_size} token ids; "
+                        f"its tokenizer has {vocabulary}")
     return problems
 
 

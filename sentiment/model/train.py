@@ -27,6 +27,8 @@ from sentiment.model.calibration import fit_temperature
 from sentiment.model.data import LABELS, Example, Splits, load_splits, write_splits
 from sentiment.model.emoji_names import emoji_names, emoji_version, unknown_to
 from sentiment.model.evaluation import logits_in_length_order, split_report
+from sentiment.model.lexical_fit import LexicalRecipe, fit_lexical_head
+from transformer.core.lexical import LexicalHead
 from transformer.core.tokenization import TextReplacements
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,10 @@ class TrainConfig:
     # Emoji the vocabulary lacks are read as their names (`sentiment.model.emoji_names`); the table is
     # written beside the checkpoint's tokenizer, so the export and the service apply it too.
     emoji_names: bool = True
+    # A lexical head (`transformer.core.lexical`): n-gram weights fitted on every training-side row of
+    # every source (all 48,000 training reviews, not only the network's sample), written beside the
+    # checkpoint's tokenizer; the export fits how it combines with the served network. None: no head.
+    lexical: LexicalRecipe | None = LexicalRecipe()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -224,6 +230,34 @@ def _calibrate(model, logits: np.ndarray, dev: Sequence[Example]) -> dict:
             "dev_after": split_report(logits / temperature, dev)}
 
 
+def _fit_lexical(tokenizer, config: TrainConfig, data_cache: Path,
+                 replacements: TextReplacements | None) -> tuple["LexicalHead", dict]:
+    """The lexical head's n-gram weights, fitted on every training-side row of every source (the
+    held-out splits are the network's: the same seed and plans), tokenized whole as the service's
+    windows together read them; returns the head and what metrics.json records of it."""
+    import sklearn
+    from tqdm.auto import tqdm
+
+    started = time.monotonic()
+    rows = load_splits(data_cache, seed=config.seed, sources=config.sources,
+                       train_rows={name: None for name in config.sources}, neutral_margin=config.neutral_margin).train
+    read = replacements.apply if replacements is not None else str
+    ids = []
+    for start in tqdm(range(0, len(rows), 1024), desc="lexical head: tokenize", unit="batch", dynamic_ncols=True,
+                      mininterval=0.2 if sys.stderr.isatty() else 15.0):
+        batch = [read(e.text) for e in rows[start:start + 1024]]
+        ids += [np.asarray(row, dtype=np.int64) for row in
+                tokenizer(batch, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]]
+    log.info("lexical head: fitting the n-gram logistic regression on %d rows", len(rows))
+    head = fit_lexical_head(ids, np.array([e.label for e in rows]), len(tokenizer), config.lexical)
+    by_source: dict[str, int] = {}
+    for example in rows:
+        by_source[example.source] = by_source.get(example.source, 0) + 1
+    log.info("lexical head fitted on %d training rows in %.0f s", len(rows), time.monotonic() - started)
+    return head, {"rows": len(rows), "by_source": by_source, "n_gram_features": head.vocab_size + head.buckets,
+                  "scikit_learn_version": sklearn.__version__, "duration_s": round(time.monotonic() - started, 1)}
+
+
 def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits | None = None) -> TrainResult:
     """Fine-tune `config.base` and write an HF checkpoint, the splits and metrics.json to `out_dir`."""
     import torch
@@ -253,6 +287,7 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
     for row, example in zip(encoded, splits.train):
         row["labels"] = example.label
     fit = _fit(model, tokenizer, encoded, splits.dev, config, replacements)
+    lexical = _fit_lexical(tokenizer, config, data_cache, replacements) if config.lexical is not None else None
     calibration = _calibrate(model, fit.best_dev_logits, splits.dev) \
         if config.calibrate and fit.best_dev_logits is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -261,6 +296,8 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
     tokenizer.save_pretrained(out_dir)
     if replacements is not None:
         replacements.write_beside(out_dir / "tokenizer.json")
+    if lexical is not None:
+        lexical[0].write_beside(out_dir / "tokenizer.json")
     write_splits(splits, out_dir / "splits")
     metrics = {
         "base": config.base,
@@ -273,6 +310,7 @@ def train(config: TrainConfig, out_dir: Path, data_cache: Path, splits: Splits |
         "text_replacements": None if replacements is None else {
             "what": "emoji as their CLDR names", "package": f"emoji=={emoji_version()}",
             "characters": len(replacements.table), "digest": replacements.digest},
+        "lexical_head": None if lexical is None else lexical[1],
         "duration_s": round(time.monotonic() - started, 1),
         "torch_version": torch.__version__,
     }

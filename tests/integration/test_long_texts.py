@@ -67,9 +67,10 @@ def test_chunk_judges_long_test_documents_whole_where_head_cannot(client, splits
         assert all(len(d.text.split()) >= 120 for d in documents)
         measured[kind] = (accuracy(client, documents), accuracy(client, documents, truncation="head"))
     print(f"\n[long texts, test side] chunk vs head: {measured}")
-    # The current model (recipe 4, 2026-12-06): verdict_last 0.79 vs 0.55, long_majority 0.78 vs 0.67 (chunk vs head).
+    # The current model (recipe 5, 2026-12-06): verdict_last 0.65 vs 0.55, long_majority 0.97 vs 0.67 (chunk vs
+    # head). The network alone (recipe 4) read verdict_last 0.79: the lexical head also reads the filler.
     chunk, head = measured["verdict_last"]
-    assert chunk >= 0.65 and head <= 0.60
+    assert chunk >= 0.60 and head <= 0.60 and chunk >= head + 0.05
     chunk, head = measured["long_majority"]
     assert chunk >= 0.75 and chunk >= head + 0.08
     assert measured["homogeneous"][0] >= 0.95

@@ -1,5 +1,6 @@
 """The served model's own answers, computed beside the stack (ONNX Runtime on the files Triton
-serves): tests pick their "clear" and "unsure" texts from them at fixture time, so a retrained model
+serves, and the bundle's lexical head): tests pick their "clear" and "unsure" texts from them at
+fixture time, so a retrained model
 does not break a list of texts chosen by hand for an earlier one."""
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ class ModelAnswers:
         self.classifier = OnnxClassifier(bundle_path.parent / "model.onnx", encoder)
 
     def __call__(self, texts: Sequence[str]) -> list[tuple[str, float]]:
-        logits = self.classifier.logits(list(texts)).astype(np.float64)
-        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        """As the service answers (the lexical head combined, where the model has one)."""
+        probabilities = np.exp(self.classifier.window_answers(list(texts)).log_scores())
         return [(self.labels[int(row.argmax())], float(row.max())) for row in probabilities]
 
     def clear(self, candidates: Sequence[str], label: str, over: float, count: int) -> list[str]:

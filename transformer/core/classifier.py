@@ -21,7 +21,8 @@ import numpy as np
 
 from transformer import logs, metrics, tracing
 from transformer.backends.cache import TwoTierCache
-from transformer.bundle import ModelBundle
+from transformer.bundle import BundleError, ModelBundle
+from transformer.core.lexical import LexicalHead, content_ids
 from transformer.core.prediction import Prediction, answer_mode, cache_key, decode_value, encode_value
 from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions
@@ -76,8 +77,12 @@ class TextClassifier:
         # The model's text replacements (emoji read as names) live beside its tokenizer, not in the ONNX
         # file: keys name their table, so a new table never reads answers given under another.
         replaced = "" if encoder.replacements is None else f".r{encoder.replacements.digest}"
+        # So does a lexical head: a two-label softmax model's answer combined with its n-gram margin.
+        self.lexical = lexical_head_of(encoder, bundle)
+        lexical = "" if self.lexical is None else f".l{self.lexical.digest}"
         self._how = {mode: answer_mode(mode.value, bundle.max_length, encoder.stride, rules.aggregation)
-                     + (calibrated if mode is Truncation.CHUNK else "") + function + replaced for mode in Truncation}
+                     + (calibrated if mode is Truncation.CHUNK else "") + function + replaced + lexical
+                     for mode in Truncation}
         self._decode = functools.partial(decode_value, labels=self.labels, function=bundle.score_function)
         self._inflight: dict[str, asyncio.Future] = {}
         self._background: set[asyncio.Task] = set()
@@ -274,6 +279,8 @@ class TextClassifier:
             start += count
             scores = aggregate(self.rules.aggregation, logits, np.asarray(text.new_tokens), self.bundle.score_function,
                                self.document_temperature)
+            if self.lexical is not None:
+                scores = self.lexical.combine(scores, content_ids(text.windows, text.new_tokens), count > 1)
             computed[key] = Prediction.of(scores, self.labels, text.token_count, count, raw_logits(logits))
             metrics.TEXT_TOKENS.observe(text.token_count)
             if text.token_count > self.window_tokens:
@@ -294,6 +301,18 @@ class TextClassifier:
     async def close(self) -> None:
         await self.close_own()
         await self.cache.close()
+
+
+def lexical_head_of(encoder: TextEncoder, bundle: ModelBundle) -> LexicalHead | None:
+    """The lexical head beside the bundle's tokenizer, where it combines with this model's answers: it
+    has its combinations (the export fitted them) and the model answers two softmax scores."""
+    head = LexicalHead.beside(encoder.tokenizer_file)
+    if head is None or not head.combines:
+        return None
+    if bundle.score_function != "softmax" or len(bundle.labels) != 2:
+        raise BundleError(f"{encoder.tokenizer_file.parent} has a lexical head, which combines with two softmax "
+                         f"scores; this model answers {len(bundle.labels)} {bundle.score_function} scores")
+    return head
 
 
 def _head(text: TextWindows) -> TextWindows:

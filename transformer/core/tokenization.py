@@ -130,7 +130,8 @@ class TextEncoder:
         self.pad_to_multiple_of = max(1, pad_to_multiple_of)
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.lowercases = tokenizer.normalizer is not None and tokenizer.normalizer.normalize_str("AbC") == "abc"
-        self.replacements = TextReplacements.beside(Path(tokenizer_file))
+        self.tokenizer_file = Path(tokenizer_file)  # what else the model ships beside it is found from here
+        self.replacements = TextReplacements.beside(self.tokenizer_file)
 
     def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
         """The first window of each text (what a model that truncates sees); the Rust tokenizer
