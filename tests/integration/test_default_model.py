@@ -149,3 +149,23 @@ def test_emoji_are_read_as_their_names_and_emoticons_as_they_are(default_build, 
     emoji = ["\U0001F44D", "\U0001F44E", "\U0001F60D", "\U0001F621", "\U0001F602"]
     assert all(encoding.ids != unknown for encoding in served.encoder.tokenize(emoji))
     assert served.predict(["\U0001F44D", "\U0001F44E", ":)", ":("]) == [1, 0, 1, 0]  # POSITIVE, NEGATIVE
+
+
+def test_the_lexical_head_reads_documents_and_leaves_short_texts_to_the_network(default_build, served, report):
+    """What the README says of recipe 5: the bundle's head answers texts read in several windows only
+    (one-window texts get the network's answer, so negation and elongation still read right), and it
+    lifts whole reviews over the network alone on the test split, as the card's columns say."""
+    from transformer.core.lexical import LexicalHead
+
+    checkpoint_head = LexicalHead.beside(default_build.checkpoint / "tokenizer.json")
+    assert checkpoint_head is not None and not checkpoint_head.combines  # training fits weights, the export combines
+    assert served.head is not None and served.head.texts is None and served.head.documents is not None
+    assert served.head.digest != checkpoint_head.digest
+    short = ["not bad at all", "sooo good", "this is bad", "not good at all"]
+    answers = served.window_answers(short)
+    np.testing.assert_array_equal(answers.log_scores(), answers.with_head(None).log_scores())
+    assert [int(row.argmax()) for row in answers.log_scores()] == [1, 1, 0, 0]
+    lexical = report["variants"][report["chosen"]]["lexical"]
+    alone, combined = lexical["test_network"]["sources"]["imdb"], report["variants"][report["chosen"]]["test"]
+    assert combined["sources"]["imdb"]["accuracy"] > alone["accuracy"]
+    assert combined["sources"]["imdb"]["ece"] <= ECE_TARGET
