@@ -232,3 +232,56 @@ def test_the_service_reads_emoji_as_their_names(client, default_build):
     # The README names what the names do not carry; a model that reads these right makes it out of date.
     assert labels_of(client, [angry, "\U0001F644", "\U0001F494"]) == ["POSITIVE"] * 3
     assert labels_of(client, ["\U0001F602", "\u2764\ufe0f", "\U0001F62D"]) == ["POSITIVE", "POSITIVE", "NEGATIVE"]
+
+
+def test_every_stock_client_gets_the_lexical_heads_answer_to_a_whole_review(client, stack, default_build, splits_dir):
+    """Whole test reviews whose served answer (the lexical head combined) differs from the network's
+    alone, computed first through tritonclient.grpc, tritonclient.http (binary) and bulk-predict (a
+    third each), then asked of every transport: the labels are the head's, and the probabilities are
+    what the offline evaluator computes beside the stack."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tritonclient.http as httpclient
+
+    from tests.support.model_answers import ModelAnswers
+
+    answers = ModelAnswers(default_build.repository)
+    reviews = [e.text for e in read_split(splits_dir / "test.tsv") if e.source == "imdb"][:300]
+    served, network = answers.probabilities(reviews)
+    flipped = [i for i in range(len(reviews)) if served[i].argmax() != network[i].argmax()][:9]
+    assert len(flipped) == 9, "the head changes fewer than 9 answers among 300 test reviews"
+    texts, expected = [reviews[i] for i in flipped], served[flipped]
+    groups = [texts[0:3], texts[3:6], texts[6:9]]
+
+    def grpc(batch):
+        script = Path(__file__).resolve().parent.parent / "support_grpc_client.py"
+        result = subprocess.run([sys.executable, str(script), f"127.0.0.1:{stack.grpc_port}"],
+                                input=json.dumps([{"op": "infer", "texts": batch}]), capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        outputs = json.loads(result.stdout)[0]["outputs"]
+        return np.reshape(outputs["probabilities"]["data"], (len(batch), 2))
+
+    rest = httpclient.InferenceServerClient(stack.url.removeprefix("http://"), network_timeout=120)
+
+    def http(batch):
+        tensor = httpclient.InferInput("text", [len(batch)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in batch], dtype=object), binary_data=True)
+        return rest.infer("sentiment", [tensor]).as_numpy("probabilities")
+
+    def bulk(batch):
+        return np.array([[next(s["score"] for s in ranked if s["label"] == label) for label in LABELS]
+                         for ranked in ranked_of(client, batch)])
+
+    transports = {"tritonclient.grpc": grpc, "tritonclient.http": http, "bulk-predict": bulk}
+    for index, (name, ask) in enumerate(transports.items()):  # each computes its third first
+        np.testing.assert_allclose(ask(groups[index]), expected[3 * index:3 * index + 3], atol=1e-4, err_msg=name)
+    for name, ask in transports.items():
+        got = [int(row.argmax()) for row in ask(texts)]
+        assert got == [int(row.argmax()) for row in expected], name
+        assert all(a != b for a, b in zip(got, (int(row.argmax()) for row in network[flipped]))), name
+        np.testing.assert_allclose(ask(texts), expected, atol=1e-4, err_msg=name)
+    rest.close()

@@ -14,6 +14,7 @@ from sentiment.model.export import OnnxClassifier
 from sentiment.model.triton_repository import FIRST_VERSION, bundle_dir
 from transformer.bundle import ModelBundle
 from transformer.core.tokenization import TextEncoder
+from transformer.core.windows import DEFAULT_AGGREGATION
 
 
 class ModelAnswers:
@@ -25,10 +26,18 @@ class ModelAnswers:
         encoder = TextEncoder(bundle_path / bundle.tokenizer_file, bundle.max_length, bundle.uses_token_type_ids)
         self.labels = bundle.labels
         self.classifier = OnnxClassifier(bundle_path.parent / "model.onnx", encoder)
+        self.document_temperature = bundle.document_temperature(DEFAULT_AGGREGATION)
+
+    def probabilities(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(as the service answers, as the network alone answers with the same aggregation and document
+        temperature) per text: the service's default aggregation and the bundle's lexical head."""
+        answers = self.classifier.window_answers(list(texts))
+        return (np.exp(answers.log_scores(DEFAULT_AGGREGATION, self.document_temperature)),
+                np.exp(answers.with_head(None).log_scores(DEFAULT_AGGREGATION, self.document_temperature)))
 
     def __call__(self, texts: Sequence[str]) -> list[tuple[str, float]]:
         """As the service answers (the lexical head combined, where the model has one)."""
-        probabilities = np.exp(self.classifier.window_answers(list(texts)).log_scores())
+        probabilities = self.probabilities(texts)[0]
         return [(self.labels[int(row.argmax())], float(row.max())) for row in probabilities]
 
     def clear(self, candidates: Sequence[str], label: str, over: float, count: int) -> list[str]:
