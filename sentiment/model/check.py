@@ -117,7 +117,7 @@ def _lexical_problems(tokenizer_file: Path, bundle) -> list[str]:
     the ids this tokenizer gives."""
     from tokenizers import Tokenizer
 
-    from transformer.core.lexical import LEXICAL_FILE, LexicalHead
+    from transformer.core.lexical import LEXICAL_FILE, LexicalHead, unfit_for
 
     try:
         head = LexicalHead.beside(tokenizer_file)
@@ -129,9 +129,9 @@ def _lexical_problems(tokenizer_file: Path, bundle) -> list[str]:
     if not head.combines:
         problems.append(f"the bundle's {LEXICAL_FILE} has no combination with the network (the export fits one "
                         "on the dev split): the transformer would not apply it")
-    if bundle.score_function != "softmax" or len(bundle.labels) != 2:
-        problems.append(f"the bundle's {LEXICAL_FILE} combines with two softmax scores; the model answers "
-                        f"{len(bundle.labels)} {bundle.score_function} scores")
+    refusal = unfit_for(bundle.score_function, len(bundle.labels))
+    if refusal is not None:
+        problems.append(f"the bundle's {LEXICAL_FILE}: {refusal}")
     vocabulary = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
     if head.vocab_size < vocabulary:
         problems.append(f"the bundle's {LEXICAL_FILE} reads {head.vocab_size} token ids; "

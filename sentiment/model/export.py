@@ -456,12 +456,17 @@ class ChosenVariant:
 TOKENIZER_SIDECARS = (REPLACEMENTS_FILE, LEXICAL_FILE)
 
 
+def copy_sidecars(source_dir: Path, tokenizer_file: Path) -> None:
+    """The files a model ships beside its tokenizer.json, from `source_dir` to beside `tokenizer_file`."""
+    for name in TOKENIZER_SIDECARS:
+        if (Path(source_dir) / name).is_file():
+            shutil.copyfile(Path(source_dir) / name, tokenizer_file.with_name(name))
+
+
 def copy_tokenizer(source: Path, target: Path) -> Path:
     """`source` tokenizer.json to `target`, with the files the model ships beside it."""
     shutil.copyfile(source, target)
-    for name in TOKENIZER_SIDECARS:
-        if (source.parent / name).is_file():
-            shutil.copyfile(source.parent / name, target.with_name(name))
+    copy_sidecars(source.parent, target)
     return target
 
 
@@ -474,12 +479,9 @@ def _save_tokenizer(checkpoint: Path, target: Path) -> Path:
     backend = AutoTokenizer.from_pretrained(checkpoint, use_fast=True).backend_tokenizer
     backend.no_padding()
     backend.no_truncation()
-    with tempfile.TemporaryDirectory(prefix="sentiment-tokenizer-") as folder:
-        backend.save(str(Path(folder) / "tokenizer.json"))
-        for name in TOKENIZER_SIDECARS:  # the checkpoint's, beside the normalized tokenizer
-            if (Path(checkpoint) / name).is_file():
-                shutil.copyfile(Path(checkpoint) / name, Path(folder) / name)
-        return copy_tokenizer(Path(folder) / "tokenizer.json", target)
+    backend.save(str(target))
+    copy_sidecars(checkpoint, target)
+    return target
 
 
 def _build_variants(checkpoint: Path, info: CheckpointInfo, encoder: TextEncoder, scratch: Path,

@@ -22,7 +22,7 @@ import numpy as np
 from transformer import logs, metrics, tracing
 from transformer.backends.cache import TwoTierCache
 from transformer.bundle import BundleError, ModelBundle
-from transformer.core.lexical import LexicalHead, content_ids
+from transformer.core.lexical import LEXICAL_FILE, LexicalHead, content_ids, unfit_for
 from transformer.core.prediction import Prediction, answer_mode, cache_key, decode_value, encode_value
 from transformer.core.readiness import PredictorMonitor
 from transformer.core.requests import ClassifyOptions
@@ -309,9 +309,9 @@ def lexical_head_of(encoder: TextEncoder, bundle: ModelBundle) -> LexicalHead | 
     head = LexicalHead.beside(encoder.tokenizer_file)
     if head is None or not head.combines:
         return None
-    if bundle.score_function != "softmax" or len(bundle.labels) != 2:
-        raise BundleError(f"{encoder.tokenizer_file.parent} has a lexical head, which combines with two softmax "
-                         f"scores; this model answers {len(bundle.labels)} {bundle.score_function} scores")
+    refusal = unfit_for(bundle.score_function, len(bundle.labels))
+    if refusal is not None:
+        raise BundleError(f"{encoder.tokenizer_file.parent} has {LEXICAL_FILE}: {refusal}")
     return head
 
 

@@ -50,6 +50,14 @@ def ngram_features(ids: np.ndarray, vocab_size: int, buckets: int, max_n: int) -
     return np.unique(np.concatenate(grams), return_counts=True)
 
 
+def unfit_for(score_function: str, labels: int) -> str | None:
+    """Why a lexical head cannot combine with a model's answers (None: it can): it adds to the log-odds
+    of two softmax scores."""
+    if score_function == "softmax" and labels == 2:
+        return None
+    return f"a lexical head combines with two softmax scores; this model answers {labels} {score_function} scores"
+
+
 @dataclass(frozen=True)
 class Combination:
     """How the head's margin and the network's answer make one answer, for one kind of text:
