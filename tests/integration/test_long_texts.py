@@ -236,25 +236,26 @@ def test_the_service_reads_emoji_as_their_names(client, default_build):
 
 def test_every_stock_client_gets_the_lexical_heads_answer_to_a_whole_review(client, stack, default_build, splits_dir):
     """Whole test reviews whose served answer (the lexical head combined) differs from the network's
-    alone, computed first through tritonclient.grpc, tritonclient.http (binary) and bulk-predict (a
-    third each), then asked of every transport: the labels are the head's, and the probabilities are
-    what the offline evaluator computes beside the stack."""
+    alone, computed first through each stock client (two reviews each: tritonclient.grpc,
+    tritonclient.http in binary and in JSON mode, kserve's REST client on V1 and V2, kserve's gRPC
+    client, bulk-predict), then asked of every transport: the labels are the head's, and the
+    probabilities are what the offline evaluator computes beside the stack."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     import tritonclient.http as httpclient
+    from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
     from tests.support.model_answers import ModelAnswers
 
     answers = ModelAnswers(default_build.repository)
-    reviews = [e.text for e in read_split(splits_dir / "test.tsv") if e.source == "imdb"][:300]
+    reviews = [e.text for e in read_split(splits_dir / "test.tsv") if e.source == "imdb"][:400]
     served, network = answers.probabilities(reviews)
-    flipped = [i for i in range(len(reviews)) if served[i].argmax() != network[i].argmax()][:9]
-    assert len(flipped) == 9, "the head changes fewer than 9 answers among 300 test reviews"
+    flipped = [i for i in range(len(reviews)) if served[i].argmax() != network[i].argmax()][:14]
+    assert len(flipped) == 14, "the head changes fewer than 14 answers among 400 test reviews"
     texts, expected = [reviews[i] for i in flipped], served[flipped]
-    groups = [texts[0:3], texts[3:6], texts[6:9]]
 
     def grpc(batch):
         script = Path(__file__).resolve().parent.parent / "support_grpc_client.py"
@@ -267,21 +268,57 @@ def test_every_stock_client_gets_the_lexical_heads_answer_to_a_whole_review(clie
 
     rest = httpclient.InferenceServerClient(stack.url.removeprefix("http://"), network_timeout=120)
 
-    def http(batch):
+    def http(batch, binary=True):
         tensor = httpclient.InferInput("text", [len(batch)], "BYTES")
-        tensor.set_data_from_numpy(np.array([t.encode() for t in batch], dtype=object), binary_data=True)
-        return rest.infer("sentiment", [tensor]).as_numpy("probabilities")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in batch], dtype=object), binary_data=binary)
+        return rest.infer("sentiment", [tensor]).as_numpy("probabilities").reshape(len(batch), 2)
 
-    def bulk(batch):
+    def by_label(ranked_lists):
         return np.array([[next(s["score"] for s in ranked if s["label"] == label) for label in LABELS]
-                         for ranked in ranked_of(client, batch)])
+                         for ranked in ranked_lists])
 
-    transports = {"tritonclient.grpc": grpc, "tritonclient.http": http, "bulk-predict": bulk}
-    for index, (name, ask) in enumerate(transports.items()):  # each computes its third first
-        np.testing.assert_allclose(ask(groups[index]), expected[3 * index:3 * index + 3], atol=1e-4, err_msg=name)
+    def kserve_v1(batch):
+        async def call():
+            v1 = InferenceRESTClient(RESTConfig(protocol="v1", retries=0, timeout=120))
+            try:
+                return await v1.infer(stack.url, {"instances": batch}, model_name="sentiment")
+            finally:
+                await v1.close()
+        return by_label(asyncio.run(call())["predictions"])
+
+    def v2_tensor(batch):
+        tensor = InferInput("text", [len(batch)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in batch], dtype=object))
+        return InferRequest(model_name="sentiment", infer_inputs=[tensor])
+
+    def kserve_v2(batch):
+        async def call():
+            v2 = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=120))
+            try:
+                return await v2.infer(stack.url, v2_tensor(batch), model_name="sentiment")
+            finally:
+                await v2.close()
+        return asyncio.run(call()).get_output_by_name("probabilities").as_numpy().reshape(len(batch), 2)
+
+    def kserve_grpc(batch):
+        async def call():
+            grpc_client = InferenceGRPCClient(f"127.0.0.1:{stack.grpc_port}", retries=0, timeout=120)
+            try:
+                return await grpc_client.infer(v2_tensor(batch))
+            finally:
+                await grpc_client.close()
+        return asyncio.run(call()).get_output_by_name("probabilities").as_numpy().reshape(len(batch), 2)
+
+    transports = {"tritonclient.grpc": grpc, "tritonclient.http binary": http,
+                  "tritonclient.http json": lambda batch: http(batch, binary=False),
+                  "kserve REST v1": kserve_v1, "kserve REST v2": kserve_v2, "kserve gRPC": kserve_grpc,
+                  "bulk-predict": lambda batch: by_label(ranked_of(client, batch))}
+    for index, (name, ask) in enumerate(transports.items()):  # each computes its two first
+        np.testing.assert_allclose(ask(texts[2 * index:2 * index + 2]), expected[2 * index:2 * index + 2],
+                                   atol=1e-4, err_msg=name)
     for name, ask in transports.items():
-        got = [int(row.argmax()) for row in ask(texts)]
-        assert got == [int(row.argmax()) for row in expected], name
-        assert all(a != b for a, b in zip(got, (int(row.argmax()) for row in network[flipped]))), name
-        np.testing.assert_allclose(ask(texts), expected, atol=1e-4, err_msg=name)
+        got = ask(texts)
+        assert [int(row.argmax()) for row in got] == [int(row.argmax()) for row in expected], name
+        assert all(row.argmax() != alone.argmax() for row, alone in zip(got, network[flipped])), name
+        np.testing.assert_allclose(got, expected, atol=1e-4, err_msg=name)
     rest.close()
