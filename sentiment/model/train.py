@@ -215,6 +215,17 @@ def _fit(model, tokenizer, encoded: list[dict], dev: Sequence[Example], config: 
     return fit
 
 
+def output_layer(model):
+    """The Linear that produces the logits: `classifier` itself in BERT and DistilBERT; the last Linear
+    inside it where the head is a small network (MPNet and RoBERTa: dense, tanh, `out_proj`)."""
+    import torch
+
+    linears = [module for module in model.classifier.modules() if isinstance(module, torch.nn.Linear)]
+    if not linears:
+        raise TypeError(f"{type(model).__name__}.classifier has no Linear layer to calibrate")
+    return linears[-1]
+
+
 def _calibrate(model, logits: np.ndarray, dev: Sequence[Example]) -> dict:
     """Fit a temperature on the dev logits of `model`'s weights and divide its classifier head by it, so
     the exported model's softmax is calibrated (a linear head scaled by 1/T gives logits / T; argmax
@@ -222,7 +233,7 @@ def _calibrate(model, logits: np.ndarray, dev: Sequence[Example]) -> dict:
     import torch
 
     temperature = fit_temperature(logits, np.array([e.label for e in dev]))
-    head = model.classifier
+    head = output_layer(model)
     with torch.no_grad():
         head.weight.div_(temperature)
         head.bias.div_(temperature)

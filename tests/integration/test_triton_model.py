@@ -18,7 +18,7 @@ TEXTS = ["good", "a long sentence about a film that was far too long for its own
          "the acting was superb", "bad", "not bad at all, really"]
 
 
-@pytest.fixture(scope="module", params=["bert", "distilbert"])
+@pytest.fixture(scope="module", params=["bert", "distilbert", "mpnet"])
 def triton(request, tiny_repositories, logs_dir):
     server = TritonServer(tiny_repositories[request.param], logs_dir / f"triton-{request.param}").start()
     yield server

@@ -53,3 +53,16 @@ def test_a_bundle_without_a_recorded_problem_type_is_single_label_softmax():
            "lowercase": True, "fingerprint": "f" * 64, "max_batch_size": 64}
     bundle = ModelBundle.model_validate(old)
     assert (bundle.problem_type, bundle.score_function) == (None, "softmax")
+
+
+@pytest.mark.parametrize("model_type, positions, pad, longest", [
+    ("bert", 512, 0, 512),      # positions counted from 0
+    ("mpnet", 514, 1, 512),     # from the padding id + 1: MPNet-base's 514 hold 512 tokens
+    ("roberta", 514, 1, 512),
+    ("mpnet", 130, 1, 128),     # the tests' tiny MPNet
+])
+def test_the_longest_window_is_what_the_position_table_holds(tmp_path, model_type, positions, pad, longest):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "id2label": {"0": "a", "1": "b"},
+                                                      "max_position_embeddings": positions, "pad_token_id": pad}))
+    assert inspect_checkpoint(tmp_path, max_length=4096).max_length == longest
+    assert inspect_checkpoint(tmp_path).max_length == min(128, longest)
