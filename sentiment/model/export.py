@@ -532,7 +532,7 @@ def _build_variants(checkpoint: Path, info: CheckpointInfo, encoder: TextEncoder
         reports["int8"] = evaluate(int8_file, "int8")
         reports["int8"].quantization = method
         if method == STATIC and _int8_loss(reports["fp32"], reports["int8"]) > options.max_int8_loss:
-            int8_file = _quantize_outlier_safe(fp32_file, scratch, calibration, reports, evaluate, dev_answers)
+            int8_file = _quantize_outlier_safe(fp32_file, int8_file, calibration, reports, evaluate, dev_answers)
     if options.variant == "auto":
         name, reason = choose_variant(reports["fp32"], reports.get("int8"), options.max_int8_loss)
     else:
@@ -547,7 +547,7 @@ def _int8_loss(fp32: VariantReport, int8: VariantReport) -> float:
     return (fp32.dev_accuracy - int8.dev_accuracy) * 100
 
 
-def _quantize_outlier_safe(fp32_file: Path, scratch: Path, calibration: Sequence[dict],
+def _quantize_outlier_safe(fp32_file: Path, plain_file: Path, calibration: Sequence[dict],
                            reports: dict[str, VariantReport], evaluate, dev_answers: dict[str, WindowAnswers]) -> Path:
     """Plain static int8 lost too much: quantize again with `outlier_safe` and keep, as "int8", the
     better of the two on dev (its dev answers too, which calibration reads); the other stays in the
@@ -556,12 +556,12 @@ def _quantize_outlier_safe(fp32_file: Path, scratch: Path, calibration: Sequence
     plain = reports["int8"]
     log.info("plain static int8: %s; quantizing again with 7-bit weights and the feed-forward down-projections "
              "in fp32", int8_accuracy_change(_int8_loss(reports["fp32"], plain)))
-    safe_file = scratch / "model.int8-outlier-safe.onnx"
-    quantize_int8(fp32_file, safe_file, calibration, outlier_safe=True)
+    safe_file = plain_file.with_name("model.int8-outlier-safe.onnx")
+    method = quantize_int8(fp32_file, safe_file, calibration, outlier_safe=True)
     safe = reports["int8-outlier-safe"] = evaluate(safe_file, "int8-outlier-safe")
-    safe.quantization = OUTLIER_SAFE
+    safe.quantization = method
     if (safe.dev_accuracy or 0.0) < (plain.dev_accuracy or 0.0):
-        return scratch / "model.int8.onnx"
+        return plain_file
     del reports["int8-outlier-safe"]
     reports["int8"], reports["int8-plain"] = dataclasses.replace(safe, name="int8"), dataclasses.replace(
         plain, name="int8-plain")
